@@ -1,0 +1,61 @@
+//! The shared vocabulary of the finetune workspace.
+//!
+//! Every crate of the workspace — and every third-party provider crate —
+//! speaks these types:
+//!
+//! * [`JobSpec`]: what to fine-tune (base model, [`DatasetSource`]s for the
+//!   training and optional validation data, [`Hyperparameters`], suffix,
+//!   seed, provider extras, metadata);
+//! * [`JobState`] and [`Job`]: where a job stands;
+//! * [`LossCurve`]: the per-step metrics, rendered to SVG/PNG as the loss
+//!   graph (feature `plot`, on by default);
+//! * [`FineTunedModel`]: the result, usable like any other LLM (and flagged
+//!   when it must be deployed first);
+//! * [`Connection`]: administrator-managed provider settings with the
+//!   `fine_tuning_enabled` switch and [`Secret`]s that never print;
+//! * [`Error`]: one error type with [`Error::is_retryable`];
+//! * [`FineTuneProvider`]: the object-safe async trait every backend
+//!   implements, with [`wait_for_job`] to follow a job and
+//!   [`ConnectionGate`] to enforce a connection's switch.
+//!
+//! With the `testing` feature, [`testing`] holds the conformance suite every
+//! provider passes and an in-memory reference provider.
+//!
+//! **Fine-tuning applies none of a connection's guardrails**: no content
+//! filter and no PII detection run on training data. Scan datasets with
+//! `finetune-data` before they leave the building.
+//!
+//! ```
+//! use finetune_core::{DatasetSource, Hyperparameters, JobSpec, Setting};
+//!
+//! let spec = JobSpec::new("gpt-4o-mini-2024-07-18", DatasetSource::new("data/train.jsonl")?)
+//!     .with_validation(DatasetSource::new("s3://my-bucket/valid.parquet")?)
+//!     .with_suffix("support-bot")
+//!     .with_hyperparameters(Hyperparameters { epochs: Setting::Value(3), ..Default::default() });
+//! spec.validate_common()?;
+//! # Ok::<(), finetune_core::Error>(())
+//! ```
+
+mod connection;
+mod dataset;
+mod error;
+mod hyper;
+mod job;
+mod metrics;
+mod model;
+mod provider;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use connection::{AzureAuth, Connection, ConnectionSettings, ProviderKind, Secret};
+pub use dataset::{ColumnMapping, DatasetFormat, DatasetLocation, DatasetSource};
+pub use error::{Error, Location, Result};
+pub use hyper::{Hyperparameters, LearningRate, Setting};
+pub use job::{Job, JobId, JobSpec, JobState, ListJobs, Page, Progress};
+#[cfg(feature = "plot")]
+pub use metrics::PlotOptions;
+pub use metrics::{LossCurve, LossPoint};
+pub use model::{FineTunedModel, ModelArtifacts};
+pub use provider::{
+    Capabilities, ConnectionGate, FineTuneProvider, LearningRateKind, PollPolicy, wait_for_job,
+};

@@ -1,0 +1,39 @@
+//! Datasets for fine-tuning.
+//!
+//! A fine-tuning run that fails after upload, or silently trains on broken
+//! rows, costs money and days; this crate makes the dataset right before
+//! anything is spent. Every reader turns the user's file into record batches
+//! of one canonical Arrow schema ([`canonical_schema`]: `prompt`,
+//! `completion`, nullable `system`), streaming, with the record number and
+//! line of every row; a [`Validator`] turns them into a [`ValidationReport`]
+//! naming each problem's kind, row, line and column, and into
+//! [`Statistics`].
+//!
+//! Fine-tuning applies none of a connection's guardrails, so what the data
+//! holds is what leaves the building.
+//!
+//! ```no_run
+//! use finetune_core::DatasetSource;
+//! use finetune_data::{validate, ValidationOptions};
+//!
+//! let source = DatasetSource::new("train.jsonl")?;
+//! let (report, stats) = validate(&source, ValidationOptions { min_rows: 10, ..Default::default() })?;
+//! print!("{report}{stats}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Today JSON Lines (flat, OpenAI chat and Bedrock conversation lines) are
+//! read from local paths and `file://` URLs; Parquet, CSV, Arrow IPC and the
+//! other object stores are being added (see the project's issues).
+
+mod error;
+mod read;
+mod report;
+mod schema;
+mod validate;
+
+pub use error::DataError;
+pub use read::{BatchIter, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
+pub use report::{Problem, ProblemKind, Severity, ValidationReport};
+pub use schema::{COMPLETION, PROMPT, SYSTEM, canonical_schema, is_text_type};
+pub use validate::{LengthStats, Statistics, ValidationOptions, Validator, validate};

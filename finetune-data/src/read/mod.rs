@@ -1,0 +1,69 @@
+//! Readers: every format comes out as batches of the canonical schema, with
+//! the record number (and line) of each row and the problems met on the way.
+
+mod jsonl;
+
+use std::fs::File;
+use std::io::BufReader;
+
+use arrow_array::RecordBatch;
+use finetune_core::{DatasetFormat, DatasetLocation, DatasetSource};
+
+pub use jsonl::JsonlReader;
+
+use crate::error::DataError;
+use crate::report::Problem;
+
+/// Records per batch unless a reader is told otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// A batch of canonical records and what was learnt reading it.
+#[derive(Debug, Clone)]
+pub struct DataBatch {
+    /// The records that could be read, in the canonical schema.
+    pub batch: RecordBatch,
+    /// The 1-based record number of each row of `batch`.
+    pub rows: Vec<u64>,
+    /// The 1-based physical line of each row, for line-oriented formats.
+    pub lines: Option<Vec<u64>>,
+    /// Records that could not be read, as problems.
+    pub problems: Vec<Problem>,
+    /// Records this batch covers, readable or not.
+    pub records: u64,
+}
+
+/// A stream of batches from any reader.
+pub type BatchIter = Box<dyn Iterator<Item = Result<DataBatch, DataError>> + Send>;
+
+/// Opens a dataset for streaming reads.
+pub fn open(source: &DatasetSource) -> Result<BatchIter, DataError> {
+    let format = source
+        .resolved_format()
+        .map_err(|e| DataError::Unsupported(e.to_string()))?;
+    let name = source.location.to_string();
+    let path = match &source.location {
+        DatasetLocation::Path(p) => p.clone(),
+        DatasetLocation::Url(u) => match u.strip_prefix("file://") {
+            Some(p) => p.into(),
+            None => {
+                return Err(DataError::Unsupported(format!(
+                    "{u}: object-store URLs other than file:// are not readable yet"
+                )));
+            }
+        },
+    };
+    let file = File::open(&path).map_err(|source| DataError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    match format {
+        DatasetFormat::Jsonl => Ok(Box::new(JsonlReader::new(
+            BufReader::with_capacity(1 << 16, file),
+            name,
+            source.columns.clone(),
+        ))),
+        other => Err(DataError::Unsupported(format!(
+            "{name}: reading {other} is not supported yet"
+        ))),
+    }
+}

@@ -1,0 +1,385 @@
+//! Validation and statistics in one streaming pass.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, StringArray};
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+use crate::read::DataBatch;
+use crate::report::{Problem, ProblemKind, ProblemLog, Severity, ValidationReport};
+use crate::schema::{COMPLETION, PROMPT, SYSTEM};
+
+/// What counts as a problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationOptions {
+    /// Fewer rows than this is a `too_few_rows` error (OpenAI wants 10).
+    pub min_rows: u64,
+    /// Longer prompts+completions+systems (in characters) are `too_long`.
+    pub max_chars: Option<usize>,
+    /// Whether an empty or whitespace-only prompt/completion is an error
+    /// (else a warning).
+    pub empty_is_error: bool,
+    /// At most this many errors and this many warnings are listed; all are
+    /// counted.
+    pub max_listed: usize,
+}
+
+impl Default for ValidationOptions {
+    fn default() -> Self {
+        Self {
+            min_rows: 1,
+            max_chars: None,
+            empty_is_error: true,
+            max_listed: 100,
+        }
+    }
+}
+
+/// Character counts of one column: min, median, 95th percentile, max.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LengthStats {
+    /// Non-null values counted.
+    pub count: u64,
+    /// Total characters.
+    pub total: u64,
+    /// Shortest.
+    pub min: u64,
+    /// Median.
+    pub median: u64,
+    /// 95th percentile.
+    pub p95: u64,
+    /// Longest.
+    pub max: u64,
+}
+
+/// What a dataset holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Statistics {
+    /// Readable records.
+    pub rows: u64,
+    /// Records without a system message.
+    pub null_systems: u64,
+    /// Prompt lengths in characters.
+    pub prompt_chars: LengthStats,
+    /// Completion lengths in characters.
+    pub completion_chars: LengthStats,
+    /// System-message lengths in characters (non-null ones).
+    pub system_chars: LengthStats,
+}
+
+impl fmt::Display for Statistics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "rows: {} ({} without a system message)",
+            self.rows, self.null_systems
+        )?;
+        writeln!(
+            f,
+            "{:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
+            "chars", "min", "median", "p95", "max", "total"
+        )?;
+        for (name, s) in [
+            ("prompt", &self.prompt_chars),
+            ("completion", &self.completion_chars),
+            ("system", &self.system_chars),
+        ] {
+            writeln!(
+                f,
+                "{name:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
+                s.min, s.median, s.p95, s.max, s.total
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Exact length distribution in memory bounded by the number of distinct
+/// lengths, not by the number of rows.
+#[derive(Debug, Default)]
+struct LengthHistogram {
+    dense: Vec<u64>,
+    sparse: std::collections::BTreeMap<u64, u64>,
+    count: u64,
+    total: u64,
+}
+
+const DENSE_LENGTHS: usize = 1 << 14;
+
+impl LengthHistogram {
+    fn add(&mut self, len: u64) {
+        self.count += 1;
+        self.total += len;
+        match usize::try_from(len) {
+            Ok(i) if i < DENSE_LENGTHS => {
+                if self.dense.is_empty() {
+                    self.dense = vec![0; DENSE_LENGTHS];
+                }
+                self.dense[i] += 1;
+            }
+            _ => *self.sparse.entry(len).or_default() += 1,
+        }
+    }
+
+    fn stats(&self) -> LengthStats {
+        if self.count == 0 {
+            return LengthStats::default();
+        }
+        let buckets = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(len, n)| (len as u64, *n))
+            .chain(self.sparse.iter().map(|(l, n)| (*l, *n)));
+        // Nearest-rank percentiles.
+        let rank = |q: f64| ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let (r50, r95) = (rank(0.5), rank(0.95));
+        let (mut seen, mut min, mut max, mut median, mut p95) = (0u64, None, 0, 0, 0);
+        for (len, n) in buckets {
+            min.get_or_insert(len);
+            max = len;
+            if seen < r50 && seen + n >= r50 {
+                median = len;
+            }
+            if seen < r95 && seen + n >= r95 {
+                p95 = len;
+            }
+            seen += n;
+        }
+        LengthStats {
+            count: self.count,
+            total: self.total,
+            min: min.unwrap_or(0),
+            median,
+            p95,
+            max,
+        }
+    }
+}
+
+/// Validates batches as they stream by and gathers statistics.
+#[derive(Debug)]
+pub struct Validator {
+    file: String,
+    options: ValidationOptions,
+    log: ProblemLog,
+    records: u64,
+    null_systems: u64,
+    prompt: LengthHistogram,
+    completion: LengthHistogram,
+    system: LengthHistogram,
+    /// Example hash → the record number it first appeared at.
+    seen: HashMap<u64, u64>,
+}
+
+fn example_hash(prompt: &str, completion: &str, system: Option<&str>) -> u64 {
+    // `DefaultHasher::new()` has fixed keys: the same data hashes the same
+    // way in every run.
+    let mut h = DefaultHasher::new();
+    (prompt, completion, system).hash(&mut h);
+    h.finish()
+}
+
+impl Validator {
+    /// A validator for `file`.
+    pub fn new(file: impl Into<String>, options: ValidationOptions) -> Self {
+        let log = ProblemLog::new(options.max_listed);
+        Self {
+            file: file.into(),
+            options,
+            log,
+            records: 0,
+            null_systems: 0,
+            prompt: LengthHistogram::default(),
+            completion: LengthHistogram::default(),
+            system: LengthHistogram::default(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn problem(
+        &mut self,
+        kind: ProblemKind,
+        severity: Severity,
+        row: u64,
+        line: Option<u64>,
+        column: Option<&str>,
+        message: String,
+    ) {
+        self.log.push(Problem {
+            kind,
+            severity,
+            file: Some(self.file.clone()),
+            row: Some(row),
+            line,
+            column: column.map(str::to_owned),
+            message,
+        });
+    }
+
+    /// Checks one batch.
+    pub fn add(&mut self, batch: &DataBatch) {
+        self.records += batch.records;
+        for p in &batch.problems {
+            self.log.push(p.clone());
+        }
+        let columns = (
+            batch.batch.column(0).as_string::<i32>(),
+            batch.batch.column(1).as_string::<i32>(),
+            batch.batch.column(2).as_string::<i32>(),
+        );
+        let (prompts, completions, systems): (&StringArray, &StringArray, &StringArray) = columns;
+        let empty_severity = if self.options.empty_is_error {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        for i in 0..batch.batch.num_rows() {
+            let row = batch.rows.get(i).copied().unwrap_or(0);
+            let line = batch.lines.as_ref().and_then(|l| l.get(i).copied());
+            let prompt = prompts.value(i);
+            let completion = completions.value(i);
+            let system = systems.is_valid(i).then(|| systems.value(i));
+            let (pc, cc) = (
+                prompt.chars().count() as u64,
+                completion.chars().count() as u64,
+            );
+            self.prompt.add(pc);
+            self.completion.add(cc);
+            let sc = match system {
+                Some(s) => {
+                    let n = s.chars().count() as u64;
+                    self.system.add(n);
+                    n
+                }
+                None => {
+                    self.null_systems += 1;
+                    0
+                }
+            };
+            for (column, value) in [(PROMPT, prompt), (COMPLETION, completion)] {
+                if value.trim().is_empty() {
+                    let what = if value.is_empty() {
+                        "empty"
+                    } else {
+                        "whitespace only"
+                    };
+                    self.problem(
+                        ProblemKind::EmptyValue,
+                        empty_severity,
+                        row,
+                        line,
+                        Some(column),
+                        format!("`{column}` is {what}"),
+                    );
+                }
+            }
+            if let Some(max) = self.options.max_chars {
+                let total = (pc + cc + sc) as usize;
+                if total > max {
+                    let column = [(PROMPT, pc), (COMPLETION, cc), (SYSTEM, sc)]
+                        .into_iter()
+                        .max_by_key(|(_, n)| *n)
+                        .map(|(c, _)| c);
+                    self.problem(
+                        ProblemKind::TooLong,
+                        Severity::Error,
+                        row,
+                        line,
+                        column,
+                        format!("{total} characters, more than the limit of {max}"),
+                    );
+                }
+            }
+            let first = *self
+                .seen
+                .entry(example_hash(prompt, completion, system))
+                .or_insert(row);
+            if first != row {
+                self.problem(
+                    ProblemKind::Duplicate,
+                    Severity::Warning,
+                    row,
+                    line,
+                    None,
+                    format!("the same example as row {first}"),
+                );
+            }
+        }
+    }
+
+    /// The report and the statistics.
+    pub fn finish(mut self) -> (ValidationReport, Statistics) {
+        let rows = self.prompt.count;
+        if self.records < self.options.min_rows || rows == 0 {
+            let message = if self.records == 0 {
+                "the dataset has no rows".to_owned()
+            } else {
+                format!(
+                    "{rows} readable row(s); at least {} required",
+                    self.options.min_rows.max(1)
+                )
+            };
+            self.log.push(Problem {
+                kind: ProblemKind::TooFewRows,
+                severity: Severity::Error,
+                file: Some(self.file.clone()),
+                row: None,
+                line: None,
+                column: None,
+                message,
+            });
+        }
+        let stats = Statistics {
+            rows,
+            null_systems: self.null_systems,
+            prompt_chars: self.prompt.stats(),
+            completion_chars: self.completion.stats(),
+            system_chars: self.system.stats(),
+        };
+        (self.log.into_report(self.file, self.records), stats)
+    }
+
+    /// Whether an error was found so far.
+    pub fn has_errors(&self) -> bool {
+        self.log.has_errors()
+    }
+}
+
+/// Reads and validates a whole dataset.
+pub fn validate(
+    source: &finetune_core::DatasetSource,
+    options: ValidationOptions,
+) -> Result<(ValidationReport, Statistics), DataError> {
+    let mut validator = Validator::new(source.location.to_string(), options);
+    for batch in crate::read::open(source)? {
+        validator.add(&batch?);
+    }
+    Ok(validator.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_exact() {
+        let mut h = LengthHistogram::default();
+        for len in 1..=100 {
+            h.add(len);
+        }
+        h.add(1_000_000);
+        let s = h.stats();
+        assert_eq!(
+            (s.count, s.min, s.median, s.p95, s.max),
+            (101, 1, 51, 96, 1_000_000)
+        );
+        assert_eq!(LengthHistogram::default().stats(), LengthStats::default());
+    }
+}
