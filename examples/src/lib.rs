@@ -8,3 +8,31 @@ pub const SAMPLE_DATASET: &str = include_str!("../data/reverse-words.jsonl");
 
 /// The name the sample dataset goes by in reports.
 pub const SAMPLE_DATASET_NAME: &str = "builtin:reverse-words.jsonl";
+
+pub mod args;
+
+use finetune_core::{ColumnMapping, DatasetFormat, DatasetSource};
+
+/// Builds a dataset source from a path or URL and the shared mapping flags
+/// (`--format`, `--prompt`, `--completion`, `--system`).
+pub fn dataset_source(usage: &str, location: &str, args: &args::Args) -> DatasetSource {
+    let mut source =
+        DatasetSource::new(location).unwrap_or_else(|e| args::usage_error(usage, &e.to_string()));
+    if let Some(format) = args.parsed::<DatasetFormat>(usage, "format") {
+        source = source.with_format(format);
+    }
+    let defaults = ColumnMapping::default();
+    source.with_columns(ColumnMapping {
+        prompt: args.value("prompt").map_or(defaults.prompt, str::to_owned),
+        completion: args
+            .value("completion")
+            .map_or(defaults.completion, str::to_owned),
+        system: Some(
+            args.value("system")
+                .map_or_else(|| "system".to_owned(), str::to_owned),
+        ),
+    })
+}
+
+/// The flags that take a value in every dataset tool.
+pub const MAPPING_FLAGS: [&str; 4] = ["format", "prompt", "completion", "system"];

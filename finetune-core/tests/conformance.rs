@@ -1,5 +1,7 @@
 //! The conformance suite accepts a correct provider and catches broken ones.
 
+#![allow(clippy::unwrap_used)] // Test helpers fail loudly.
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -16,6 +16,10 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A problem that stops the whole file from being read: a missing or
+    /// mistyped column, a damaged file. It carries its position.
+    #[error("{0}")]
+    Invalid(Box<crate::Problem>),
     /// The format is not (yet) readable from this kind of location.
     #[error("{0}")]
     Unsupported(String),
@@ -29,6 +33,12 @@ impl DataError {
     fn location(&self) -> Option<Location> {
         match self {
             Self::Io { file, .. } => Some(Location::file(file.clone())),
+            Self::Invalid(p) => Some(Location {
+                file: p.file.clone(),
+                row: p.row,
+                line: p.line,
+                column: p.column.clone(),
+            }),
             _ => None,
         }
     }

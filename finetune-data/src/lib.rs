@@ -22,18 +22,22 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Today JSON Lines (flat, OpenAI chat and Bedrock conversation lines) are
-//! read from local paths and `file://` URLs; Parquet, CSV, Arrow IPC and the
-//! other object stores are being added (see the project's issues).
+//! Readers: Parquet, CSV (with a header), JSON Lines (flat objects, OpenAI
+//! chat lines, Bedrock prompt/completion and conversation lines) and Arrow
+//! IPC (file and stream), from local paths and `file://` URLs. Writers:
+//! OpenAI chat and legacy JSONL, Bedrock prompt/completion and conversation
+//! JSONL, and Parquet ([`convert`]).
 
 mod error;
 mod read;
 mod report;
 mod schema;
 mod validate;
+mod write;
 
 pub use error::DataError;
-pub use read::{BatchIter, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
+pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
 pub use report::{Problem, ProblemKind, Severity, ValidationReport};
 pub use schema::{COMPLETION, PROMPT, SYSTEM, canonical_schema, is_text_type};
 pub use validate::{LengthStats, Statistics, ValidationOptions, Validator, validate};
+pub use write::{DatasetWriter, OutputFormat, convert};

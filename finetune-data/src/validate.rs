@@ -176,6 +176,7 @@ pub struct Validator {
     system: LengthHistogram,
     /// Example hash → the record number it first appeared at.
     seen: HashMap<u64, u64>,
+    fatal: bool,
 }
 
 fn example_hash(prompt: &str, completion: &str, system: Option<&str>) -> u64 {
@@ -200,6 +201,7 @@ impl Validator {
             completion: LengthHistogram::default(),
             system: LengthHistogram::default(),
             seen: HashMap::new(),
+            fatal: false,
         }
     }
 
@@ -314,10 +316,18 @@ impl Validator {
         }
     }
 
+    /// Records a problem that stopped the file from being read further.
+    pub fn fatal(&mut self, problem: Problem) {
+        self.fatal = true;
+        self.log.push(problem);
+    }
+
     /// The report and the statistics.
     pub fn finish(mut self) -> (ValidationReport, Statistics) {
         let rows = self.prompt.count;
-        if self.records < self.options.min_rows || rows == 0 {
+        // A file that could not be read says so already; "too few rows" on
+        // top of it would only be noise.
+        if !self.fatal && (self.records < self.options.min_rows || rows == 0) {
             let message = if self.records == 0 {
                 "the dataset has no rows".to_owned()
             } else {
@@ -358,8 +368,24 @@ pub fn validate(
     options: ValidationOptions,
 ) -> Result<(ValidationReport, Statistics), DataError> {
     let mut validator = Validator::new(source.location.to_string(), options);
-    for batch in crate::read::open(source)? {
-        validator.add(&batch?);
+    let batches = match crate::read::open(source) {
+        Ok(batches) => batches,
+        Err(DataError::Invalid(problem)) => {
+            validator.fatal(*problem);
+            return Ok(validator.finish());
+        }
+        Err(e) => return Err(e),
+    };
+    for batch in batches {
+        match batch {
+            Ok(batch) => validator.add(&batch),
+            // What was read before the damage stays in the report.
+            Err(DataError::Invalid(problem)) => {
+                validator.fatal(*problem);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(validator.finish())
 }

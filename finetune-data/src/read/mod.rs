@@ -1,6 +1,8 @@
 //! Readers: every format comes out as batches of the canonical schema, with
 //! the record number (and line) of each row and the problems met on the way.
 
+mod columnar;
+mod csv;
 mod jsonl;
 
 use std::fs::File;
@@ -9,6 +11,7 @@ use std::io::BufReader;
 use arrow_array::RecordBatch;
 use finetune_core::{DatasetFormat, DatasetLocation, DatasetSource};
 
+pub use self::csv::CsvReader;
 pub use jsonl::JsonlReader;
 
 use crate::error::DataError;
@@ -56,12 +59,20 @@ pub fn open(source: &DatasetSource) -> Result<BatchIter, DataError> {
         file: name.clone(),
         source,
     })?;
+    let mapping = &source.columns;
     match format {
         DatasetFormat::Jsonl => Ok(Box::new(JsonlReader::new(
             BufReader::with_capacity(1 << 16, file),
             name,
-            source.columns.clone(),
+            mapping.clone(),
         ))),
+        DatasetFormat::Csv => Ok(Box::new(CsvReader::new(
+            BufReader::with_capacity(1 << 16, file),
+            name,
+            mapping,
+        )?)),
+        DatasetFormat::Parquet => columnar::parquet(file, &name, mapping, DEFAULT_BATCH_SIZE),
+        DatasetFormat::Arrow => columnar::arrow_ipc(file, &name, mapping),
         other => Err(DataError::Unsupported(format!(
             "{name}: reading {other} is not supported yet"
         ))),

@@ -1,0 +1,43 @@
+//! Converts a dataset into a provider's file format, validating it on the
+//! way; an invalid dataset writes no file. Exit status: 0 written, 1 the data
+//! has errors, 2 usage error.
+
+use finetune_data::{OutputFormat, ValidationOptions, convert};
+use finetune_examples::args::{Args, usage_error};
+use finetune_examples::{MAPPING_FLAGS, dataset_source};
+
+const USAGE: &str = "usage: convert_dataset <IN> --to openai-chat|openai-legacy|bedrock|bedrock-conversation|parquet \
+--out <PATH> [--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL]";
+
+fn main() {
+    let mut flags = MAPPING_FLAGS.to_vec();
+    flags.extend(["to", "out"]);
+    let args = Args::parse(USAGE, &flags, &[]);
+    let [input] = args.positional.as_slice() else {
+        usage_error(USAGE, "give exactly one input dataset")
+    };
+    let Some(to) = args.parsed::<OutputFormat>(USAGE, "to") else {
+        usage_error(USAGE, "--to is required")
+    };
+    let Some(out) = args.value("out") else {
+        usage_error(USAGE, "--out is required")
+    };
+    let source = dataset_source(USAGE, input, &args);
+    match convert(&source, out, to, ValidationOptions::default()) {
+        Ok((report, rows)) if report.valid => {
+            if !report.warnings.is_empty() {
+                eprint!("{report}");
+            }
+            println!("wrote {rows} row(s) to {out} as {to}");
+        }
+        Ok((report, _)) => {
+            eprint!("{report}");
+            eprintln!("nothing written: fix the errors above first");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

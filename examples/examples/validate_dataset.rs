@@ -1,0 +1,66 @@
+//! Validates a dataset (and optionally its validation set) and prints the
+//! report and statistics. Exit status: 0 valid, 1 the data has errors,
+//! 2 usage error.
+
+use finetune_data::{ProblemKind, Statistics, ValidationOptions, ValidationReport, validate};
+use finetune_examples::args::{Args, usage_error};
+use finetune_examples::{MAPPING_FLAGS, dataset_source};
+
+const USAGE: &str = "usage: validate_dataset <PATH_OR_URL> [--validation <PATH_OR_URL>] \
+[--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL] [--min-rows N] \
+[--max-chars N] [--json]";
+
+fn main() {
+    let mut flags = MAPPING_FLAGS.to_vec();
+    flags.extend(["validation", "min-rows", "max-chars"]);
+    let args = Args::parse(USAGE, &flags, &["json", "scan-sensitive"]);
+    let [train] = args.positional.as_slice() else {
+        usage_error(USAGE, "give exactly one dataset")
+    };
+    if args.switch("scan-sensitive") {
+        usage_error(USAGE, "--scan-sensitive is not available yet");
+    }
+    let options = ValidationOptions {
+        min_rows: args.parsed(USAGE, "min-rows").unwrap_or(1),
+        max_chars: args.parsed(USAGE, "max-chars"),
+        ..ValidationOptions::default()
+    };
+    let mut results: Vec<(ValidationReport, Statistics)> = Vec::new();
+    let mut sources = vec![dataset_source(USAGE, train, &args)];
+    if let Some(v) = args.value("validation") {
+        sources.push(dataset_source(USAGE, v, &args));
+    }
+    for (i, source) in sources.iter().enumerate() {
+        let mut options = options.clone();
+        if i > 0 {
+            options.min_rows = 1;
+        }
+        match validate(source, options) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let valid = results.iter().all(|(r, _)| r.valid);
+    if args.switch("json") {
+        let mut out = serde_json::to_value(&results[0].0).unwrap_or_default();
+        out["statistics"] = serde_json::to_value(&results[0].1).unwrap_or_default();
+        out["valid"] = valid.into();
+        if let Some((report, stats)) = results.get(1) {
+            let mut v = serde_json::to_value(report).unwrap_or_default();
+            v["statistics"] = serde_json::to_value(stats).unwrap_or_default();
+            out["validation"] = v;
+        }
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        for (report, stats) in &results {
+            println!("{report}");
+            if !report.has(ProblemKind::Unreadable) || stats.rows > 0 {
+                println!("{stats}");
+            }
+        }
+    }
+    std::process::exit(if valid { 0 } else { 1 });
+}
