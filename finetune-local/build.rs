@@ -13,9 +13,8 @@
 use std::path::Path;
 
 fn main() {
-    let lib = ["DEP_TCH_LIBTORCH_LIB", "DEP_FINETUNE_LOCAL_LIBTORCH_LIB"]
-        .into_iter()
-        .find_map(|name| {
+    let lib =
+        ["DEP_TCH_LIBTORCH_LIB", "DEP_FINETUNE_LOCAL_LIBTORCH_LIB"].into_iter().find_map(|name| {
             println!("cargo::rerun-if-env-changed={name}");
             std::env::var(name).ok()
         });

@@ -2,28 +2,32 @@
 //! way; an invalid dataset writes no file. Exit status: 0 written, 1 the data
 //! has errors, 2 usage error.
 
-use finetune_data::{OutputFormat, ValidationOptions, convert};
+use finetune_data::{ConvertOptions, OutputFormat, convert};
 use finetune_examples::args::{Args, usage_error};
 use finetune_examples::{MAPPING_FLAGS, dataset_source};
 
 const USAGE: &str = "usage: convert_dataset <IN> --to openai-chat|openai-legacy|bedrock|bedrock-conversation|parquet \
---out <PATH> [--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL]";
+--out <PATH> [--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL] \
+[--redact-sensitive] [--dedup]";
 
 fn main() {
     let mut flags = MAPPING_FLAGS.to_vec();
     flags.extend(["to", "out"]);
-    let args = Args::parse(USAGE, &flags, &[]);
+    let args = Args::parse(USAGE, &flags, &["redact-sensitive", "dedup"]);
     let [input] = args.positional.as_slice() else {
         usage_error(USAGE, "give exactly one input dataset")
     };
     let Some(to) = args.parsed::<OutputFormat>(USAGE, "to") else {
         usage_error(USAGE, "--to is required")
     };
-    let Some(out) = args.value("out") else {
-        usage_error(USAGE, "--out is required")
-    };
+    let Some(out) = args.value("out") else { usage_error(USAGE, "--out is required") };
     let source = dataset_source(USAGE, input, &args);
-    match convert(&source, out, to, ValidationOptions::default()) {
+    let options = ConvertOptions {
+        redact_sensitive: args.switch("redact-sensitive"),
+        deduplicate: args.switch("dedup"),
+        ..ConvertOptions::default()
+    };
+    match convert(&source, out, to, &options) {
         Ok((report, rows)) if report.valid => {
             if !report.warnings.is_empty() {
                 eprint!("{report}");

@@ -8,17 +8,11 @@ use finetune_examples::{SAMPLE_DATASET, SAMPLE_DATASET_NAME};
 use finetune_local::RuntimeInfo;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let reader = JsonlReader::new(
-        SAMPLE_DATASET.as_bytes(),
-        SAMPLE_DATASET_NAME,
-        ColumnMapping::default(),
-    );
+    let reader =
+        JsonlReader::new(SAMPLE_DATASET.as_bytes(), SAMPLE_DATASET_NAME, ColumnMapping::default());
     let mut validator = Validator::new(
         SAMPLE_DATASET_NAME,
-        ValidationOptions {
-            min_rows: 10,
-            ..Default::default()
-        },
+        ValidationOptions { min_rows: 10, ..Default::default() },
     );
     for batch in reader {
         validator.add(&batch?);

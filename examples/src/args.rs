@@ -49,8 +49,7 @@ impl Args {
         T::Err: std::fmt::Display,
     {
         self.value(name).map(|v| {
-            v.parse()
-                .unwrap_or_else(|e| usage_error(usage, &format!("--{name} {v}: {e}")))
+            v.parse().unwrap_or_else(|e| usage_error(usage, &format!("--{name} {v}: {e}")))
         })
     }
 

@@ -231,11 +231,7 @@ pub struct Connection {
 impl Connection {
     /// A connection with fine-tuning disabled.
     pub fn new(name: impl Into<String>, settings: ConnectionSettings) -> Self {
-        Self {
-            name: name.into(),
-            fine_tuning_enabled: false,
-            settings,
-        }
+        Self { name: name.into(), fine_tuning_enabled: false, settings }
     }
 
     /// Sets the administrator's fine-tuning switch.
@@ -254,9 +250,7 @@ impl Connection {
         if self.fine_tuning_enabled {
             Ok(())
         } else {
-            Err(Error::FineTuningDisabled {
-                connection: self.name.clone(),
-            })
+            Err(Error::FineTuningDisabled { connection: self.name.clone() })
         }
     }
 }
@@ -305,10 +299,6 @@ mod tests {
             matches!(err, Error::FineTuningDisabled { ref connection } if connection == "bedrock-eu")
         );
         assert!(err.to_string().contains("fine_tuning_enabled"));
-        assert!(
-            conn.with_fine_tuning_enabled(true)
-                .ensure_fine_tuning_enabled()
-                .is_ok()
-        );
+        assert!(conn.with_fine_tuning_enabled(true).ensure_fine_tuning_enabled().is_ok());
     }
 }

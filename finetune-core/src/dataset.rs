@@ -183,16 +183,15 @@ impl DatasetSource {
         if let Some(format) = self.format {
             return Ok(format);
         }
-        self.location
-            .extension()
-            .and_then(|ext| DatasetFormat::from_extension(&ext))
-            .ok_or_else(|| {
+        self.location.extension().and_then(|ext| DatasetFormat::from_extension(&ext)).ok_or_else(
+            || {
                 Error::invalid_at(
                     crate::Location::file(self.location.to_string()),
                     "cannot tell the dataset format from the file name; name it explicitly \
                      (parquet, csv, jsonl or arrow)",
                 )
-            })
+            },
+        )
     }
 }
 
@@ -226,10 +225,7 @@ mod tests {
         assert!(src.resolved_format().is_err());
         let src = src.with_format(DatasetFormat::Csv);
         assert_eq!(src.resolved_format().unwrap(), DatasetFormat::Csv);
-        assert_eq!(
-            "jsonl".parse::<DatasetFormat>().unwrap(),
-            DatasetFormat::Jsonl
-        );
+        assert_eq!("jsonl".parse::<DatasetFormat>().unwrap(), DatasetFormat::Jsonl);
         assert!("xlsx".parse::<DatasetFormat>().is_err());
     }
 }

@@ -33,18 +33,12 @@ pub struct Location {
 impl Location {
     /// A location in `file`.
     pub fn file(file: impl Into<String>) -> Self {
-        Self {
-            file: Some(file.into()),
-            ..Self::default()
-        }
+        Self { file: Some(file.into()), ..Self::default() }
     }
 
     /// A location naming only a field or column, e.g. a `JobSpec` field.
     pub fn column(column: impl Into<String>) -> Self {
-        Self {
-            column: Some(column.into()),
-            ..Self::default()
-        }
+        Self { column: Some(column.into()), ..Self::default() }
     }
 
     /// Sets the 1-based record number.
@@ -208,35 +202,23 @@ pub enum Error {
 }
 
 fn fmt_location(location: &Option<Location>) -> String {
-    location
-        .as_ref()
-        .map(|l| format!(" at {l}"))
-        .unwrap_or_default()
+    location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default()
 }
 
 impl Error {
     /// An [`Error::InvalidInput`] without a location.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidInput {
-            message: message.into(),
-            location: None,
-        }
+        Self::InvalidInput { message: message.into(), location: None }
     }
 
     /// An [`Error::InvalidInput`] at `location`.
     pub fn invalid_at(location: Location, message: impl Into<String>) -> Self {
-        Self::InvalidInput {
-            message: message.into(),
-            location: Some(location),
-        }
+        Self::InvalidInput { message: message.into(), location: Some(location) }
     }
 
     /// An [`Error::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: Some(path.into()),
-            source,
-        }
+        Self::Io { path: Some(path.into()), source }
     }
 
     /// An [`Error::Other`] wrapping `source`.
@@ -244,10 +226,7 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self::Other {
-            message: message.into(),
-            source: Some(source.into()),
-        }
+        Self::Other { message: message.into(), source: Some(source.into()) }
     }
 
     /// Whether repeating the same request later may succeed: rate limits,
@@ -256,10 +235,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::RateLimited { .. } | Self::Transient { .. } => true,
-            Self::Provider {
-                status: Some(status),
-                ..
-            } => matches!(status, 408 | 409 | 429) || (500..600).contains(status),
+            Self::Provider { status: Some(status), .. } => {
+                matches!(status, 408 | 409 | 429) || (500..600).contains(status)
+            }
             _ => false,
         }
     }
@@ -285,19 +263,8 @@ mod tests {
 
     #[test]
     fn retryable_classification() {
-        assert!(
-            Error::Transient {
-                message: "reset".into()
-            }
-            .is_retryable()
-        );
-        assert!(
-            Error::RateLimited {
-                retry_after: None,
-                message: "slow".into()
-            }
-            .is_retryable()
-        );
+        assert!(Error::Transient { message: "reset".into() }.is_retryable());
+        assert!(Error::RateLimited { retry_after: None, message: "slow".into() }.is_retryable());
         for status in [408, 409, 429, 500, 502, 503, 599] {
             let e = Error::Provider {
                 status: Some(status),
@@ -323,10 +290,7 @@ mod tests {
     #[test]
     fn display_names_the_location() {
         let e = Error::invalid_at(
-            Location::file("train.jsonl")
-                .with_row(3)
-                .with_line(4)
-                .with_column("prompt"),
+            Location::file("train.jsonl").with_row(3).with_line(4).with_column("prompt"),
             "missing value",
         );
         assert_eq!(
@@ -347,10 +311,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_exposed() {
-        let e = Error::RateLimited {
-            retry_after: Some(Duration::from_secs(3)),
-            message: "x".into(),
-        };
+        let e =
+            Error::RateLimited { retry_after: Some(Duration::from_secs(3)), message: "x".into() };
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         assert!(e.to_string().contains("retry after 3s"));
     }

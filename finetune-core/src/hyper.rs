@@ -66,9 +66,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Setting<T> {
         }
         match Raw::<T>::deserialize(deserializer)? {
             Raw::Str(s) if s == "auto" => Ok(Self::Auto),
-            Raw::Str(s) => Err(de::Error::custom(format!(
-                "expected \"auto\" or a value, got \"{s}\""
-            ))),
+            Raw::Str(s) => {
+                Err(de::Error::custom(format!("expected \"auto\" or a value, got \"{s}\"")))
+            }
             Raw::Value(v) => Ok(Self::Value(v)),
         }
     }
@@ -121,10 +121,7 @@ mod tests {
             learning_rate: Setting::Value(LearningRate::Multiplier(0.5)),
         };
         let json = serde_json::to_string(&h).unwrap();
-        assert_eq!(
-            json,
-            r#"{"epochs":3,"batch_size":"auto","learning_rate":{"multiplier":0.5}}"#
-        );
+        assert_eq!(json, r#"{"epochs":3,"batch_size":"auto","learning_rate":{"multiplier":0.5}}"#);
         assert_eq!(serde_json::from_str::<Hyperparameters>(&json).unwrap(), h);
         assert_eq!(
             serde_json::from_str::<Hyperparameters>("{}").unwrap(),

@@ -100,10 +100,7 @@ impl JobSpec {
     /// Providers add their own rules on top.
     pub fn validate_common(&self) -> Result<()> {
         if self.base_model.trim().is_empty() {
-            return Err(Error::invalid_at(
-                Location::column("base_model"),
-                "no base model named",
-            ));
+            return Err(Error::invalid_at(Location::column("base_model"), "no base model named"));
         }
         if self.hyperparameters.epochs.value() == Some(0) {
             return Err(Error::invalid_at(
@@ -233,10 +230,7 @@ pub enum JobState {
 impl JobState {
     /// Whether the job can no longer change.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded { .. } | Self::Failed { .. } | Self::Cancelled
-        )
+        matches!(self, Self::Succeeded { .. } | Self::Failed { .. } | Self::Cancelled)
     }
 
     /// A short lowercase name, for logs and tables.
@@ -332,20 +326,10 @@ mod tests {
         assert!(err.contains("base_model"), "{err}");
         let mut s = spec();
         s.hyperparameters.epochs = Setting::Value(0);
-        assert!(
-            s.validate_common()
-                .unwrap_err()
-                .to_string()
-                .contains("hyperparameters.epochs")
-        );
+        assert!(s.validate_common().unwrap_err().to_string().contains("hyperparameters.epochs"));
         let mut s = spec();
         s.hyperparameters.learning_rate = Setting::Value(LearningRate::Absolute(f64::NAN));
-        assert!(
-            s.validate_common()
-                .unwrap_err()
-                .to_string()
-                .contains("learning_rate")
-        );
+        assert!(s.validate_common().unwrap_err().to_string().contains("learning_rate"));
     }
 
     #[test]
@@ -364,27 +348,13 @@ mod tests {
     fn states() {
         assert!(JobState::Cancelled.is_terminal());
         assert!(!JobState::Cancelling.is_terminal());
-        assert!(
-            !JobState::Unknown {
-                name: "paused_by_admin".into()
-            }
-            .is_terminal()
-        );
+        assert!(!JobState::Unknown { name: "paused_by_admin".into() }.is_terminal());
         let r = JobState::Running {
-            progress: Progress {
-                step: Some(3),
-                total_steps: Some(12),
-                epoch: None,
-            },
+            progress: Progress { step: Some(3), total_steps: Some(12), epoch: None },
         };
         assert_eq!(r.to_string(), "running (step 3/12)");
         assert_eq!(
-            Progress {
-                step: Some(3),
-                total_steps: Some(12),
-                epoch: None
-            }
-            .fraction(),
+            Progress { step: Some(3), total_steps: Some(12), epoch: None }.fraction(),
             Some(0.25)
         );
     }

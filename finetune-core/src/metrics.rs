@@ -36,11 +36,7 @@ pub struct LossPoint {
 impl LossPoint {
     /// A point with only a training loss.
     pub fn train(step: u64, loss: f64) -> Self {
-        Self {
-            step,
-            train_loss: Some(loss),
-            ..Self::default()
-        }
+        Self { step, train_loss: Some(loss), ..Self::default() }
     }
 
     /// Fills this point's missing fields from `other` (same step).
@@ -54,10 +50,7 @@ impl LossPoint {
         fill(&mut self.train_loss, other.train_loss);
         fill(&mut self.validation_loss, other.validation_loss);
         fill(&mut self.token_accuracy, other.token_accuracy);
-        fill(
-            &mut self.validation_token_accuracy,
-            other.validation_token_accuracy,
-        );
+        fill(&mut self.validation_token_accuracy, other.validation_token_accuracy);
         fill(&mut self.learning_rate, other.learning_rate);
     }
 }
@@ -105,18 +98,12 @@ impl LossCurve {
 
     /// `(step, train loss)` pairs.
     pub fn train_series(&self) -> Vec<(u64, f64)> {
-        self.points
-            .iter()
-            .filter_map(|p| Some((p.step, p.train_loss?)))
-            .collect()
+        self.points.iter().filter_map(|p| Some((p.step, p.train_loss?))).collect()
     }
 
     /// `(step, validation loss)` pairs.
     pub fn validation_series(&self) -> Vec<(u64, f64)> {
-        self.points
-            .iter()
-            .filter_map(|p| Some((p.step, p.validation_loss?)))
-            .collect()
+        self.points.iter().filter_map(|p| Some((p.step, p.validation_loss?))).collect()
     }
 
     /// The last training loss.
@@ -126,9 +113,7 @@ impl LossCurve {
 
     /// The step with the lowest validation loss, and that loss.
     pub fn best_validation(&self) -> Option<(u64, f64)> {
-        self.validation_series()
-            .into_iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
+        self.validation_series().into_iter().min_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -168,21 +153,14 @@ mod plot {
 
     impl Default for PlotOptions {
         fn default() -> Self {
-            Self {
-                title: "Loss".into(),
-                width: 800,
-                height: 480,
-            }
+            Self { title: "Loss".into(), width: 800, height: 480 }
         }
     }
 
     impl PlotOptions {
         /// Default size with the given title.
         pub fn titled(title: impl Into<String>) -> Self {
-            Self {
-                title: title.into(),
-                ..Self::default()
-            }
+            Self { title: title.into(), ..Self::default() }
         }
     }
 
@@ -200,19 +178,13 @@ mod plot {
                 .map_err(|_| "the embedded DejaVu Sans font could not be parsed".to_owned())
             })
             .clone()
-            .map_err(|message| Error::Other {
-                message,
-                source: None,
-            })
+            .map_err(|message| Error::Other { message, source: None })
     }
 
     fn plot_error<E: std::error::Error + Send + Sync + 'static>(
         e: DrawingAreaErrorKind<E>,
     ) -> Error {
-        Error::Other {
-            message: format!("drawing the loss graph failed: {e}"),
-            source: None,
-        }
+        Error::Other { message: format!("drawing the loss graph failed: {e}"), source: None }
     }
 
     const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
@@ -228,10 +200,7 @@ mod plot {
     {
         let train = curve.train_series();
         let valid = curve.validation_series();
-        let all = train
-            .iter()
-            .chain(valid.iter())
-            .filter(|(_, l)| l.is_finite());
+        let all = train.iter().chain(valid.iter()).filter(|(_, l)| l.is_finite());
         let (mut x0, mut x1, mut y0, mut y1) = (u64::MAX, 0u64, f64::INFINITY, f64::NEG_INFINITY);
         for &(s, l) in all {
             x0 = x0.min(s);
@@ -258,12 +227,8 @@ mod plot {
             .y_desc("loss")
             .label_style(("sans-serif", 13))
             .draw()?;
-        let finite = |s: &[(u64, f64)]| {
-            s.iter()
-                .copied()
-                .filter(|(_, l)| l.is_finite())
-                .collect::<Vec<_>>()
-        };
+        let finite =
+            |s: &[(u64, f64)]| s.iter().copied().filter(|(_, l)| l.is_finite()).collect::<Vec<_>>();
         chart
             .draw_series(LineSeries::new(finite(&train), TRAIN_COLOR.stroke_width(2)))?
             .label("training loss")
@@ -278,11 +243,8 @@ mod plot {
                 .legend(|(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], VALID_COLOR.stroke_width(2))
                 });
-            chart.draw_series(
-                valid
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, VALID_COLOR.filled())),
-            )?;
+            chart
+                .draw_series(valid.into_iter().map(|p| Circle::new(p, 3, VALID_COLOR.filled())))?;
         }
         chart
             .configure_series_labels()
@@ -366,9 +328,7 @@ mod plot {
             };
             let tmp = path.with_extension(format!(
                 "{}.tmp",
-                path.extension()
-                    .and_then(|e| e.to_str())
-                    .unwrap_or_default()
+                path.extension().and_then(|e| e.to_str()).unwrap_or_default()
             ));
             std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
             std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -381,9 +341,7 @@ mod tests {
     use super::*;
 
     fn curve() -> LossCurve {
-        let mut c: LossCurve = (1..=20)
-            .map(|s| LossPoint::train(s, 2.0 / s as f64))
-            .collect();
+        let mut c: LossCurve = (1..=20).map(|s| LossPoint::train(s, 2.0 / s as f64)).collect();
         for s in [5, 10, 15, 20] {
             c.upsert(LossPoint {
                 step: s,
@@ -406,17 +364,11 @@ mod tests {
         assert_eq!(c.best_validation(), Some((20, 0.125)));
         assert_eq!(c.last_train_loss(), Some(0.1));
         // Out-of-order insertion keeps the steps sorted.
-        let c: LossCurve = [
-            LossPoint::train(3, 1.0),
-            LossPoint::train(1, 3.0),
-            LossPoint::train(2, 2.0),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(
-            c.points().iter().map(|p| p.step).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
+        let c: LossCurve =
+            [LossPoint::train(3, 1.0), LossPoint::train(1, 3.0), LossPoint::train(2, 2.0)]
+                .into_iter()
+                .collect();
+        assert_eq!(c.points().iter().map(|p| p.step).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[test]
@@ -429,30 +381,14 @@ mod tests {
     #[cfg(feature = "plot")]
     #[test]
     fn renders_svg_with_both_series_and_labels() {
-        let svg = curve()
-            .render_svg(&PlotOptions::titled("my model"))
-            .unwrap();
+        let svg = curve().render_svg(&PlotOptions::titled("my model")).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
-        for text in [
-            "my model",
-            "training loss",
-            "validation loss",
-            "step",
-            "loss",
-        ] {
+        for text in ["my model", "training loss", "validation loss", "step", "loss"] {
             assert!(svg.contains(text), "missing {text}");
         }
         // Each series is drawn once as a line and once as its legend sample.
-        assert_eq!(
-            svg.matches(r##"stroke="#1F77B4""##).count(),
-            2,
-            "training series"
-        );
-        assert_eq!(
-            svg.matches(r##"stroke="#FF7F0E""##).count(),
-            2,
-            "validation series"
-        );
+        assert_eq!(svg.matches(r##"stroke="#1F77B4""##).count(), 2, "training series");
+        assert_eq!(svg.matches(r##"stroke="#FF7F0E""##).count(), 2, "validation series");
         let train_only: LossCurve = (1..=5).map(|s| LossPoint::train(s, 1.0)).collect();
         let svg = train_only.render_svg(&PlotOptions::default()).unwrap();
         assert!(!svg.contains("validation loss"));
@@ -462,11 +398,7 @@ mod tests {
     #[cfg(feature = "plot")]
     #[test]
     fn renders_png_with_ink() {
-        let opts = PlotOptions {
-            width: 320,
-            height: 200,
-            ..PlotOptions::default()
-        };
+        let opts = PlotOptions { width: 320, height: 200, ..PlotOptions::default() };
         let png_bytes = curve().render_png(&opts).unwrap();
         assert_eq!(&png_bytes[..8], b"\x89PNG\r\n\x1a\n");
         let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
@@ -484,38 +416,20 @@ mod tests {
                 r < 60 && g < 60 && b < 60
             })
             .count();
-        assert!(
-            orange > 50 && blue > 50,
-            "series drawn: orange {orange}, blue {blue}"
-        );
-        assert!(
-            dark > 200,
-            "text and axes drawn with the embedded font: {dark} dark pixels"
-        );
+        assert!(orange > 50 && blue > 50, "series drawn: orange {orange}, blue {blue}");
+        assert!(dark > 200, "text and axes drawn with the embedded font: {dark} dark pixels");
     }
 
     #[cfg(feature = "plot")]
     #[test]
     fn empty_or_nan_curves_are_refused_and_save_picks_format() {
-        assert!(
-            LossCurve::new()
-                .render_svg(&PlotOptions::default())
-                .is_err()
-        );
+        assert!(LossCurve::new().render_svg(&PlotOptions::default()).is_err());
         let nan: LossCurve = [LossPoint::train(1, f64::NAN)].into_iter().collect();
         assert!(nan.render_png(&PlotOptions::default()).is_err());
         let dir = tempfile::tempdir().unwrap();
-        curve()
-            .save_plot(dir.path().join("loss.svg"), &PlotOptions::default())
-            .unwrap();
-        curve()
-            .save_plot(dir.path().join("loss.png"), &PlotOptions::default())
-            .unwrap();
-        assert!(
-            curve()
-                .save_plot(dir.path().join("loss.gif"), &PlotOptions::default())
-                .is_err()
-        );
+        curve().save_plot(dir.path().join("loss.svg"), &PlotOptions::default()).unwrap();
+        curve().save_plot(dir.path().join("loss.png"), &PlotOptions::default()).unwrap();
+        assert!(curve().save_plot(dir.path().join("loss.gif"), &PlotOptions::default()).is_err());
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

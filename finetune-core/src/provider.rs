@@ -232,9 +232,7 @@ pub async fn wait_for_job(
             wait = wait.min(timeout - elapsed);
         }
         tokio::time::sleep(wait).await;
-        interval = interval
-            .mul_f64(policy.multiplier.max(1.0))
-            .min(policy.max_interval);
+        interval = interval.mul_f64(policy.multiplier.max(1.0)).min(policy.max_interval);
     }
 }
 
@@ -321,11 +319,6 @@ mod tests {
         let mut caps = Capabilities::full(LearningRateKind::Absolute);
         caps.validation_dataset = false;
         let s = spec().with_validation(DatasetSource::new("v.jsonl").unwrap());
-        assert!(
-            caps.check(&s)
-                .unwrap_err()
-                .to_string()
-                .contains("validation")
-        );
+        assert!(caps.check(&s).unwrap_err().to_string().contains("validation"));
     }
 }

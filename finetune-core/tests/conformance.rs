@@ -84,32 +84,16 @@ async fn listing_pages_newest_first() {
     for _ in 0..5 {
         ids.push(p.submit(&spec).await.unwrap().id);
     }
-    let first = p
-        .list_jobs(&ListJobs {
-            limit: Some(2),
-            after: None,
-        })
-        .await
-        .unwrap();
+    let first = p.list_jobs(&ListJobs { limit: Some(2), after: None }).await.unwrap();
     assert_eq!(
         first.items.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
         [ids[4].clone(), ids[3].clone()]
     );
-    let second = p
-        .list_jobs(&ListJobs {
-            limit: Some(2),
-            after: first.next.clone(),
-        })
-        .await
-        .unwrap();
+    let second =
+        p.list_jobs(&ListJobs { limit: Some(2), after: first.next.clone() }).await.unwrap();
     assert_eq!(second.items[0].id, ids[2]);
-    let third = p
-        .list_jobs(&ListJobs {
-            limit: Some(2),
-            after: second.next.clone(),
-        })
-        .await
-        .unwrap();
+    let third =
+        p.list_jobs(&ListJobs { limit: Some(2), after: second.next.clone() }).await.unwrap();
     assert_eq!(third.items.len(), 1);
     assert_eq!(third.next, None);
 }
@@ -135,9 +119,7 @@ impl FineTuneProvider for Flaky {
         Ok(())
     }
     async fn submit(&self, _: &JobSpec) -> Result<Job> {
-        Err(Error::Unsupported {
-            message: "read-only".into(),
-        })
+        Err(Error::Unsupported { message: "read-only".into() })
     }
     async fn job(&self, id: &JobId) -> Result<Job> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -149,9 +131,7 @@ impl FineTuneProvider for Flaky {
                     message: "slow down".into(),
                 }
             } else {
-                Error::Authentication {
-                    message: "expired".into(),
-                }
+                Error::Authentication { message: "expired".into() }
             });
         }
         Ok(Job {
@@ -170,45 +150,26 @@ impl FineTuneProvider for Flaky {
         Ok(JobState::Cancelled)
     }
     async fn list_jobs(&self, _: &ListJobs) -> Result<Page<Job>> {
-        Ok(Page {
-            items: vec![],
-            next: None,
-        })
+        Ok(Page { items: vec![], next: None })
     }
 }
 
 #[tokio::test]
 async fn waiting_rides_out_retryable_errors_but_not_others() {
     let policy = PollPolicy::fixed(Duration::from_millis(1), Duration::from_secs(5));
-    let p = Flaky {
-        failures_left: AtomicU32::new(3),
-        retryable: true,
-        calls: AtomicU32::new(0),
-    };
-    let job = wait_for_job(&p, &JobId::new("j"), &policy, |_| {})
-        .await
-        .unwrap();
+    let p = Flaky { failures_left: AtomicU32::new(3), retryable: true, calls: AtomicU32::new(0) };
+    let job = wait_for_job(&p, &JobId::new("j"), &policy, |_| {}).await.unwrap();
     assert_eq!(job.state, JobState::Cancelled);
     assert_eq!(p.calls.load(Ordering::SeqCst), 4);
 
-    let p = Flaky {
-        failures_left: AtomicU32::new(1),
-        retryable: false,
-        calls: AtomicU32::new(0),
-    };
-    let err = wait_for_job(&p, &JobId::new("j"), &policy, |_| {})
-        .await
-        .unwrap_err();
+    let p = Flaky { failures_left: AtomicU32::new(1), retryable: false, calls: AtomicU32::new(0) };
+    let err = wait_for_job(&p, &JobId::new("j"), &policy, |_| {}).await.unwrap_err();
     assert!(matches!(err, Error::Authentication { .. }));
     assert_eq!(p.calls.load(Ordering::SeqCst), 1);
 
     let mut policy = policy;
     policy.max_consecutive_errors = 2;
-    let p = Flaky {
-        failures_left: AtomicU32::new(5),
-        retryable: true,
-        calls: AtomicU32::new(0),
-    };
+    let p = Flaky { failures_left: AtomicU32::new(5), retryable: true, calls: AtomicU32::new(0) };
     assert!(matches!(
         wait_for_job(&p, &JobId::new("j"), &policy, |_| {}).await,
         Err(Error::RateLimited { .. })
@@ -222,11 +183,8 @@ async fn waiting_reports_each_change_once() {
     let job = p.submit(&spec).await.unwrap();
     let seen = Mutex::new(Vec::new());
     let policy = PollPolicy::fixed(Duration::from_millis(1), Duration::from_secs(5));
-    let done = wait_for_job(&p, &job.id, &policy, |s| {
-        seen.lock().unwrap().push(s.clone())
-    })
-    .await
-    .unwrap();
+    let done =
+        wait_for_job(&p, &job.id, &policy, |s| seen.lock().unwrap().push(s.clone())).await.unwrap();
     let seen = seen.into_inner().unwrap();
     // validating, 8 running steps, succeeded: every change, none twice in a row.
     assert_eq!(seen.len(), 1 + 8 + 1, "{seen:?}");
@@ -245,14 +203,9 @@ async fn the_connection_switch_gates_submission() {
         secrets: [("token".to_owned(), Secret::new("s3cr3t"))].into(),
     };
     let spec = finetune_core::testing::ConformanceHarness::valid_spec(&MemoryHarness::default());
-    let gated = ConnectionGate::new(
-        Connection::new("team-a", settings.clone()),
-        MemoryProvider::new(),
-    );
-    assert!(matches!(
-        gated.validate(&spec).await,
-        Err(Error::FineTuningDisabled { .. })
-    ));
+    let gated =
+        ConnectionGate::new(Connection::new("team-a", settings.clone()), MemoryProvider::new());
+    assert!(matches!(gated.validate(&spec).await, Err(Error::FineTuningDisabled { .. })));
     let err = gated.submit(&spec).await.unwrap_err();
     assert!(err.to_string().contains("team-a"), "{err}");
     assert_eq!(gated.inner().uploads(), 0, "nothing leaves the building");

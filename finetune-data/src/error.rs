@@ -48,10 +48,9 @@ impl From<DataError> for finetune_core::Error {
     fn from(e: DataError) -> Self {
         match e {
             DataError::Unsupported(message) => finetune_core::Error::Unsupported { message },
-            DataError::Io { file, source } => finetune_core::Error::Io {
-                path: Some(file.into()),
-                source,
-            },
+            DataError::Io { file, source } => {
+                finetune_core::Error::Io { path: Some(file.into()), source }
+            }
             other => finetune_core::Error::InvalidInput {
                 message: other.to_string(),
                 location: other.location(),

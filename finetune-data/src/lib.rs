@@ -32,6 +32,8 @@ mod error;
 mod read;
 mod report;
 mod schema;
+pub mod sensitive;
+mod transform;
 mod validate;
 mod write;
 
@@ -39,5 +41,9 @@ pub use error::DataError;
 pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
 pub use report::{Problem, ProblemKind, Severity, ValidationReport};
 pub use schema::{COMPLETION, PROMPT, SYSTEM, canonical_schema, is_text_type};
-pub use validate::{LengthStats, Statistics, ValidationOptions, Validator, validate};
-pub use write::{DatasetWriter, OutputFormat, convert};
+pub use transform::{Deduplicator, Split, redact_batch, split_batch, split_of};
+pub use validate::{
+    CharsPerToken, ExampleIndex, LengthStats, Statistics, TokenCounter, TokenStats,
+    ValidationOptions, Validator, run, validate,
+};
+pub use write::{ConvertOptions, DatasetWriter, OutputFormat, convert};

@@ -133,10 +133,7 @@ impl ValidationReport {
 
     /// The listed problems of `kind`, errors then warnings.
     pub fn problems(&self, kind: ProblemKind) -> impl Iterator<Item = &Problem> {
-        self.errors
-            .iter()
-            .chain(&self.warnings)
-            .filter(move |p| p.kind == kind)
+        self.errors.iter().chain(&self.warnings).filter(move |p| p.kind == kind)
     }
 }
 
@@ -145,11 +142,8 @@ impl fmt::Display for ValidationReport {
         let verdict = if self.valid { "valid" } else { "INVALID" };
         writeln!(f, "{}: {verdict}, {} row(s)", self.file, self.rows)?;
         if !self.counts.is_empty() {
-            let counts: Vec<String> = self
-                .counts
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect();
+            let counts: Vec<String> =
+                self.counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             writeln!(f, "  problems: {}", counts.join(", "))?;
         }
         for p in self.errors.iter().chain(&self.warnings) {

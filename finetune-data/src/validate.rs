@@ -27,6 +27,8 @@ pub struct ValidationOptions {
     /// At most this many errors and this many warnings are listed; all are
     /// counted.
     pub max_listed: usize,
+    /// Scan every value for likely personal or secret data (warnings).
+    pub scan_sensitive: bool,
 }
 
 impl Default for ValidationOptions {
@@ -36,6 +38,7 @@ impl Default for ValidationOptions {
             max_chars: None,
             empty_is_error: true,
             max_listed: 100,
+            scan_sensitive: false,
         }
     }
 }
@@ -57,6 +60,47 @@ pub struct LengthStats {
     pub max: u64,
 }
 
+/// Counts the tokens of a text for a model's tokenizer. `finetune-local`
+/// will offer one over a HuggingFace `tokenizer.json`; [`CharsPerToken`] is a
+/// rough stand-in when the provider's tokenizer is not at hand.
+pub trait TokenCounter: Send + Sync {
+    /// Tokens in `text`.
+    fn count(&self, text: &str) -> usize;
+}
+
+/// An estimate: one token per this many characters (about 4 for English
+/// with OpenAI's tokenizers).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CharsPerToken(pub f64);
+
+impl TokenCounter for CharsPerToken {
+    fn count(&self, text: &str) -> usize {
+        let chars = text.chars().count();
+        if chars == 0 { 0 } else { ((chars as f64 / self.0.max(0.1)).ceil() as usize).max(1) }
+    }
+}
+
+/// Token counts, when a [`TokenCounter`] was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenStats {
+    /// Prompt tokens per row.
+    pub prompt: LengthStats,
+    /// Completion tokens per row.
+    pub completion: LengthStats,
+    /// System tokens per row (non-null ones).
+    pub system: LengthStats,
+    /// Tokens per row, all columns together.
+    pub per_row: LengthStats,
+}
+
+impl TokenStats {
+    /// The tokens a provider bills for training: every token of every row,
+    /// once per epoch. Providers add their own per-message overhead.
+    pub fn billed_tokens(&self, epochs: u32) -> u64 {
+        self.per_row.total * u64::from(epochs)
+    }
+}
+
 /// What a dataset holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Statistics {
@@ -70,30 +114,38 @@ pub struct Statistics {
     pub completion_chars: LengthStats,
     /// System-message lengths in characters (non-null ones).
     pub system_chars: LengthStats,
+    /// Token counts, when a token counter was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenStats>,
 }
 
 impl fmt::Display for Statistics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "rows: {} ({} without a system message)",
-            self.rows, self.null_systems
-        )?;
-        writeln!(
-            f,
-            "{:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
-            "chars", "min", "median", "p95", "max", "total"
-        )?;
-        for (name, s) in [
-            ("prompt", &self.prompt_chars),
-            ("completion", &self.completion_chars),
-            ("system", &self.system_chars),
-        ] {
+        fn line(f: &mut fmt::Formatter<'_>, name: &str, s: &LengthStats) -> fmt::Result {
             writeln!(
                 f,
                 "{name:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
                 s.min, s.median, s.p95, s.max, s.total
-            )?;
+            )
+        }
+        fn header(f: &mut fmt::Formatter<'_>, what: &str) -> fmt::Result {
+            writeln!(
+                f,
+                "{what:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
+                "min", "median", "p95", "max", "total"
+            )
+        }
+        writeln!(f, "rows: {} ({} without a system message)", self.rows, self.null_systems)?;
+        header(f, "chars")?;
+        line(f, "prompt", &self.prompt_chars)?;
+        line(f, "completion", &self.completion_chars)?;
+        line(f, "system", &self.system_chars)?;
+        if let Some(t) = &self.tokens {
+            header(f, "tokens")?;
+            line(f, "prompt", &t.prompt)?;
+            line(f, "completion", &t.completion)?;
+            line(f, "system", &t.system)?;
+            line(f, "row", &t.per_row)?;
         }
         Ok(())
     }
@@ -177,9 +229,23 @@ pub struct Validator {
     /// Example hash → the record number it first appeared at.
     seen: HashMap<u64, u64>,
     fatal: bool,
+    /// The training set's examples, when validating a validation set.
+    training: Option<ExampleIndex>,
+    tokens: Option<(Box<dyn TokenCounter>, [LengthHistogram; 4])>,
 }
 
-fn example_hash(prompt: &str, completion: &str, system: Option<&str>) -> u64 {
+/// The examples of a dataset by content hash, to find validation rows that
+/// are also training rows.
+#[derive(Debug, Clone, Default)]
+pub struct ExampleIndex(HashMap<u64, u64>);
+
+impl fmt::Debug for dyn TokenCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenCounter")
+    }
+}
+
+pub(crate) fn example_hash(prompt: &str, completion: &str, system: Option<&str>) -> u64 {
     // `DefaultHasher::new()` has fixed keys: the same data hashes the same
     // way in every run.
     let mut h = DefaultHasher::new();
@@ -202,7 +268,26 @@ impl Validator {
             system: LengthHistogram::default(),
             seen: HashMap::new(),
             fatal: false,
+            training: None,
+            tokens: None,
         }
+    }
+
+    /// Warns (`validation_overlap`) about rows also in `training`.
+    pub fn against_training(mut self, training: ExampleIndex) -> Self {
+        self.training = Some(training);
+        self
+    }
+
+    /// Counts tokens with `counter` for the statistics.
+    pub fn with_token_counter(mut self, counter: Box<dyn TokenCounter>) -> Self {
+        self.tokens = Some((counter, Default::default()));
+        self
+    }
+
+    /// The examples seen so far.
+    pub fn index(&self) -> ExampleIndex {
+        ExampleIndex(self.seen.clone())
     }
 
     fn problem(
@@ -237,21 +322,15 @@ impl Validator {
             batch.batch.column(2).as_string::<i32>(),
         );
         let (prompts, completions, systems): (&StringArray, &StringArray, &StringArray) = columns;
-        let empty_severity = if self.options.empty_is_error {
-            Severity::Error
-        } else {
-            Severity::Warning
-        };
+        let empty_severity =
+            if self.options.empty_is_error { Severity::Error } else { Severity::Warning };
         for i in 0..batch.batch.num_rows() {
             let row = batch.rows.get(i).copied().unwrap_or(0);
             let line = batch.lines.as_ref().and_then(|l| l.get(i).copied());
             let prompt = prompts.value(i);
             let completion = completions.value(i);
             let system = systems.is_valid(i).then(|| systems.value(i));
-            let (pc, cc) = (
-                prompt.chars().count() as u64,
-                completion.chars().count() as u64,
-            );
+            let (pc, cc) = (prompt.chars().count() as u64, completion.chars().count() as u64);
             self.prompt.add(pc);
             self.completion.add(cc);
             let sc = match system {
@@ -267,11 +346,7 @@ impl Validator {
             };
             for (column, value) in [(PROMPT, prompt), (COMPLETION, completion)] {
                 if value.trim().is_empty() {
-                    let what = if value.is_empty() {
-                        "empty"
-                    } else {
-                        "whitespace only"
-                    };
+                    let what = if value.is_empty() { "empty" } else { "whitespace only" };
                     self.problem(
                         ProblemKind::EmptyValue,
                         empty_severity,
@@ -299,10 +374,50 @@ impl Validator {
                     );
                 }
             }
-            let first = *self
-                .seen
-                .entry(example_hash(prompt, completion, system))
-                .or_insert(row);
+            if let Some((counter, [tp, tc, ts, tr])) = &mut self.tokens {
+                let (a, b) = (counter.count(prompt) as u64, counter.count(completion) as u64);
+                let c = system.map(|s| counter.count(s) as u64);
+                tp.add(a);
+                tc.add(b);
+                if let Some(c) = c {
+                    ts.add(c);
+                }
+                tr.add(a + b + c.unwrap_or(0));
+            }
+            if self.options.scan_sensitive {
+                for (column, value) in
+                    [(PROMPT, Some(prompt)), (COMPLETION, Some(completion)), (SYSTEM, system)]
+                {
+                    let Some(value) = value else { continue };
+                    for finding in crate::sensitive::scan(value) {
+                        self.problem(
+                            ProblemKind::SensitiveData,
+                            Severity::Warning,
+                            row,
+                            line,
+                            Some(column),
+                            format!(
+                                "looks like a {}: {}",
+                                finding.kind,
+                                crate::sensitive::masked(value, &finding)
+                            ),
+                        );
+                    }
+                }
+            }
+            let hash = example_hash(prompt, completion, system);
+            if let Some(training_row) = self.training.as_ref().and_then(|t| t.0.get(&hash)).copied()
+            {
+                self.problem(
+                    ProblemKind::ValidationOverlap,
+                    Severity::Warning,
+                    row,
+                    line,
+                    None,
+                    format!("the same example is training row {training_row}"),
+                );
+            }
+            let first = *self.seen.entry(hash).or_insert(row);
             if first != row {
                 self.problem(
                     ProblemKind::Duplicate,
@@ -352,6 +467,12 @@ impl Validator {
             prompt_chars: self.prompt.stats(),
             completion_chars: self.completion.stats(),
             system_chars: self.system.stats(),
+            tokens: self.tokens.as_ref().map(|(_, [p, c, s, r])| TokenStats {
+                prompt: p.stats(),
+                completion: c.stats(),
+                system: s.stats(),
+                per_row: r.stats(),
+            }),
         };
         (self.log.into_report(self.file, self.records), stats)
     }
@@ -367,12 +488,20 @@ pub fn validate(
     source: &finetune_core::DatasetSource,
     options: ValidationOptions,
 ) -> Result<(ValidationReport, Statistics), DataError> {
-    let mut validator = Validator::new(source.location.to_string(), options);
+    run(source, Validator::new(source.location.to_string(), options)).map(Validator::finish)
+}
+
+/// Reads `source` through `validator` and hands the validator back, so
+/// callers can take its [`Validator::index`] before finishing it.
+pub fn run(
+    source: &finetune_core::DatasetSource,
+    mut validator: Validator,
+) -> Result<Validator, DataError> {
     let batches = match crate::read::open(source) {
         Ok(batches) => batches,
         Err(DataError::Invalid(problem)) => {
             validator.fatal(*problem);
-            return Ok(validator.finish());
+            return Ok(validator);
         }
         Err(e) => return Err(e),
     };
@@ -387,7 +516,7 @@ pub fn validate(
             Err(e) => return Err(e),
         }
     }
-    Ok(validator.finish())
+    Ok(validator)
 }
 
 #[cfg(test)]
@@ -402,10 +531,7 @@ mod tests {
         }
         h.add(1_000_000);
         let s = h.stats();
-        assert_eq!(
-            (s.count, s.min, s.median, s.p95, s.max),
-            (101, 1, 51, 96, 1_000_000)
-        );
+        assert_eq!((s.count, s.min, s.median, s.p95, s.max), (101, 1, 51, 96, 1_000_000));
         assert_eq!(LengthHistogram::default().stats(), LengthStats::default());
     }
 }

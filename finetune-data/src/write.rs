@@ -48,27 +48,19 @@ impl FromStr for OutputFormat {
     type Err = DataError;
 
     fn from_str(s: &str) -> Result<Self, DataError> {
-        Self::ALL
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|(n, _)| *n).collect();
-                DataError::Unsupported(format!(
-                    "unknown output format `{s}`; expected one of {}",
-                    names.join(", ")
-                ))
-            })
+        Self::ALL.iter().find(|(name, _)| *name == s).map(|(_, f)| *f).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            DataError::Unsupported(format!(
+                "unknown output format `{s}`; expected one of {}",
+                names.join(", ")
+            ))
+        })
     }
 }
 
 impl fmt::Display for OutputFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Self::ALL
-            .iter()
-            .find(|(_, x)| x == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?");
+        let name = Self::ALL.iter().find(|(_, x)| x == self).map(|(n, _)| *n).unwrap_or("?");
         f.write_str(name)
     }
 }
@@ -91,16 +83,10 @@ impl DatasetWriter {
     /// Starts writing `path` in `format`.
     pub fn create(path: impl AsRef<Path>, format: OutputFormat) -> Result<Self, DataError> {
         let target = path.as_ref().to_path_buf();
-        let mut temp_name = target
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
+        let mut temp_name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         temp_name.push(".partial");
         let temp = target.with_file_name(temp_name);
-        let io = |source| DataError::Io {
-            file: temp.display().to_string(),
-            source,
-        };
+        let io = |source| DataError::Io { file: temp.display().to_string(), source };
         let file = File::create(&temp).map_err(io)?;
         let sink = match format {
             OutputFormat::Parquet => {
@@ -117,30 +103,19 @@ impl DatasetWriter {
             }
             _ => Sink::Jsonl(BufWriter::with_capacity(1 << 16, file)),
         };
-        Ok(Self {
-            format,
-            target,
-            temp,
-            sink,
-            rows: 0,
-        })
+        Ok(Self { format, target, temp, sink, rows: 0 })
     }
 
     /// Appends a batch in the canonical schema.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
         if batch.schema().fields() != crate::canonical_schema().fields() {
-            return Err(DataError::Internal(
-                "writers take batches in the canonical schema".into(),
-            ));
+            return Err(DataError::Internal("writers take batches in the canonical schema".into()));
         }
-        let io = |source| DataError::Io {
-            file: self.temp.display().to_string(),
-            source,
-        };
+        let io = |source| DataError::Io { file: self.temp.display().to_string(), source };
         match &mut self.sink {
-            Sink::Parquet(w) => w
-                .write(batch)
-                .map_err(|e| DataError::Internal(format!("writing Parquet: {e}")))?,
+            Sink::Parquet(w) => {
+                w.write(batch).map_err(|e| DataError::Internal(format!("writing Parquet: {e}")))?
+            }
             Sink::Jsonl(out) => {
                 let prompts = batch.column(0).as_string::<i32>();
                 let completions = batch.column(1).as_string::<i32>();
@@ -160,10 +135,7 @@ impl DatasetWriter {
 
     /// Flushes, closes and renames the file into place; returns the rows written.
     pub fn finish(self) -> Result<u64, DataError> {
-        let io = |source| DataError::Io {
-            file: self.temp.display().to_string(),
-            source,
-        };
+        let io = |source| DataError::Io { file: self.temp.display().to_string(), source };
         match self.sink {
             Sink::Parquet(w) => {
                 w.close()
@@ -174,10 +146,8 @@ impl DatasetWriter {
                 file.sync_all().map_err(io)?;
             }
         }
-        std::fs::rename(&self.temp, &self.target).map_err(|source| DataError::Io {
-            file: self.target.display().to_string(),
-            source,
-        })?;
+        std::fs::rename(&self.temp, &self.target)
+            .map_err(|source| DataError::Io { file: self.target.display().to_string(), source })?;
         Ok(self.rows)
     }
 }
@@ -231,6 +201,17 @@ impl DatasetWriter {
     }
 }
 
+/// How [`convert`] treats the data on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// What counts as an error; an invalid dataset writes no file.
+    pub validation: crate::ValidationOptions,
+    /// Replace likely sensitive data with placeholders in what is written.
+    pub redact_sensitive: bool,
+    /// Write each distinct example once.
+    pub deduplicate: bool,
+}
+
 /// Converts a dataset to `format` at `path`, validating as it goes. An
 /// invalid dataset writes no file: the report says why. Returns the report
 /// and the number of rows written.
@@ -238,9 +219,10 @@ pub fn convert(
     source: &finetune_core::DatasetSource,
     path: impl AsRef<Path>,
     format: OutputFormat,
-    options: crate::ValidationOptions,
+    options: &ConvertOptions,
 ) -> Result<(crate::ValidationReport, u64), DataError> {
-    let mut validator = crate::Validator::new(source.location.to_string(), options);
+    let mut validator =
+        crate::Validator::new(source.location.to_string(), options.validation.clone());
     let batches = match crate::open(source) {
         Ok(b) => b,
         Err(DataError::Invalid(p)) => {
@@ -249,6 +231,7 @@ pub fn convert(
         }
         Err(e) => return Err(e),
     };
+    let mut dedup = options.deduplicate.then(crate::Deduplicator::new);
     let mut writer = DatasetWriter::create(path, format)?;
     for batch in batches {
         let batch = match batch {
@@ -266,7 +249,14 @@ pub fn convert(
         if validator.has_errors() {
             continue;
         }
-        if let Err(e) = writer.write(&batch.batch) {
+        let mut out = batch.batch;
+        if let Some(d) = &mut dedup {
+            out = d.filter(&out)?;
+        }
+        if options.redact_sensitive {
+            out = crate::redact_batch(&out)?;
+        }
+        if let Err(e) = writer.write(&out) {
             writer.abandon();
             return Err(e);
         }

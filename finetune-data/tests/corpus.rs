@@ -39,194 +39,50 @@ const fn case(
     line: Option<u64>,
     column: Option<&'static str>,
 ) -> Case {
-    Case {
-        file,
-        kind: Some(kind),
-        row,
-        line,
-        column,
-    }
+    Case { file, kind: Some(kind), row, line, column }
 }
 
 use ProblemKind::*;
 
 const CASES: &[Case] = &[
     // JSON Lines
-    case(
-        "jsonl_broken_json.jsonl",
-        Unreadable,
-        Some(3),
-        Some(3),
-        None,
-    ),
-    case(
-        "jsonl_invalid_utf8.jsonl",
-        InvalidUtf8,
-        Some(2),
-        Some(2),
-        None,
-    ),
-    case(
-        "jsonl_numeric_prompt.jsonl",
-        WrongType,
-        Some(1),
-        Some(1),
-        Some("prompt"),
-    ),
-    case(
-        "jsonl_missing_completion.jsonl",
-        MissingValue,
-        Some(2),
-        Some(2),
-        Some("completion"),
-    ),
-    case(
-        "jsonl_null_prompt.jsonl",
-        MissingValue,
-        Some(1),
-        Some(1),
-        Some("prompt"),
-    ),
-    case(
-        "jsonl_whitespace_prompt.jsonl",
-        EmptyValue,
-        Some(1),
-        Some(1),
-        Some("prompt"),
-    ),
-    case(
-        "jsonl_blank_lines.jsonl",
-        EmptyValue,
-        Some(2),
-        Some(5),
-        Some("prompt"),
-    ),
+    case("jsonl_broken_json.jsonl", Unreadable, Some(3), Some(3), None),
+    case("jsonl_invalid_utf8.jsonl", InvalidUtf8, Some(2), Some(2), None),
+    case("jsonl_numeric_prompt.jsonl", WrongType, Some(1), Some(1), Some("prompt")),
+    case("jsonl_missing_completion.jsonl", MissingValue, Some(2), Some(2), Some("completion")),
+    case("jsonl_null_prompt.jsonl", MissingValue, Some(1), Some(1), Some("prompt")),
+    case("jsonl_whitespace_prompt.jsonl", EmptyValue, Some(1), Some(1), Some("prompt")),
+    case("jsonl_blank_lines.jsonl", EmptyValue, Some(2), Some(5), Some("prompt")),
     case("jsonl_array_line.jsonl", Unreadable, Some(1), Some(1), None),
     case("jsonl_empty.jsonl", TooFewRows, None, None, None),
     case("jsonl_only_whitespace.jsonl", TooFewRows, None, None, None),
-    case(
-        "jsonl_chat_multi_turn.jsonl",
-        WrongType,
-        Some(1),
-        Some(1),
-        Some("messages[2]"),
-    ),
-    case(
-        "jsonl_chat_no_assistant.jsonl",
-        MissingValue,
-        Some(1),
-        Some(1),
-        Some("messages"),
-    ),
-    case(
-        "jsonl_chat_bad_role.jsonl",
-        WrongType,
-        Some(2),
-        Some(2),
-        Some("messages[1]"),
-    ),
-    case(
-        "jsonl_system_number.jsonl",
-        WrongType,
-        Some(1),
-        Some(1),
-        Some("system"),
-    ),
-    case(
-        "jsonl_crlf_broken.jsonl",
-        Unreadable,
-        Some(2),
-        Some(2),
-        None,
-    ),
-    case(
-        "jsonl_messages_not_array.jsonl",
-        WrongType,
-        Some(1),
-        Some(1),
-        Some("messages"),
-    ),
+    case("jsonl_chat_multi_turn.jsonl", WrongType, Some(1), Some(1), Some("messages[2]")),
+    case("jsonl_chat_no_assistant.jsonl", MissingValue, Some(1), Some(1), Some("messages")),
+    case("jsonl_chat_bad_role.jsonl", WrongType, Some(2), Some(2), Some("messages[1]")),
+    case("jsonl_system_number.jsonl", WrongType, Some(1), Some(1), Some("system")),
+    case("jsonl_crlf_broken.jsonl", Unreadable, Some(2), Some(2), None),
+    case("jsonl_messages_not_array.jsonl", WrongType, Some(1), Some(1), Some("messages")),
     // CSV
     case("csv_ragged.csv", Unreadable, Some(2), Some(3), None),
     case("csv_header_only.csv", TooFewRows, None, None, None),
     case("csv_empty.csv", TooFewRows, None, Some(1), None),
-    case(
-        "csv_missing_completion_column.csv",
-        MissingColumn,
-        None,
-        Some(1),
-        Some("completion"),
-    ),
-    case(
-        "csv_invalid_utf8.csv",
-        InvalidUtf8,
-        Some(2),
-        Some(3),
-        Some("prompt"),
-    ),
+    case("csv_missing_completion_column.csv", MissingColumn, None, Some(1), Some("completion")),
+    case("csv_invalid_utf8.csv", InvalidUtf8, Some(2), Some(3), Some("prompt")),
     case("csv_unclosed_quote.csv", Unreadable, Some(2), Some(3), None),
-    case(
-        "csv_empty_completion.csv",
-        EmptyValue,
-        Some(1),
-        Some(2),
-        Some("completion"),
-    ),
-    case(
-        "csv_multiline_then_ragged.csv",
-        Unreadable,
-        Some(2),
-        Some(4),
-        None,
-    ),
+    case("csv_empty_completion.csv", EmptyValue, Some(1), Some(2), Some("completion")),
+    case("csv_multiline_then_ragged.csv", Unreadable, Some(2), Some(4), None),
     // Parquet
     case("parquet_truncated.parquet", Unreadable, None, None, None),
-    case(
-        "parquet_numeric_prompt.parquet",
-        WrongType,
-        None,
-        None,
-        Some("prompt"),
-    ),
-    case(
-        "parquet_missing_completion.parquet",
-        MissingColumn,
-        None,
-        None,
-        Some("completion"),
-    ),
-    case(
-        "parquet_null_completion.parquet",
-        MissingValue,
-        Some(3),
-        None,
-        Some("completion"),
-    ),
+    case("parquet_numeric_prompt.parquet", WrongType, None, None, Some("prompt")),
+    case("parquet_missing_completion.parquet", MissingColumn, None, None, Some("completion")),
+    case("parquet_null_completion.parquet", MissingValue, Some(3), None, Some("completion")),
     case("parquet_zero_rows.parquet", TooFewRows, None, None, None),
     case("parquet_not_parquet.parquet", Unreadable, None, None, None),
-    case(
-        "parquet_binary_prompt.parquet",
-        WrongType,
-        None,
-        None,
-        Some("prompt"),
-    ),
+    case("parquet_binary_prompt.parquet", WrongType, None, None, Some("prompt")),
     // Arrow IPC
     case("arrow_truncated.arrow", Unreadable, None, None, None),
-    case(
-        "arrow_stream_null_prompt.arrows",
-        MissingValue,
-        Some(2),
-        None,
-        Some("prompt"),
-    ),
-    case(
-        "arrow_bool_completion.arrow",
-        WrongType,
-        None,
-        None,
-        Some("completion"),
-    ),
+    case("arrow_stream_null_prompt.arrows", MissingValue, Some(2), None, Some("prompt")),
+    case("arrow_bool_completion.arrow", WrongType, None, None, Some("completion")),
     Case {
         file: "arrow_large_and_dictionary.arrow",
         kind: None,
@@ -278,10 +134,7 @@ fn every_malformed_input_is_reported_precisely() {
 #[test]
 fn mapped_names_are_reported_as_the_user_wrote_them() {
     let source = DatasetSource::new(
-        &corpus()
-            .join("csv_missing_completion_column.csv")
-            .display()
-            .to_string(),
+        &corpus().join("csv_missing_completion_column.csv").display().to_string(),
     )
     .unwrap()
     .with_columns(ColumnMapping {
@@ -290,16 +143,9 @@ fn mapped_names_are_reported_as_the_user_wrote_them() {
         system: None,
     });
     let (report, _) = validate(&source, ValidationOptions::default()).unwrap();
-    let p = report
-        .problems(MissingColumn)
-        .next()
-        .expect("missing column reported");
+    let p = report.problems(MissingColumn).next().expect("missing column reported");
     assert_eq!(p.column.as_deref(), Some("reply"));
-    assert!(
-        p.message.contains("prompt, answer"),
-        "lists the columns there are: {}",
-        p.message
-    );
+    assert!(p.message.contains("prompt, answer"), "lists the columns there are: {}", p.message);
 }
 
 fn write_parquet(name: &str, batch: &RecordBatch) {
@@ -310,10 +156,8 @@ fn write_parquet(name: &str, batch: &RecordBatch) {
 }
 
 fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-        .collect();
+    let fields: Vec<Field> =
+        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
     RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
         columns.into_iter().map(|(_, a)| a).collect(),
@@ -330,22 +174,12 @@ fn strings(v: &[Option<&str>]) -> ArrayRef {
 #[ignore = "regenerates committed fixtures"]
 fn regenerate_corpus() {
     let good = batch(vec![
-        (
-            "prompt",
-            strings(&[Some("p1"), Some("p2"), Some("p3"), Some("p4")]),
-        ),
-        (
-            "completion",
-            strings(&[Some("c1"), Some("c2"), Some("c3"), Some("c4")]),
-        ),
+        ("prompt", strings(&[Some("p1"), Some("p2"), Some("p3"), Some("p4")])),
+        ("completion", strings(&[Some("c1"), Some("c2"), Some("c3"), Some("c4")])),
     ]);
     write_parquet("parquet_good.tmp", &good);
     let bytes = std::fs::read(corpus().join("parquet_good.tmp")).unwrap();
-    std::fs::write(
-        corpus().join("parquet_truncated.parquet"),
-        &bytes[..bytes.len() - 20],
-    )
-    .unwrap();
+    std::fs::write(corpus().join("parquet_truncated.parquet"), &bytes[..bytes.len() - 20]).unwrap();
     std::fs::remove_file(corpus().join("parquet_good.tmp")).unwrap();
 
     write_parquet(
@@ -357,10 +191,7 @@ fn regenerate_corpus() {
     );
     write_parquet(
         "parquet_missing_completion.parquet",
-        &batch(vec![
-            ("prompt", strings(&[Some("q")])),
-            ("answer", strings(&[Some("a")])),
-        ]),
+        &batch(vec![("prompt", strings(&[Some("q")])), ("answer", strings(&[Some("a")]))]),
     );
     write_parquet(
         "parquet_null_completion.parquet",
@@ -374,11 +205,8 @@ fn regenerate_corpus() {
         "parquet_zero_rows.parquet",
         &batch(vec![("prompt", strings(&[])), ("completion", strings(&[]))]),
     );
-    std::fs::write(
-        corpus().join("parquet_not_parquet.parquet"),
-        "prompt,completion\na,b\n",
-    )
-    .unwrap();
+    std::fs::write(corpus().join("parquet_not_parquet.parquet"), "prompt,completion\na,b\n")
+        .unwrap();
     write_parquet(
         "parquet_binary_prompt.parquet",
         &batch(vec![
@@ -395,11 +223,7 @@ fn regenerate_corpus() {
     };
     ipc_file("arrow_good.tmp", &good);
     let bytes = std::fs::read(corpus().join("arrow_good.tmp")).unwrap();
-    std::fs::write(
-        corpus().join("arrow_truncated.arrow"),
-        &bytes[..bytes.len() / 2],
-    )
-    .unwrap();
+    std::fs::write(corpus().join("arrow_truncated.arrow"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::remove_file(corpus().join("arrow_good.tmp")).unwrap();
     ipc_file(
         "arrow_bool_completion.arrow",
@@ -412,10 +236,7 @@ fn regenerate_corpus() {
     ipc_file(
         "arrow_large_and_dictionary.arrow",
         &batch(vec![
-            (
-                "prompt",
-                Arc::new(LargeStringArray::from(vec!["p1", "p2", "p3"])),
-            ),
+            ("prompt", Arc::new(LargeStringArray::from(vec!["p1", "p2", "p3"]))),
             ("completion", Arc::new(dict)),
         ]),
     );

@@ -18,11 +18,7 @@ fn to_batch(rows: &[Row]) -> RecordBatch {
     let p: StringArray = rows.iter().map(|r| Some(r.0.as_str())).collect();
     let c: StringArray = rows.iter().map(|r| Some(r.1.as_str())).collect();
     let s: StringArray = rows.iter().map(|r| r.2.as_deref()).collect();
-    RecordBatch::try_new(
-        canonical_schema(),
-        vec![Arc::new(p), Arc::new(c), Arc::new(s)],
-    )
-    .unwrap()
+    RecordBatch::try_new(canonical_schema(), vec![Arc::new(p), Arc::new(c), Arc::new(s)]).unwrap()
 }
 
 fn rows_of(batch: &RecordBatch) -> Vec<Row> {
@@ -43,9 +39,7 @@ fn rows_of(batch: &RecordBatch) -> Vec<Row> {
 }
 
 fn read_back(path: &std::path::Path, format: DatasetFormat) -> Vec<Row> {
-    let source = DatasetSource::new(&path.display().to_string())
-        .unwrap()
-        .with_format(format);
+    let source = DatasetSource::new(&path.display().to_string()).unwrap().with_format(format);
     let mut out = Vec::new();
     for b in open(&source).unwrap() {
         let b = b.unwrap();
@@ -139,11 +133,8 @@ proptest! {
 fn a_failed_conversion_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad.jsonl");
-    std::fs::write(
-        &input,
-        "{\"prompt\":\"p\",\"completion\":\"c\"}\n{\"prompt\":\"p\"}\n",
-    )
-    .unwrap();
+    std::fs::write(&input, "{\"prompt\":\"p\",\"completion\":\"c\"}\n{\"prompt\":\"p\"}\n")
+        .unwrap();
     let out = dir.path().join("out.jsonl");
     let source = DatasetSource::new(&input.display().to_string()).unwrap();
     let (report, rows) =
@@ -151,15 +142,9 @@ fn a_failed_conversion_leaves_no_file() {
             .unwrap();
     assert!(!report.valid);
     assert_eq!(rows, 0);
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        names,
-        ["bad.jsonl"],
-        "neither the output nor a partial file is left"
-    );
+    let names: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["bad.jsonl"], "neither the output nor a partial file is left");
 }
 
 #[test]

@@ -46,11 +46,7 @@ impl RuntimeInfo {
     /// The device training should use: the first CUDA device when there is
     /// one, else the CPU.
     pub fn preferred_device(&self) -> tch::Device {
-        if self.cuda_available {
-            tch::Device::Cuda(0)
-        } else {
-            tch::Device::Cpu
-        }
+        if self.cuda_available { tch::Device::Cuda(0) } else { tch::Device::Cpu }
     }
 }
 

@@ -141,8 +141,7 @@ impl MemoryProvider {
         job.state = match (job.ticks, self.fault) {
             (_, Some(Fault::NoProgress)) => {
                 for step in 1..=job.total_steps {
-                    job.curve
-                        .upsert(LossPoint::train(step, loss_at(step, seed)));
+                    job.curve.upsert(LossPoint::train(step, loss_at(step, seed)));
                 }
                 succeeded(self, id, job)
             }
@@ -211,9 +210,7 @@ fn succeeded(provider: &MemoryProvider, id: &JobId, job: &MemJob) -> JobState {
             job_id: Some(id.clone()),
             created_at: Utc::now(),
             requires_deployment: false,
-            artifacts: ModelArtifacts::Remote {
-                id: format!("memory/{id}"),
-            },
+            artifacts: ModelArtifacts::Remote { id: format!("memory/{id}") },
             loss_curve: curve,
             metadata: BTreeMap::new(),
         }),
@@ -263,18 +260,14 @@ impl FineTuneProvider for MemoryProvider {
 
     async fn job(&self, id: &JobId) -> Result<Job> {
         let mut jobs = self.jobs();
-        let job = jobs.get_mut(id).ok_or_else(|| Error::NotFound {
-            what: format!("job {id}"),
-        })?;
+        let job = jobs.get_mut(id).ok_or_else(|| Error::NotFound { what: format!("job {id}") })?;
         self.advance(job, id);
         Ok(self.to_job(id, job))
     }
 
     async fn metrics(&self, id: &JobId) -> Result<LossCurve> {
         let jobs = self.jobs();
-        let job = jobs.get(id).ok_or_else(|| Error::NotFound {
-            what: format!("job {id}"),
-        })?;
+        let job = jobs.get(id).ok_or_else(|| Error::NotFound { what: format!("job {id}") })?;
         Ok(match (&job.state, self.fault) {
             (_, Some(Fault::EmptyLossCurve)) => LossCurve::new(),
             _ => job.curve.clone(),
@@ -283,9 +276,7 @@ impl FineTuneProvider for MemoryProvider {
 
     async fn cancel(&self, id: &JobId) -> Result<JobState> {
         let mut jobs = self.jobs();
-        let job = jobs.get_mut(id).ok_or_else(|| Error::NotFound {
-            what: format!("job {id}"),
-        })?;
+        let job = jobs.get_mut(id).ok_or_else(|| Error::NotFound { what: format!("job {id}") })?;
         if !job.state.is_terminal() {
             job.cancel_requested = true;
             job.state = JobState::Cancelling;
@@ -297,30 +288,22 @@ impl FineTuneProvider for MemoryProvider {
         let jobs = self.jobs();
         let limit = query.limit.unwrap_or(20).max(1) as usize;
         let after_seq = match &query.after {
-            Some(cursor) => jobs
-                .get(&JobId::new(cursor.clone()))
-                .map(|j| j.seq)
-                .ok_or_else(|| {
+            Some(cursor) => {
+                jobs.get(&JobId::new(cursor.clone())).map(|j| j.seq).ok_or_else(|| {
                     Error::invalid_at(
                         Location::column("after"),
                         format!("unknown cursor `{cursor}`"),
                     )
-                })?,
+                })?
+            }
             None => u64::MAX,
         };
         let mut newest_first: Vec<_> = jobs.iter().filter(|(_, j)| j.seq < after_seq).collect();
         newest_first.sort_by_key(|(_, j)| std::cmp::Reverse(j.seq));
         let more = newest_first.len() > limit;
-        let items: Vec<Job> = newest_first
-            .into_iter()
-            .take(limit)
-            .map(|(id, j)| self.to_job(id, j))
-            .collect();
-        let next = if more {
-            items.last().map(|j| j.id.0.clone())
-        } else {
-            None
-        };
+        let items: Vec<Job> =
+            newest_first.into_iter().take(limit).map(|(id, j)| self.to_job(id, j)).collect();
+        let next = if more { items.last().map(|j| j.id.0.clone()) } else { None };
         Ok(Page { items, next })
     }
 }
@@ -335,9 +318,7 @@ pub struct MemoryHarness {
 impl MemoryHarness {
     /// A harness over a provider with `fault`.
     pub fn with_fault(fault: Fault) -> Self {
-        Self {
-            provider: MemoryProvider::new().with_fault(fault),
-        }
+        Self { provider: MemoryProvider::new().with_fault(fault) }
     }
 }
 

@@ -69,11 +69,7 @@ pub struct ConformanceFailure {
 
 impl fmt::Display for ConformanceFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "conformance check `{}` failed: {}",
-            self.check, self.message
-        )
+        write!(f, "conformance check `{}` failed: {}", self.check, self.message)
     }
 }
 
@@ -89,10 +85,7 @@ pub struct ConformanceReport {
 type CheckResult = Result<(), ConformanceFailure>;
 
 fn fail(check: &'static str, message: impl Into<String>) -> ConformanceFailure {
-    ConformanceFailure {
-        check,
-        message: message.into(),
-    }
+    ConformanceFailure { check, message: message.into() }
 }
 
 /// Runs every check, stopping at the first failure.
@@ -128,55 +121,41 @@ pub async fn check_submit_progress_succeed(harness: &dyn ConformanceHarness) -> 
     if job.provider != provider.name() {
         return Err(fail(
             SUCCEED,
-            format!(
-                "job.provider is `{}`, expected `{}`",
-                job.provider,
-                provider.name()
-            ),
+            format!("job.provider is `{}`, expected `{}`", job.provider, provider.name()),
         ));
     }
     if job.base_model != spec.base_model {
         return Err(fail(
             SUCCEED,
-            format!(
-                "job.base_model is `{}`, expected `{}`",
-                job.base_model, spec.base_model
-            ),
+            format!("job.base_model is `{}`, expected `{}`", job.base_model, spec.base_model),
         ));
     }
     if matches!(job.state, JobState::Failed { .. } | JobState::Cancelled) {
-        return Err(fail(
-            SUCCEED,
-            format!("a freshly submitted job is already {}", job.state),
-        ));
+        return Err(fail(SUCCEED, format!("a freshly submitted job is already {}", job.state)));
     }
-    find_in_listing(provider, &job.id)
-        .await
-        .map_err(|m| fail(SUCCEED, m))?;
+    find_in_listing(provider, &job.id).await.map_err(|m| fail(SUCCEED, m))?;
 
     let mut seen = Vec::new();
     let policy = harness.poll_policy();
-    let done = wait_for_job(provider, &job.id, &policy, |s| seen.push(s.clone()))
-        .await
-        .map_err(|e| match e {
-            Error::TimedOut { after } => fail(
-                SUCCEED,
-                format!(
-                    "the job never reached a terminal state within {after:?}; states seen: {}",
-                    names(&seen)
+    let done =
+        wait_for_job(provider, &job.id, &policy, |s| seen.push(s.clone())).await.map_err(|e| {
+            match e {
+                Error::TimedOut { after } => fail(
+                    SUCCEED,
+                    format!(
+                        "the job never reached a terminal state within {after:?}; states seen: {}",
+                        names(&seen)
+                    ),
                 ),
-            ),
-            e => fail(SUCCEED, format!("following the job failed: {e}")),
+                e => fail(SUCCEED, format!("following the job failed: {e}")),
+            }
         })?;
     // The state `submit` answered does not count: a provider must let its
     // progress be observed while the job is under way.
     if !seen.iter().any(|s| !s.is_terminal()) {
         return Err(fail(
             SUCCEED,
-            format!(
-                "no progress was observed while polling; states seen: {}",
-                names(&seen)
-            ),
+            format!("no progress was observed while polling; states seen: {}", names(&seen)),
         ));
     }
     let mut last_step = 0;
@@ -194,10 +173,7 @@ pub async fn check_submit_progress_succeed(harness: &dyn ConformanceHarness) -> 
         }
     }
     let JobState::Succeeded { model } = &done.state else {
-        return Err(fail(
-            SUCCEED,
-            format!("the job ended {}, expected succeeded", done.state),
-        ));
+        return Err(fail(SUCCEED, format!("the job ended {}, expected succeeded", done.state)));
     };
     if model.model_id.trim().is_empty() {
         return Err(fail(SUCCEED, "the fine-tuned model has an empty id"));
@@ -205,20 +181,13 @@ pub async fn check_submit_progress_succeed(harness: &dyn ConformanceHarness) -> 
     if model.base_model != spec.base_model {
         return Err(fail(
             SUCCEED,
-            format!(
-                "model.base_model is `{}`, expected `{}`",
-                model.base_model, spec.base_model
-            ),
+            format!("model.base_model is `{}`, expected `{}`", model.base_model, spec.base_model),
         ));
     }
     if model.provider != provider.name() {
         return Err(fail(
             SUCCEED,
-            format!(
-                "model.provider is `{}`, expected `{}`",
-                model.provider,
-                provider.name()
-            ),
+            format!("model.provider is `{}`, expected `{}`", model.provider, provider.name()),
         ));
     }
     if model.requires_deployment != caps.requires_deployment {
@@ -230,29 +199,20 @@ pub async fn check_submit_progress_succeed(harness: &dyn ConformanceHarness) -> 
             ),
         ));
     }
-    check_curve(
-        &model.loss_curve,
-        spec.validation.is_some() && caps.validation_dataset,
-    )
-    .map_err(|m| fail(SUCCEED, format!("the model's loss curve: {m}")))?;
+    check_curve(&model.loss_curve, spec.validation.is_some() && caps.validation_dataset)
+        .map_err(|m| fail(SUCCEED, format!("the model's loss curve: {m}")))?;
     let metrics = provider
         .metrics(&job.id)
         .await
         .map_err(|e| fail(SUCCEED, format!("reading the metrics failed: {e}")))?;
-    check_curve(
-        &metrics,
-        spec.validation.is_some() && caps.validation_dataset,
-    )
-    .map_err(|m| fail(SUCCEED, format!("the job's metrics: {m}")))?;
+    check_curve(&metrics, spec.validation.is_some() && caps.validation_dataset)
+        .map_err(|m| fail(SUCCEED, format!("the job's metrics: {m}")))?;
     let again = provider
         .job(&job.id)
         .await
         .map_err(|e| fail(SUCCEED, format!("reading the finished job failed: {e}")))?;
     if !matches!(again.state, JobState::Succeeded { .. }) {
-        return Err(fail(
-            SUCCEED,
-            format!("a succeeded job later reads as {}", again.state),
-        ));
+        return Err(fail(SUCCEED, format!("a succeeded job later reads as {}", again.state)));
     }
     Ok(())
 }
@@ -267,10 +227,8 @@ pub async fn check_cancel(harness: &dyn ConformanceHarness) -> CheckResult {
         .submit(&harness.valid_spec())
         .await
         .map_err(|e| fail(CANCEL, format!("submitting a valid spec failed: {e}")))?;
-    let state = provider
-        .cancel(&job.id)
-        .await
-        .map_err(|e| fail(CANCEL, format!("cancel failed: {e}")))?;
+    let state =
+        provider.cancel(&job.id).await.map_err(|e| fail(CANCEL, format!("cancel failed: {e}")))?;
     if !matches!(state, JobState::Cancelling | JobState::Cancelled) {
         return Err(fail(
             CANCEL,
@@ -281,10 +239,7 @@ pub async fn check_cancel(harness: &dyn ConformanceHarness) -> CheckResult {
         .await
         .map_err(|e| fail(CANCEL, format!("following the cancelled job failed: {e}")))?;
     if done.state != JobState::Cancelled {
-        return Err(fail(
-            CANCEL,
-            format!("the cancelled job ended {}", done.state),
-        ));
+        return Err(fail(CANCEL, format!("the cancelled job ended {}", done.state)));
     }
     Ok(())
 }
@@ -310,10 +265,7 @@ pub async fn check_invalid_spec_rejected_before_upload(
     match provider.submit(&spec).await {
         Err(Error::InvalidInput { .. }) => {}
         Err(e) => {
-            return Err(fail(
-                INVALID,
-                format!("submit gave {e}, expected an invalid-input error"),
-            ));
+            return Err(fail(INVALID, format!("submit gave {e}, expected an invalid-input error")));
         }
         Ok(job) => {
             return Err(fail(
@@ -326,10 +278,7 @@ pub async fn check_invalid_spec_rejected_before_upload(
     if after != before {
         return Err(fail(
             INVALID,
-            format!(
-                "{} upload(s) happened before the spec was refused",
-                after - before
-            ),
+            format!("{} upload(s) happened before the spec was refused", after - before),
         ));
     }
     Ok(())
@@ -340,23 +289,15 @@ pub async fn check_unknown_job_not_found(harness: &dyn ConformanceHarness) -> Ch
     let id = JobId::new("ftjob-conformance-does-not-exist");
     match harness.provider().job(&id).await {
         Err(Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(fail(
-            UNKNOWN,
-            format!("reading an unknown job gave {e}, expected not found"),
-        )),
-        Ok(job) => Err(fail(
-            UNKNOWN,
-            format!("reading an unknown job returned {}", job.state),
-        )),
+        Err(e) => {
+            Err(fail(UNKNOWN, format!("reading an unknown job gave {e}, expected not found")))
+        }
+        Ok(job) => Err(fail(UNKNOWN, format!("reading an unknown job returned {}", job.state))),
     }
 }
 
 fn names(states: &[JobState]) -> String {
-    states
-        .iter()
-        .map(JobState::name)
-        .collect::<Vec<_>>()
-        .join(" → ")
+    states.iter().map(JobState::name).collect::<Vec<_>>().join(" → ")
 }
 
 fn check_curve(curve: &crate::LossCurve, expect_validation: bool) -> Result<(), String> {
@@ -379,15 +320,10 @@ fn check_curve(curve: &crate::LossCurve, expect_validation: bool) -> Result<(), 
 }
 
 async fn find_in_listing(provider: &dyn FineTuneProvider, id: &JobId) -> Result<(), String> {
-    let mut query = ListJobs {
-        limit: Some(100),
-        after: None,
-    };
+    let mut query = ListJobs { limit: Some(100), after: None };
     for _ in 0..100 {
-        let page = provider
-            .list_jobs(&query)
-            .await
-            .map_err(|e| format!("listing jobs failed: {e}"))?;
+        let page =
+            provider.list_jobs(&query).await.map_err(|e| format!("listing jobs failed: {e}"))?;
         if page.items.iter().any(|j| &j.id == id) {
             return Ok(());
         }

@@ -77,10 +77,8 @@ impl Conformer {
             Some(name) => find(name, false)?,
             None => None,
         };
-        let system_name = mapping
-            .system
-            .clone()
-            .unwrap_or_else(|| crate::schema::SYSTEM.to_owned());
+        let system_name =
+            mapping.system.clone().unwrap_or_else(|| crate::schema::SYSTEM.to_owned());
         Ok(Self {
             file: file.to_owned(),
             columns: [
@@ -154,13 +152,7 @@ impl Conformer {
                 .collect();
             (batch, rows)
         };
-        Ok(DataBatch {
-            batch,
-            rows,
-            lines: None,
-            problems,
-            records: n as u64,
-        })
+        Ok(DataBatch { batch, rows, lines: None, problems, records: n as u64 })
     }
 
     pub(crate) fn unreadable(&self, message: String) -> DataError {
@@ -194,9 +186,9 @@ impl<I: Iterator<Item = Result<RecordBatch, ArrowError>>> Iterator for Conformed
             Ok(batch) => Some(self.conformer.conform(&batch)),
             Err(e) => {
                 self.failed = true;
-                Some(Err(self.conformer.unreadable(format!(
-                    "the file is damaged or truncated: {e}"
-                ))))
+                Some(Err(self
+                    .conformer
+                    .unreadable(format!("the file is damaged or truncated: {e}"))))
             }
         }
     }
@@ -228,11 +220,7 @@ pub(crate) fn parquet(
         .with_batch_size(batch_size)
         .build()
         .map_err(|e| unreadable_file(name, format!("not a readable Parquet file: {e}")))?;
-    Ok(Box::new(ConformedBatches {
-        inner: reader,
-        conformer,
-        failed: false,
-    }))
+    Ok(Box::new(ConformedBatches { inner: reader, conformer, failed: false }))
 }
 
 /// Opens an Arrow IPC file or stream (told apart by the file's magic).
@@ -241,10 +229,7 @@ pub(crate) fn arrow_ipc(
     name: &str,
     mapping: &ColumnMapping,
 ) -> Result<super::BatchIter, DataError> {
-    let io = |source| DataError::Io {
-        file: name.to_owned(),
-        source,
-    };
+    let io = |source| DataError::Io { file: name.to_owned(), source };
     let mut magic = [0u8; 6];
     let is_file = match file.read_exact(&mut magic) {
         Ok(()) => &magic == b"ARROW1",
@@ -252,28 +237,17 @@ pub(crate) fn arrow_ipc(
     };
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     let bad = |e: ArrowError| {
-        unreadable_file(
-            name,
-            format!("not a readable Arrow IPC file or stream: {e}"),
-        )
+        unreadable_file(name, format!("not a readable Arrow IPC file or stream: {e}"))
     };
     if is_file {
         let reader =
             arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None).map_err(bad)?;
         let conformer = Conformer::new(&reader.schema(), mapping, name)?;
-        Ok(Box::new(ConformedBatches {
-            inner: reader,
-            conformer,
-            failed: false,
-        }))
+        Ok(Box::new(ConformedBatches { inner: reader, conformer, failed: false }))
     } else {
         let reader =
             arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None).map_err(bad)?;
         let conformer = Conformer::new(&reader.schema(), mapping, name)?;
-        Ok(Box::new(ConformedBatches {
-            inner: reader,
-            conformer,
-            failed: false,
-        }))
+        Ok(Box::new(ConformedBatches { inner: reader, conformer, failed: false }))
     }
 }

@@ -34,10 +34,8 @@ impl<R: Read> CsvReader<R> {
         mapping: &ColumnMapping,
     ) -> Result<Self, DataError> {
         let file = file.into();
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(true)
-            .from_reader(input);
+        let mut reader =
+            csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(input);
         let problem = |kind, column: Option<&str>, message: String| {
             DataError::Invalid(Box::new(Problem {
                 kind,
@@ -66,30 +64,23 @@ impl<R: Read> CsvReader<R> {
                 "the file is empty: no header row".into(),
             ));
         }
-        let names: Vec<String> = headers
-            .iter()
-            .map(|h| String::from_utf8_lossy(h).trim().to_owned())
-            .collect();
+        let names: Vec<String> =
+            headers.iter().map(|h| String::from_utf8_lossy(h).trim().to_owned()).collect();
         let find = |name: &str| names.iter().position(|n| n == name);
         let required = |name: &str| {
             find(name).ok_or_else(|| {
                 problem(
                     ProblemKind::MissingColumn,
                     Some(name),
-                    format!(
-                        "no column `{name}` in the header; the file has: {}",
-                        names.join(", ")
-                    ),
+                    format!("no column `{name}` in the header; the file has: {}", names.join(", ")),
                 )
             })
         };
         let prompt = required(&mapping.prompt)?;
         let completion = required(&mapping.completion)?;
         let system = mapping.system.as_deref().and_then(find);
-        let system_name = mapping
-            .system
-            .clone()
-            .unwrap_or_else(|| crate::schema::SYSTEM.to_owned());
+        let system_name =
+            mapping.system.clone().unwrap_or_else(|| crate::schema::SYSTEM.to_owned());
         Ok(Self {
             reader,
             file,
@@ -130,11 +121,7 @@ impl<R: Read> CsvReader<R> {
     }
 
     fn read_batch(&mut self) -> Result<Option<DataBatch>, DataError> {
-        let mut builders = [
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-        ];
+        let mut builders = [StringBuilder::new(), StringBuilder::new(), StringBuilder::new()];
         let (mut rows, mut lines, mut problems) = (Vec::new(), Vec::new(), Vec::new());
         let mut records = 0u64;
         let mut record = csv::ByteRecord::new();
@@ -169,11 +156,7 @@ impl<R: Read> CsvReader<R> {
                     ProblemKind::Unreadable,
                     line,
                     None,
-                    format!(
-                        "{} field(s) where the header has {}",
-                        record.len(),
-                        self.width
-                    ),
+                    format!("{} field(s) where the header has {}", record.len(), self.width),
                 ));
                 continue;
             }
@@ -214,20 +197,10 @@ impl<R: Read> CsvReader<R> {
         let [p, c, s] = &mut builders;
         let batch = RecordBatch::try_new(
             canonical_schema(),
-            vec![
-                Arc::new(p.finish()),
-                Arc::new(c.finish()),
-                Arc::new(s.finish()),
-            ],
+            vec![Arc::new(p.finish()), Arc::new(c.finish()), Arc::new(s.finish())],
         )
         .map_err(|e| DataError::Internal(format!("building a batch: {e}")))?;
-        Ok(Some(DataBatch {
-            batch,
-            rows,
-            lines: Some(lines),
-            problems,
-            records,
-        }))
+        Ok(Some(DataBatch { batch, rows, lines: Some(lines), problems, records }))
     }
 }
 

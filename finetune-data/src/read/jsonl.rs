@@ -75,10 +75,7 @@ impl<R: BufRead> JsonlReader<R> {
             let n = self
                 .input
                 .read_until(b'\n', &mut self.buf)
-                .map_err(|source| DataError::Io {
-                    file: self.file.clone(),
-                    source,
-                })?;
+                .map_err(|source| DataError::Io { file: self.file.clone(), source })?;
             if n == 0 {
                 self.done = true;
                 break;
@@ -146,13 +143,7 @@ impl<R: BufRead> JsonlReader<R> {
             ],
         )
         .map_err(|e| DataError::Internal(format!("building a batch: {e}")))?;
-        Ok(Some(DataBatch {
-            batch,
-            rows,
-            lines: Some(lines),
-            problems,
-            records: records as u64,
-        }))
+        Ok(Some(DataBatch { batch, rows, lines: Some(lines), problems, records: records as u64 }))
     }
 
     /// Turns one JSON object into (prompt, completion, system).
@@ -168,14 +159,7 @@ impl<R: BufRead> JsonlReader<R> {
                 None | Some(Value::Null) => Err(self.problem(
                     ProblemKind::MissingValue,
                     Some(name),
-                    format!(
-                        "`{name}` is {}",
-                        if o.contains_key(name) {
-                            "null"
-                        } else {
-                            "absent"
-                        }
-                    ),
+                    format!("`{name}` is {}", if o.contains_key(name) { "null" } else { "absent" }),
                 )),
                 Some(Value::String(s)) => Ok(s),
                 Some(other) => Err(self.problem(
@@ -196,10 +180,7 @@ impl<R: BufRead> JsonlReader<R> {
                     return Err(self.problem(
                         ProblemKind::WrongType,
                         Some(name),
-                        format!(
-                            "`{name}` must be a string or null, found {}",
-                            json_type(other)
-                        ),
+                        format!("`{name}` must be a string or null, found {}", json_type(other)),
                     ));
                 }
             },
@@ -360,26 +341,14 @@ mod tests {
         let text = b"{\"prompt\":\"a\",\"completion\":\"b\"}\n\n{\"prompt\":\"a\",\n{\"prompt\":1,\"completion\":\"b\"}\n{\"completion\":\"b\"}\n\xff\xfe\n[1]\n";
         let (rows, problems) = read(text);
         assert_eq!(rows.len(), 1);
-        let got: Vec<_> = problems
-            .iter()
-            .map(|p| (p.kind, p.row, p.line, p.column.clone()))
-            .collect();
+        let got: Vec<_> =
+            problems.iter().map(|p| (p.kind, p.row, p.line, p.column.clone())).collect();
         assert_eq!(
             got,
             vec![
                 (ProblemKind::Unreadable, Some(2), Some(3), None),
-                (
-                    ProblemKind::WrongType,
-                    Some(3),
-                    Some(4),
-                    Some("prompt".into())
-                ),
-                (
-                    ProblemKind::MissingValue,
-                    Some(4),
-                    Some(5),
-                    Some("prompt".into())
-                ),
+                (ProblemKind::WrongType, Some(3), Some(4), Some("prompt".into())),
+                (ProblemKind::MissingValue, Some(4), Some(5), Some("prompt".into())),
                 (ProblemKind::InvalidUtf8, Some(5), Some(6), None),
                 (ProblemKind::Unreadable, Some(6), Some(7), None),
             ]
@@ -394,10 +363,7 @@ mod tests {
             system: Some("sys".into()),
         };
         let text: &[u8] = br#"{"q":"Q","a":"A","sys":null}"#;
-        let b = JsonlReader::new(text, "x", mapping)
-            .next()
-            .unwrap()
-            .unwrap();
+        let b = JsonlReader::new(text, "x", mapping).next().unwrap().unwrap();
         assert_eq!(b.batch.num_rows(), 1);
         assert_eq!(b.batch.column(0).as_string::<i32>().value(0), "Q");
         assert!(b.batch.column(2).is_null(0));

@@ -40,9 +40,7 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<DataBatch, DataError>> + Sen
 
 /// Opens a dataset for streaming reads.
 pub fn open(source: &DatasetSource) -> Result<BatchIter, DataError> {
-    let format = source
-        .resolved_format()
-        .map_err(|e| DataError::Unsupported(e.to_string()))?;
+    let format = source.resolved_format().map_err(|e| DataError::Unsupported(e.to_string()))?;
     let name = source.location.to_string();
     let path = match &source.location {
         DatasetLocation::Path(p) => p.clone(),
@@ -55,10 +53,7 @@ pub fn open(source: &DatasetSource) -> Result<BatchIter, DataError> {
             }
         },
     };
-    let file = File::open(&path).map_err(|source| DataError::Io {
-        file: name.clone(),
-        source,
-    })?;
+    let file = File::open(&path).map_err(|source| DataError::Io { file: name.clone(), source })?;
     let mapping = &source.columns;
     match format {
         DatasetFormat::Jsonl => Ok(Box::new(JsonlReader::new(
@@ -66,15 +61,13 @@ pub fn open(source: &DatasetSource) -> Result<BatchIter, DataError> {
             name,
             mapping.clone(),
         ))),
-        DatasetFormat::Csv => Ok(Box::new(CsvReader::new(
-            BufReader::with_capacity(1 << 16, file),
-            name,
-            mapping,
-        )?)),
+        DatasetFormat::Csv => {
+            Ok(Box::new(CsvReader::new(BufReader::with_capacity(1 << 16, file), name, mapping)?))
+        }
         DatasetFormat::Parquet => columnar::parquet(file, &name, mapping, DEFAULT_BATCH_SIZE),
         DatasetFormat::Arrow => columnar::arrow_ipc(file, &name, mapping),
-        other => Err(DataError::Unsupported(format!(
-            "{name}: reading {other} is not supported yet"
-        ))),
+        other => {
+            Err(DataError::Unsupported(format!("{name}: reading {other} is not supported yet")))
+        }
     }
 }
