@@ -138,7 +138,7 @@ fn a_failed_conversion_leaves_no_file() {
     let out = dir.path().join("out.jsonl");
     let source = DatasetSource::new(&input.display().to_string()).unwrap();
     let (report, rows) =
-        finetune_data::convert(&source, &out, OutputFormat::OpenAiChat, Default::default())
+        finetune_data::convert(&source, &out, OutputFormat::OpenAiChat, &Default::default())
             .unwrap();
     assert!(!report.valid);
     assert_eq!(rows, 0);
