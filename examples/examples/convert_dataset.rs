@@ -4,7 +4,7 @@
 
 use finetune_data::{ConvertOptions, OutputFormat, convert};
 use finetune_examples::args::{Args, usage_error};
-use finetune_examples::{MAPPING_FLAGS, dataset_source};
+use finetune_examples::{MAPPING_FLAGS, dataset_source, localize_or_exit};
 
 const USAGE: &str = "usage: convert_dataset <IN> --to openai-chat|openai-legacy|bedrock|bedrock-conversation|parquet \
 --out <PATH> [--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL] \
@@ -27,7 +27,7 @@ fn main() {
         deduplicate: args.switch("dedup"),
         ..ConvertOptions::default()
     };
-    match convert(&source, out, to, &options) {
+    match convert(&localize_or_exit(&source), out, to, &options) {
         Ok((report, rows)) if report.valid => {
             if !report.warnings.is_empty() {
                 eprint!("{report}");

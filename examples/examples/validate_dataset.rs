@@ -6,7 +6,7 @@ use finetune_data::{
     CharsPerToken, ProblemKind, Statistics, ValidationOptions, ValidationReport, Validator, run,
 };
 use finetune_examples::args::{Args, usage_error};
-use finetune_examples::{MAPPING_FLAGS, dataset_source};
+use finetune_examples::{MAPPING_FLAGS, dataset_source, localize_or_exit};
 
 const USAGE: &str = "usage: validate_dataset <PATH_OR_URL> [--validation <PATH_OR_URL>] \
 [--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL] [--min-rows N] \
@@ -42,7 +42,7 @@ fn main() {
         if let Some(index) = training_index.take() {
             validator = validator.against_training(index);
         }
-        match run(source, validator) {
+        match run(&localize_or_exit(source), validator) {
             Ok(v) => {
                 training_index = Some(v.index());
                 results.push(v.finish());

@@ -24,12 +24,15 @@
 //!
 //! Readers: Parquet, CSV (with a header), JSON Lines (flat objects, OpenAI
 //! chat lines, Bedrock prompt/completion and conversation lines) and Arrow
-//! IPC (file and stream), from local paths and `file://` URLs. Writers:
+//! IPC (file and stream), from local paths and object-store URLs (`file://`,
+//! `s3://`, `az://`, `abfs://`, `gs://`, `https://`, `memory://`; see
+//! [`localize`]). Writers:
 //! OpenAI chat and legacy JSONL, Bedrock prompt/completion and conversation
 //! JSONL, and Parquet ([`convert`]).
 
 mod error;
 mod read;
+mod remote;
 mod report;
 mod schema;
 pub mod sensitive;
@@ -39,6 +42,7 @@ mod write;
 
 pub use error::DataError;
 pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
+pub use remote::{LocalDataset, ObjectStores, localize};
 pub use report::{Problem, ProblemKind, Severity, ValidationReport};
 pub use schema::{COMPLETION, PROMPT, SYSTEM, canonical_schema, is_text_type};
 pub use transform::{Deduplicator, Split, redact_batch, split_batch, split_of};

@@ -483,21 +483,23 @@ impl Validator {
     }
 }
 
-/// Reads and validates a whole dataset.
+/// Reads and validates a whole local dataset (see [`crate::localize`] for
+/// remote ones).
 pub fn validate(
     source: &finetune_core::DatasetSource,
     options: ValidationOptions,
 ) -> Result<(ValidationReport, Statistics), DataError> {
-    run(source, Validator::new(source.location.to_string(), options)).map(Validator::finish)
+    let dataset = crate::LocalDataset::local(source)?;
+    run(&dataset, Validator::new(source.location.to_string(), options)).map(Validator::finish)
 }
 
-/// Reads `source` through `validator` and hands the validator back, so
+/// Reads `dataset` through `validator` and hands the validator back, so
 /// callers can take its [`Validator::index`] before finishing it.
 pub fn run(
-    source: &finetune_core::DatasetSource,
+    dataset: &crate::LocalDataset,
     mut validator: Validator,
 ) -> Result<Validator, DataError> {
-    let batches = match crate::read::open(source) {
+    let batches = match dataset.open() {
         Ok(batches) => batches,
         Err(DataError::Invalid(problem)) => {
             validator.fatal(*problem);

@@ -216,14 +216,13 @@ pub struct ConvertOptions {
 /// invalid dataset writes no file: the report says why. Returns the report
 /// and the number of rows written.
 pub fn convert(
-    source: &finetune_core::DatasetSource,
+    dataset: &crate::LocalDataset,
     path: impl AsRef<Path>,
     format: OutputFormat,
     options: &ConvertOptions,
 ) -> Result<(crate::ValidationReport, u64), DataError> {
-    let mut validator =
-        crate::Validator::new(source.location.to_string(), options.validation.clone());
-    let batches = match crate::open(source) {
+    let mut validator = crate::Validator::new(dataset.name(), options.validation.clone());
+    let batches = match dataset.open() {
         Ok(b) => b,
         Err(DataError::Invalid(p)) => {
             validator.fatal(*p);

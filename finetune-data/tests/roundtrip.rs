@@ -137,9 +137,13 @@ fn a_failed_conversion_leaves_no_file() {
         .unwrap();
     let out = dir.path().join("out.jsonl");
     let source = DatasetSource::new(&input.display().to_string()).unwrap();
-    let (report, rows) =
-        finetune_data::convert(&source, &out, OutputFormat::OpenAiChat, &Default::default())
-            .unwrap();
+    let (report, rows) = finetune_data::convert(
+        &finetune_data::LocalDataset::local(&source).unwrap(),
+        &out,
+        OutputFormat::OpenAiChat,
+        &Default::default(),
+    )
+    .unwrap();
     assert!(!report.valid);
     assert_eq!(rows, 0);
     let names: Vec<_> =

@@ -9,7 +9,9 @@ use std::fs::File;
 use std::io::BufReader;
 
 use arrow_array::RecordBatch;
-use finetune_core::{DatasetFormat, DatasetLocation, DatasetSource};
+use std::path::Path;
+
+use finetune_core::{DatasetFormat, DatasetSource};
 
 pub use self::csv::CsvReader;
 pub use jsonl::JsonlReader;
@@ -38,22 +40,21 @@ pub struct DataBatch {
 /// A stream of batches from any reader.
 pub type BatchIter = Box<dyn Iterator<Item = Result<DataBatch, DataError>> + Send>;
 
-/// Opens a dataset for streaming reads.
+/// Opens a local dataset (a path or a `file://` URL) for streaming reads.
+/// Remote datasets go through [`crate::localize`] first.
 pub fn open(source: &DatasetSource) -> Result<BatchIter, DataError> {
+    crate::LocalDataset::local(source)?.open()
+}
+
+/// Opens the file at `path`, naming it `name` in problems.
+pub(crate) fn open_path(
+    source: &DatasetSource,
+    path: &Path,
+    name: &str,
+) -> Result<BatchIter, DataError> {
     let format = source.resolved_format().map_err(|e| DataError::Unsupported(e.to_string()))?;
-    let name = source.location.to_string();
-    let path = match &source.location {
-        DatasetLocation::Path(p) => p.clone(),
-        DatasetLocation::Url(u) => match u.strip_prefix("file://") {
-            Some(p) => p.into(),
-            None => {
-                return Err(DataError::Unsupported(format!(
-                    "{u}: object-store URLs other than file:// are not readable yet"
-                )));
-            }
-        },
-    };
-    let file = File::open(&path).map_err(|source| DataError::Io { file: name.clone(), source })?;
+    let name = name.to_owned();
+    let file = File::open(path).map_err(|source| DataError::Io { file: name.clone(), source })?;
     let mapping = &source.columns;
     match format {
         DatasetFormat::Jsonl => Ok(Box::new(JsonlReader::new(

@@ -1,0 +1,182 @@
+//! Datasets behind `memory://`, `file://` and `s3://` URLs. The S3 test runs
+//! against moto's server (installed by `scripts/setup --test`), started here
+//! on a free loopback port.
+
+#![allow(clippy::unwrap_used)] // Test helpers fail loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use finetune_core::DatasetSource;
+use finetune_data::{
+    DataError, ObjectStores, ProblemKind, ValidationOptions, Validator, localize, run,
+};
+use object_store::memory::InMemory;
+use object_store::{ObjectStoreExt, PutPayload};
+
+const GOOD: &str = "{\"prompt\":\"p1\",\"completion\":\"c1\"}\n{\"prompt\":\"p2\",\"completion\":\"c2\",\"system\":\"s\"}\n";
+const BROKEN: &str = "{\"prompt\":\"p1\",\"completion\":\"c1\"}\n{\"prompt\":\n";
+
+async fn validate_url(
+    url: &str,
+    stores: &ObjectStores,
+) -> Result<finetune_data::ValidationReport, DataError> {
+    let source = DatasetSource::new(url).unwrap();
+    let local = localize(&source, stores).await?;
+    let validator = Validator::new(local.name(), ValidationOptions::default());
+    Ok(run(&local, validator)?.finish().0)
+}
+
+#[tokio::test]
+async fn memory_urls_read_from_a_registered_store() {
+    let store = Arc::new(InMemory::new());
+    store.put(&"data/train.jsonl".into(), PutPayload::from_static(GOOD.as_bytes())).await.unwrap();
+    store
+        .put(&"data/broken.jsonl".into(), PutPayload::from_static(BROKEN.as_bytes()))
+        .await
+        .unwrap();
+    let stores = ObjectStores::new().register("memory://", store);
+
+    let report = validate_url("memory://data/train.jsonl", &stores).await.unwrap();
+    assert!(report.valid, "{report}");
+    assert_eq!(report.rows, 2);
+
+    let report = validate_url("memory://data/broken.jsonl", &stores).await.unwrap();
+    let p = report.problems(ProblemKind::Unreadable).next().unwrap();
+    assert_eq!((p.row, p.line), (Some(2), Some(2)));
+    assert_eq!(
+        p.file.as_deref(),
+        Some("memory://data/broken.jsonl"),
+        "problems name the URL, not a temp file"
+    );
+
+    let err = validate_url("memory://data/missing.jsonl", &stores).await.unwrap_err();
+    assert!(err.to_string().contains("no object"), "{err}");
+    let err = validate_url("memory://x/train.jsonl", &ObjectStores::new()).await.unwrap_err();
+    assert!(err.to_string().contains("no in-memory store"), "{err}");
+}
+
+#[tokio::test]
+async fn file_urls_read_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    std::fs::write(&path, GOOD).unwrap();
+    let url = format!("file://{}", path.display());
+    let report = validate_url(&url, &ObjectStores::new()).await.unwrap();
+    assert!(report.valid);
+    assert_eq!(report.rows, 2);
+    // The sync entry point reads file:// URLs too.
+    let (report, _) =
+        finetune_data::validate(&DatasetSource::new(&url).unwrap(), Default::default()).unwrap();
+    assert_eq!(report.rows, 2);
+}
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tools_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/python")
+}
+
+fn start_moto() -> Moto {
+    let site = tools_python();
+    assert!(
+        site.join("moto").exists(),
+        "moto is not installed in {}: run `scripts/setup --test`",
+        site.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("PYTHONPATH", &site)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting moto");
+    let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    moto
+}
+
+#[tokio::test]
+async fn s3_urls_read_through_moto() {
+    let moto = start_moto();
+    let s3 = |bucket: &str| {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&moto.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(bucket)
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap()
+    };
+    // moto creates buckets through the plain S3 API.
+    assert!(create_bucket(&moto.endpoint, "datasets").await, "bucket created");
+    let store = s3("datasets");
+    // A Parquet file, written by our own converter.
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("in.jsonl");
+    std::fs::write(&jsonl, GOOD).unwrap();
+    let parquet = dir.path().join("train.parquet");
+    let local = finetune_data::LocalDataset::local(
+        &DatasetSource::new(&jsonl.display().to_string()).unwrap(),
+    )
+    .unwrap();
+    finetune_data::convert(
+        &local,
+        &parquet,
+        finetune_data::OutputFormat::Parquet,
+        &Default::default(),
+    )
+    .unwrap();
+    store
+        .put(&"sets/train.parquet".into(), PutPayload::from(std::fs::read(&parquet).unwrap()))
+        .await
+        .unwrap();
+
+    let stores = ObjectStores::new()
+        .with_option("aws_endpoint", &moto.endpoint)
+        .with_option("aws_allow_http", "true")
+        .with_option("aws_region", "us-east-1")
+        .with_option("aws_access_key_id", "testing")
+        .with_option("aws_secret_access_key", "testing");
+    let report = validate_url("s3://datasets/sets/train.parquet", &stores).await.unwrap();
+    assert!(report.valid, "{report}");
+    assert_eq!(report.rows, 2);
+    assert_eq!(report.file, "s3://datasets/sets/train.parquet");
+
+    let err = validate_url("s3://datasets/sets/nope.parquet", &stores).await.unwrap_err();
+    assert!(matches!(err, DataError::Io { .. }), "{err}");
+}
+
+/// Creates a bucket with a raw HTTP PUT (moto accepts unsigned requests),
+/// so the test needs no S3 client beyond object_store.
+async fn create_bucket(endpoint: &str, bucket: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
