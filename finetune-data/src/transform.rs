@@ -2,8 +2,6 @@
 //! split, de-duplication, and redaction of sensitive data.
 
 use std::collections::HashSet;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -31,9 +29,7 @@ pub fn split_of(
     seed: u64,
     validation_fraction: f64,
 ) -> Split {
-    let mut h = DefaultHasher::new();
-    (seed, prompt, completion, system).hash(&mut h);
-    let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = (example_hash(seed, prompt, completion, system) >> 11) as f64 / (1u64 << 53) as f64;
     if unit < validation_fraction { Split::Validation } else { Split::Training }
 }
 
@@ -81,7 +77,7 @@ impl Deduplicator {
     /// The batch without rows seen before.
     pub fn filter(&mut self, batch: &RecordBatch) -> Result<RecordBatch, DataError> {
         let keep: Vec<bool> =
-            rows(batch).map(|(p, c, s)| self.seen.insert(example_hash(p, c, s))).collect();
+            rows(batch).map(|(p, c, s)| self.seen.insert(example_hash(0, p, c, s))).collect();
         self.dropped += keep.iter().filter(|k| !**k).count() as u64;
         filter(batch, keep)
     }
