@@ -10,12 +10,12 @@ use finetune_examples::{MAPPING_FLAGS, dataset_source, localize_or_exit};
 
 const USAGE: &str = "usage: validate_dataset <PATH_OR_URL> [--validation <PATH_OR_URL>] \
 [--format parquet|csv|jsonl|arrow] [--prompt COL] [--completion COL] [--system COL] [--min-rows N] \
-[--max-chars N] [--scan-sensitive] [--epochs N] [--json]\n\n\
+[--max-chars N] [--max-tokens N] [--scan-sensitive] [--epochs N] [--json]\n\n\
 Tokens are estimated at 4 characters per token.";
 
 fn main() {
     let mut flags = MAPPING_FLAGS.to_vec();
-    flags.extend(["validation", "min-rows", "max-chars", "epochs"]);
+    flags.extend(["validation", "min-rows", "max-chars", "max-tokens", "epochs"]);
     let args = Args::parse(USAGE, &flags, &["json", "scan-sensitive"]);
     let [train] = args.positional.as_slice() else {
         usage_error(USAGE, "give exactly one dataset")
@@ -23,6 +23,7 @@ fn main() {
     let options = ValidationOptions {
         min_rows: args.parsed(USAGE, "min-rows").unwrap_or(1),
         max_chars: args.parsed(USAGE, "max-chars"),
+        max_tokens: args.parsed(USAGE, "max-tokens"),
         scan_sensitive: args.switch("scan-sensitive"),
         ..ValidationOptions::default()
     };

@@ -90,6 +90,44 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// An error of `kind` in `file`, at no particular row yet.
+    pub(crate) fn error(kind: ProblemKind, file: &str, message: String) -> Self {
+        Self {
+            kind,
+            severity: Severity::Error,
+            file: Some(file.to_owned()),
+            row: None,
+            line: None,
+            column: None,
+            message,
+        }
+    }
+
+    /// Sets the column.
+    pub(crate) fn in_column(mut self, column: &str) -> Self {
+        self.column = Some(column.to_owned());
+        self
+    }
+
+    /// Sets the record number.
+    pub(crate) fn at_row(mut self, row: u64) -> Self {
+        self.row = Some(row);
+        self
+    }
+
+    /// Sets the physical line.
+    pub(crate) fn at_line(mut self, line: u64) -> Self {
+        self.line = Some(line);
+        self
+    }
+
+    /// The problem as an error that stops reading the file.
+    pub(crate) fn fatal(self) -> crate::DataError {
+        crate::DataError::Invalid(Box::new(self))
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let location = finetune_core::Location {

@@ -64,7 +64,7 @@ pub fn split_batch(
 /// batches.
 #[derive(Debug, Default)]
 pub struct Deduplicator {
-    seen: HashSet<u64>,
+    seen: HashSet<u64, crate::validate::PrehashedKeys>,
     dropped: u64,
 }
 

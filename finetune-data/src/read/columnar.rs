@@ -34,40 +34,24 @@ impl Conformer {
     ) -> Result<Self, DataError> {
         let find = |name: &str, required: bool| -> Result<Option<usize>, DataError> {
             match schema.index_of(name) {
+                Ok(i) if is_text_type(schema.field(i).data_type()) => Ok(Some(i)),
                 Ok(i) => {
                     let data_type = schema.field(i).data_type();
-                    if is_text_type(data_type) {
-                        Ok(Some(i))
-                    } else {
-                        Err(DataError::Invalid(Box::new(Problem {
-                            kind: ProblemKind::WrongType,
-                            severity: Severity::Error,
-                            file: Some(file.to_owned()),
-                            row: None,
-                            line: None,
-                            column: Some(name.to_owned()),
-                            message: format!(
-                                "column `{name}` has type {data_type}; a text type is required"
-                            ),
-                        })))
-                    }
+                    let message =
+                        format!("column `{name}` has type {data_type}; a text type is required");
+                    Err(Problem::error(ProblemKind::WrongType, file, message)
+                        .in_column(name)
+                        .fatal())
                 }
                 Err(_) if !required => Ok(None),
                 Err(_) => {
                     let available: Vec<&str> =
                         schema.fields().iter().map(|f| f.name().as_str()).collect();
-                    Err(DataError::Invalid(Box::new(Problem {
-                        kind: ProblemKind::MissingColumn,
-                        severity: Severity::Error,
-                        file: Some(file.to_owned()),
-                        row: None,
-                        line: None,
-                        column: Some(name.to_owned()),
-                        message: format!(
-                            "no column `{name}`; the file has: {}",
-                            available.join(", ")
-                        ),
-                    })))
+                    let message =
+                        format!("no column `{name}`; the file has: {}", available.join(", "));
+                    Err(Problem::error(ProblemKind::MissingColumn, file, message)
+                        .in_column(name)
+                        .fatal())
                 }
             }
         };
@@ -156,15 +140,7 @@ impl Conformer {
     }
 
     pub(crate) fn unreadable(&self, message: String) -> DataError {
-        DataError::Invalid(Box::new(Problem {
-            kind: ProblemKind::Unreadable,
-            severity: Severity::Error,
-            file: Some(self.file.clone()),
-            row: Some(self.next_row),
-            line: None,
-            column: None,
-            message,
-        }))
+        Problem::error(ProblemKind::Unreadable, &self.file, message).at_row(self.next_row).fatal()
     }
 }
 
@@ -195,15 +171,7 @@ impl<I: Iterator<Item = Result<RecordBatch, ArrowError>>> Iterator for Conformed
 }
 
 fn unreadable_file(file: &str, message: String) -> DataError {
-    DataError::Invalid(Box::new(Problem {
-        kind: ProblemKind::Unreadable,
-        severity: Severity::Error,
-        file: Some(file.to_owned()),
-        row: None,
-        line: None,
-        column: None,
-        message,
-    }))
+    Problem::error(ProblemKind::Unreadable, file, message).fatal()
 }
 
 /// Opens a Parquet file.
@@ -249,5 +217,35 @@ pub(crate) fn arrow_ipc(
             arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None).map_err(bad)?;
         let conformer = Conformer::new(&reader.schema(), mapping, name)?;
         Ok(Box::new(ConformedBatches { inner: reader, conformer, failed: false }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::StringViewArray;
+    use arrow_schema::Field;
+
+    #[test]
+    fn utf8_view_columns_are_accepted() {
+        let prompt: StringViewArray = vec![Some("p1"), Some("p2")].into_iter().collect();
+        let completion: StringViewArray = vec![Some("c1"), None].into_iter().collect();
+        let schema = Schema::new(vec![
+            Field::new("q", DataType::Utf8View, true),
+            Field::new("a", DataType::Utf8View, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![Arc::new(prompt), Arc::new(completion)],
+        )
+        .unwrap();
+        let mapping = ColumnMapping { prompt: "q".into(), completion: "a".into(), system: None };
+        let mut c = Conformer::new(&schema, &mapping, "mem").unwrap();
+        let out = c.conform(&batch).unwrap();
+        assert_eq!(out.batch.num_rows(), 1);
+        assert_eq!(out.rows, [1]);
+        assert_eq!(out.problems.len(), 1);
+        assert_eq!((out.problems[0].row, out.problems[0].column.as_deref()), (Some(2), Some("a")));
+        assert!(out.batch.column(2).is_null(0), "no system column: system is null");
     }
 }

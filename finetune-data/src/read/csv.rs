@@ -37,15 +37,11 @@ impl<R: Read> CsvReader<R> {
         let mut reader =
             csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(input);
         let problem = |kind, column: Option<&str>, message: String| {
-            DataError::Invalid(Box::new(Problem {
-                kind,
-                severity: Severity::Error,
-                file: Some(file.clone()),
-                row: None,
-                line: Some(1),
-                column: column.map(str::to_owned),
-                message,
-            }))
+            let p = Problem::error(kind, &file, message).at_line(1);
+            match column {
+                Some(c) => p.in_column(c).fatal(),
+                None => p.fatal(),
+            }
         };
         let headers = match reader.byte_headers() {
             Ok(h) => h.clone(),
