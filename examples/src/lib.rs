@@ -32,17 +32,26 @@ pub fn dataset_source(usage: &str, location: &str, args: &args::Args) -> Dataset
 /// The flags that take a value in every dataset tool.
 pub const MAPPING_FLAGS: [&str; 4] = ["format", "prompt", "completion", "system"];
 
+/// Runs a future to completion on a fresh multi-threaded runtime (the
+/// examples are synchronous programs; object stores are async).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => {
+            eprintln!("error: starting a runtime: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Makes a dataset readable locally, fetching it when it is behind an
 /// object-store URL (credentials and endpoints from the usual `AWS_*`,
 /// `AZURE_*` and `GOOGLE_*` variables). Exits with status 1 on failure.
 pub fn localize_or_exit(source: &DatasetSource) -> finetune_data::LocalDataset {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
-    let result = match runtime {
-        Ok(rt) => rt.block_on(finetune_data::localize(source, &finetune_data::ObjectStores::new())),
-        Err(e) => Err(finetune_data::DataError::Internal(format!("starting a runtime: {e}"))),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    })
+    block_on(finetune_data::localize(source, &finetune_data::ObjectStores::new())).unwrap_or_else(
+        |e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        },
+    )
 }

@@ -71,6 +71,43 @@ impl ObjectStores {
         Ok((Arc::from(store), key))
     }
 
+    /// Uploads the local file at `path` to `url` in parts of 8 MiB (a
+    /// multipart upload where the store has one), reading it a piece at a
+    /// time. Returns the bytes sent. A failed upload is aborted, leaving no
+    /// partial object behind.
+    pub async fn upload(&self, path: &std::path::Path, url: &str) -> Result<u64, DataError> {
+        use std::io::Read;
+        let (store, key) = self.resolve(url)?;
+        let remote = |e: object_store::Error| DataError::Io {
+            file: url.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let local = |source| DataError::Io { file: path.display().to_string(), source };
+        let mut file = std::fs::File::open(path).map_err(local)?;
+        let upload = store.put_multipart(&key).await.map_err(remote)?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut sent = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(local(e));
+                }
+            };
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(remote(e));
+            }
+            writer.write(&buf[..n]);
+            sent += n as u64;
+        }
+        writer.finish().await.map_err(remote)?;
+        Ok(sent)
+    }
+
     /// Streams the object at `url` into a temporary file.
     pub async fn fetch(&self, url: &str) -> Result<tempfile::NamedTempFile, DataError> {
         let (store, key) = self.resolve(url)?;

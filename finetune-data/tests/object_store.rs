@@ -54,6 +54,13 @@ async fn memory_urls_read_from_a_registered_store() {
 
     let err = validate_url("memory://data/missing.jsonl", &stores).await.unwrap_err();
     assert!(err.to_string().contains("no object"), "{err}");
+    // And back up: what is uploaded reads the same.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("up.jsonl");
+    std::fs::write(&path, GOOD).unwrap();
+    assert_eq!(stores.upload(&path, "memory://data/up.jsonl").await.unwrap(), GOOD.len() as u64);
+    assert_eq!(validate_url("memory://data/up.jsonl", &stores).await.unwrap().rows, 2);
+
     let err = validate_url("memory://x/train.jsonl", &ObjectStores::new()).await.unwrap_err();
     assert!(err.to_string().contains("no in-memory store"), "{err}");
 }
@@ -164,6 +171,16 @@ async fn s3_urls_read_through_moto() {
 
     let err = validate_url("s3://datasets/sets/nope.parquet", &stores).await.unwrap_err();
     assert!(matches!(err, DataError::Io { .. }), "{err}");
+
+    // Upload in parts: 20 MB of JSONL makes three 8 MiB parts.
+    let big = dir.path().join("big.jsonl");
+    let line = format!("{{\"prompt\":\"{}\",\"completion\":\"c\"}}\n", "x".repeat(1000));
+    std::fs::write(&big, line.repeat(20_000)).unwrap();
+    let sent = stores.upload(&big, "s3://datasets/sets/big.jsonl").await.unwrap();
+    assert_eq!(sent, std::fs::metadata(&big).unwrap().len());
+    let report = validate_url("s3://datasets/sets/big.jsonl", &stores).await.unwrap();
+    assert_eq!(report.rows, 20_000);
+    assert!(report.has(ProblemKind::Duplicate), "identical rows are flagged");
 }
 
 /// Creates a bucket with a raw HTTP PUT (moto accepts unsigned requests),
