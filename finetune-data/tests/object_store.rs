@@ -1,6 +1,6 @@
-//! Datasets behind `memory://`, `file://` and `s3://` URLs. The S3 test runs
-//! against moto's server (installed by `scripts/setup --test`), started here
-//! on a free loopback port.
+//! Datasets behind `memory://`, `file://`, `s3://` and `az://` URLs. The S3
+//! test runs against moto's server and the Azure test against Azurite (both
+//! installed by `scripts/setup --test`), started here on loopback.
 
 #![allow(clippy::unwrap_used)] // Test helpers fail loudly.
 
@@ -196,4 +196,98 @@ async fn create_bucket(endpoint: &str, bucket: &str) -> bool {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+struct Azurite {
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// object_store's emulator mode talks to Azurite's default port, 10000.
+fn start_azurite() -> Azurite {
+    let bin =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/node/node_modules/.bin/azurite-blob");
+    assert!(
+        bin.exists(),
+        "Azurite is not installed at {}: run `scripts/setup --test`",
+        bin.display()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 10000)).is_err(),
+        "port 10000 is taken; Azurite needs it for object_store's emulator mode"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(bin)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", "10000", "--silent", "--disableTelemetry"])
+        .args(["--skipApiVersionCheck", "--location"])
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting Azurite");
+    let azurite = Azurite { child, _data: data };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", 10000)).is_err() {
+        assert!(Instant::now() < deadline, "Azurite did not start within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    azurite
+}
+
+/// Azurite's well-known development account and key.
+const AZ_ACCOUNT: &str = "devstoreaccount1";
+const AZ_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Creates a container with a SharedKey-signed REST call (object_store has
+/// no container API).
+async fn create_container(name: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let version = "2021-08-06";
+    let string_to_sign = format!(
+        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZ_ACCOUNT}/{AZ_ACCOUNT}/{name}\nrestype:container"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(AZ_KEY).unwrap()).unwrap();
+    mac.update(string_to_sign.as_bytes());
+    let signature = b64.encode(mac.finalize().into_bytes());
+    let request = format!(
+        "PUT /{AZ_ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nx-ms-date: {date}\r\n\
+         x-ms-version: {version}\r\nAuthorization: SharedKey {AZ_ACCOUNT}:{signature}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect("127.0.0.1:10000").await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn az_urls_read_through_azurite() {
+    let _azurite = start_azurite();
+    let status = create_container("datasets").await;
+    assert!(status.contains("201"), "container created: {status}");
+    let stores = ObjectStores::new().with_option("azure_storage_use_emulator", "true");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    std::fs::write(&path, BROKEN).unwrap();
+    stores.upload(&path, "az://datasets/sets/train.jsonl").await.unwrap();
+    let report = validate_url("az://datasets/sets/train.jsonl", &stores).await.unwrap();
+    assert_eq!(report.rows, 2);
+    let p = report.problems(ProblemKind::Unreadable).next().unwrap();
+    assert_eq!(
+        (p.row, p.line, p.file.as_deref()),
+        (Some(2), Some(2), Some("az://datasets/sets/train.jsonl"))
+    );
 }
