@@ -361,6 +361,25 @@ impl Validator {
         });
     }
 
+    /// A `too_long` error when the row's total exceeds `max`, naming the
+    /// column that contributes most.
+    fn check_length(
+        &mut self,
+        counts: [(&str, u64); 3],
+        max: Option<usize>,
+        unit: &str,
+        row: u64,
+        line: Option<u64>,
+    ) {
+        let Some(max) = max else { return };
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        if total > max as u64 {
+            let column = counts.iter().max_by_key(|(_, n)| *n).map(|(c, _)| *c);
+            let message = format!("{total} {unit}, more than the limit of {max}");
+            self.problem(ProblemKind::TooLong, Severity::Error, row, line, column, message);
+        }
+    }
+
     /// Checks one batch.
     pub fn add(&mut self, batch: &DataBatch) {
         self.records += batch.records;
@@ -408,23 +427,8 @@ impl Validator {
                     );
                 }
             }
-            if let Some(max) = self.options.max_chars {
-                let total = (pc + cc + sc) as usize;
-                if total > max {
-                    let column = [(PROMPT, pc), (COMPLETION, cc), (SYSTEM, sc)]
-                        .into_iter()
-                        .max_by_key(|(_, n)| *n)
-                        .map(|(c, _)| c);
-                    self.problem(
-                        ProblemKind::TooLong,
-                        Severity::Error,
-                        row,
-                        line,
-                        column,
-                        format!("{total} characters, more than the limit of {max}"),
-                    );
-                }
-            }
+            let chars = [(PROMPT, pc), (COMPLETION, cc), (SYSTEM, sc)];
+            self.check_length(chars, self.options.max_chars, "characters", row, line);
             let mut row_tokens = None;
             if let Some((counter, [tp, tc, ts, tr])) = &mut self.tokens {
                 let (a, b) = (counter.count(prompt) as u64, counter.count(completion) as u64);
@@ -437,19 +441,8 @@ impl Validator {
                 tr.add(a + b + c.unwrap_or(0));
                 row_tokens = Some([(PROMPT, a), (COMPLETION, b), (SYSTEM, c.unwrap_or(0))]);
             }
-            if let (Some(max), Some(counts)) = (self.options.max_tokens, row_tokens) {
-                let total: u64 = counts.iter().map(|(_, n)| n).sum();
-                if total > max as u64 {
-                    let column = counts.iter().max_by_key(|(_, n)| *n).map(|(c, _)| *c);
-                    self.problem(
-                        ProblemKind::TooLong,
-                        Severity::Error,
-                        row,
-                        line,
-                        column,
-                        format!("{total} tokens, more than the limit of {max}"),
-                    );
-                }
+            if let Some(tokens) = row_tokens {
+                self.check_length(tokens, self.options.max_tokens, "tokens", row, line);
             }
             if self.options.scan_sensitive {
                 for (column, value) in
