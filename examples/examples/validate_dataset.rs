@@ -44,8 +44,8 @@ fn main() {
             validator = validator.against_training(index);
         }
         match run(&localize_or_exit(source), validator) {
-            Ok(v) => {
-                training_index = Some(v.index());
+            Ok(mut v) => {
+                training_index = Some(v.take_index());
                 results.push(v.finish());
             }
             Err(e) => {

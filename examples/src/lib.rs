@@ -25,7 +25,7 @@ pub fn dataset_source(usage: &str, location: &str, args: &args::Args) -> Dataset
     source.with_columns(ColumnMapping {
         prompt: args.value("prompt").map_or(defaults.prompt, str::to_owned),
         completion: args.value("completion").map_or(defaults.completion, str::to_owned),
-        system: Some(args.value("system").map_or_else(|| "system".to_owned(), str::to_owned)),
+        system: args.value("system").map(str::to_owned).or(defaults.system),
     })
 }
 

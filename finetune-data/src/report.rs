@@ -104,9 +104,9 @@ impl Problem {
         }
     }
 
-    /// Sets the column.
-    pub(crate) fn in_column(mut self, column: &str) -> Self {
-        self.column = Some(column.to_owned());
+    /// Sets the column, when there is one.
+    pub(crate) fn in_column<'a>(mut self, column: impl Into<Option<&'a str>>) -> Self {
+        self.column = column.into().map(str::to_owned);
         self
     }
 

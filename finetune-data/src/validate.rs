@@ -336,9 +336,10 @@ impl Validator {
         self
     }
 
-    /// The examples seen so far.
-    pub fn index(&self) -> ExampleIndex {
-        ExampleIndex(self.seen.clone())
+    /// Takes the examples seen so far (to check a validation set against),
+    /// leaving this validator without them; call it once reading is done.
+    pub fn take_index(&mut self) -> ExampleIndex {
+        ExampleIndex(std::mem::take(&mut self.seen))
     }
 
     fn problem(
@@ -514,15 +515,7 @@ impl Validator {
                     self.options.min_rows.max(1)
                 )
             };
-            self.log.push(Problem {
-                kind: ProblemKind::TooFewRows,
-                severity: Severity::Error,
-                file: Some(self.file.clone()),
-                row: None,
-                line: None,
-                column: None,
-                message,
-            });
+            self.log.push(Problem::error(ProblemKind::TooFewRows, &self.file, message));
         }
         let stats = Statistics {
             rows,
@@ -557,7 +550,7 @@ pub fn validate(
 }
 
 /// Reads `dataset` through `validator` and hands the validator back, so
-/// callers can take its [`Validator::index`] before finishing it.
+/// callers can take its [`Validator::take_index`] before finishing it.
 pub fn run(
     dataset: &crate::LocalDataset,
     mut validator: Validator,

@@ -13,7 +13,7 @@ use finetune_core::ColumnMapping;
 
 use super::DataBatch;
 use crate::error::DataError;
-use crate::report::{Problem, ProblemKind, Severity};
+use crate::report::{Problem, ProblemKind};
 use crate::schema::{COMPLETION, PROMPT, canonical_schema, is_text_type};
 
 /// Maps a file's columns onto the canonical schema.
@@ -98,15 +98,9 @@ impl Conformer {
             for (i, k) in keep.iter_mut().enumerate() {
                 if array.is_null(i) {
                     *k = false;
-                    problems.push(Problem {
-                        kind: ProblemKind::MissingValue,
-                        severity: Severity::Error,
-                        file: Some(self.file.clone()),
-                        row: Some(first_row + i as u64),
-                        line: None,
-                        column: Some(name.clone()),
-                        message: format!("`{name}` ({canonical}) is null"),
-                    });
+                    let message = format!("`{name}` ({canonical}) is null");
+                    let problem = Problem::error(ProblemKind::MissingValue, &self.file, message);
+                    problems.push(problem.at_row(first_row + i as u64).in_column(name.as_str()));
                 }
             }
         }

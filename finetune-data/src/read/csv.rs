@@ -11,7 +11,7 @@ use finetune_core::ColumnMapping;
 
 use super::DataBatch;
 use crate::error::DataError;
-use crate::report::{Problem, ProblemKind, Severity};
+use crate::report::{Problem, ProblemKind};
 use crate::schema::canonical_schema;
 
 /// Reads CSV in batches of canonical records.
@@ -37,11 +37,7 @@ impl<R: Read> CsvReader<R> {
         let mut reader =
             csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(input);
         let problem = |kind, column: Option<&str>, message: String| {
-            let p = Problem::error(kind, &file, message).at_line(1);
-            match column {
-                Some(c) => p.in_column(c).fatal(),
-                None => p.fatal(),
-            }
+            Problem::error(kind, &file, message).at_line(1).in_column(column).fatal()
         };
         let headers = match reader.byte_headers() {
             Ok(h) => h.clone(),
@@ -105,15 +101,7 @@ impl<R: Read> CsvReader<R> {
         column: Option<&str>,
         message: String,
     ) -> Problem {
-        Problem {
-            kind,
-            severity: Severity::Error,
-            file: Some(self.file.clone()),
-            row: Some(self.row),
-            line: Some(line),
-            column: column.map(str::to_owned),
-            message,
-        }
+        Problem::error(kind, &self.file, message).at_row(self.row).at_line(line).in_column(column)
     }
 
     fn read_batch(&mut self) -> Result<Option<DataBatch>, DataError> {

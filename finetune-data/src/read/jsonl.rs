@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::DataBatch;
 use crate::error::DataError;
-use crate::report::{Problem, ProblemKind, Severity};
+use crate::report::{Problem, ProblemKind};
 use crate::schema::canonical_schema;
 
 /// Reads JSON Lines in batches of canonical records.
@@ -51,15 +51,10 @@ impl<R: BufRead> JsonlReader<R> {
     }
 
     fn problem(&self, kind: ProblemKind, column: Option<&str>, message: String) -> Problem {
-        Problem {
-            kind,
-            severity: Severity::Error,
-            file: Some(self.file.clone()),
-            row: Some(self.row),
-            line: Some(self.line),
-            column: column.map(str::to_owned),
-            message,
-        }
+        Problem::error(kind, &self.file, message)
+            .at_row(self.row)
+            .at_line(self.line)
+            .in_column(column)
     }
 
     fn read_batch(&mut self) -> Result<Option<DataBatch>, DataError> {
