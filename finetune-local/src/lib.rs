@@ -1,10 +1,35 @@
 //! Local fine-tuning of HuggingFace causal language models on libtorch.
 //!
 //! This is the only crate of the workspace that links libtorch (through
-//! `tch` 0.24.0, paired with PyTorch 2.11.0). It will hold the model cache for
-//! air-gapped sites, the HF architectures, generation, the LoRA / full
-//! fine-tuning trainer and the local [`finetune_core::FineTuneProvider`]
-//! (see the project's issues). Today it reports the libtorch runtime.
+//! `tch` 0.24.0, paired with PyTorch 2.11.0). It holds:
+//!
+//! - [`hub`]: the model cache in the HF hub layout, resolved offline, and
+//!   [`ModelCache::preload`] for air-gapped sites;
+//! - [`config`], [`weights`], [`models`]: `config.json`, single and sharded
+//!   safetensors (bf16/fp16/fp32, loaded one tensor at a time into the chosen
+//!   compute dtype) and the architectures — Llama, Mistral, Qwen2, Qwen3,
+//!   GPT-2 — whose logits match transformers (see `tests/parity.rs`);
+//! - [`tokenizer`] and [`chat`]: `tokenizer.json`, special tokens and chat
+//!   templates rendered as transformers renders them;
+//! - [`generate`]: KV-cached greedy and sampled generation over batches.
+//!
+//! ```no_run
+//! use finetune_local::{CausalLm, LoadOptions, ModelCache, Tokenizer, locate};
+//! use finetune_local::generate::{GenerationOptions, generate};
+//!
+//! let dir = locate("Qwen/Qwen2.5-0.5B-Instruct", &ModelCache::from_env())?;
+//! let model = CausalLm::load(&dir, &LoadOptions::default())?;
+//! let tokenizer = Tokenizer::from_dir(&dir)?;
+//! let prompt = tokenizer.encode("The capital of France is", true)?;
+//! let options = GenerationOptions {
+//!     max_new_tokens: 8,
+//!     eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+//!     ..Default::default()
+//! };
+//! let out = generate(&model, &[prompt], &options)?;
+//! println!("{}", tokenizer.decode(&out[0].tokens, true)?);
+//! # Ok::<(), finetune_local::LocalError>(())
+//! ```
 //!
 //! # Linking
 //! Binaries that link this crate need an rpath to libtorch and must keep
@@ -17,7 +42,22 @@
 
 use std::fmt;
 
+pub mod chat;
+pub mod config;
+mod error;
+pub mod generate;
+pub mod hub;
+pub mod models;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{ChatTemplate, Message};
+pub use config::{Architecture, ModelConfig};
+pub use error::{LocalError, Result};
+pub use hub::{ModelCache, ModelId, locate};
+pub use models::{CausalLm, ForwardInput, KvCache, LoadOptions};
 pub use tch;
+pub use tokenizer::Tokenizer;
 
 /// What libtorch offers on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,298 @@
+//! Building blocks shared by the architectures: weight loading, linear and
+//! norm layers, rotary embeddings and attention masks.
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::{ForwardInput, KvCache};
+use crate::config::{Rope, RopeScaling};
+use crate::error::{LocalError, Result};
+use crate::weights::Checkpoint;
+
+/// Reads weights from a checkpoint into a var store under their HF names.
+pub(crate) struct Loader<'a> {
+    checkpoint: &'a mut Checkpoint,
+    vs: &'a VarStore,
+    kind: Kind,
+}
+
+impl<'a> Loader<'a> {
+    pub(crate) fn new(checkpoint: &'a mut Checkpoint, vs: &'a VarStore, kind: Kind) -> Self {
+        Self { checkpoint, vs, kind }
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.checkpoint.contains(name)
+    }
+
+    /// Loads `name` (checking `shape`) and registers it as a variable of
+    /// the same name.
+    pub(crate) fn get(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        self.get_as(name, name, shape)
+    }
+
+    /// Loads checkpoint tensor `stored` and registers it as `name`.
+    pub(crate) fn get_as(&mut self, name: &str, stored: &str, shape: &[i64]) -> Result<Tensor> {
+        let tensor = self.checkpoint.load(stored, shape, self.kind, self.vs.device())?;
+        let mut parts: Vec<&str> = name.split('.').collect();
+        let leaf = parts.pop().unwrap_or(name);
+        let mut path = self.vs.root();
+        for p in parts {
+            path = path.sub(p);
+        }
+        Ok(path.add(leaf, tensor, true))
+    }
+}
+
+/// `y = x Wᵀ + b`, the layout of `torch.nn.Linear`.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub(crate) fn load(
+        l: &mut Loader<'_>,
+        prefix: &str,
+        in_dim: i64,
+        out_dim: i64,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = l.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias { Some(l.get(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// Llama's RMSNorm: normalise in fp32, scale in the input dtype.
+#[derive(Debug)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(l: &mut Loader<'_>, name: &str, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self { weight: l.get(&format!("{name}.weight"), &[dim])?, eps })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let kind = x.kind();
+        let x32 = x.f_to_kind(Kind::Float)?;
+        let var = x32.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
+        let normed = x32.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        Ok(self.weight.f_mul(&normed.f_to_kind(kind)?)?)
+    }
+}
+
+/// The inverse frequencies of rotary embeddings, computed as transformers
+/// computes them (fp32, same operation order).
+pub(crate) fn rope_inv_freq(rope: &Rope, head_dim: i64) -> Result<Tensor> {
+    let exponents = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu))?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(head_dim as f64)?;
+    let inv_freq = Tensor::f_pow_scalar(rope.theta, &exponents)?.f_reciprocal()?;
+    Ok(match rope.scaling {
+        RopeScaling::Default => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq.f_div_scalar(factor)?,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_len,
+        } => {
+            let low_freq_wavelen = old_len / low_freq_factor;
+            let high_freq_wavelen = old_len / high_freq_factor;
+            let wavelen = inv_freq.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+            let scaled = inv_freq
+                .f_where_self(&wavelen.f_le(low_freq_wavelen)?, &inv_freq.f_div_scalar(factor)?)?;
+            let smooth = wavelen
+                .f_reciprocal()?
+                .f_mul_scalar(old_len)?
+                .f_sub_scalar(low_freq_factor)?
+                .f_div_scalar(high_freq_factor - low_freq_factor)?;
+            let smoothed = smooth
+                .f_neg()?
+                .f_add_scalar(1.0)?
+                .f_mul(&scaled)?
+                .f_div_scalar(factor)?
+                .f_add(&smooth.f_mul(&scaled)?)?;
+            let medium =
+                wavelen.f_ge(high_freq_wavelen)?.f_logical_and(&wavelen.f_le(low_freq_wavelen)?)?;
+            smoothed.f_where_self(&medium, &scaled)?
+        }
+    })
+}
+
+/// cos and sin tables `[batch, seq, head_dim]` for the given positions.
+pub(crate) fn rope_cos_sin(
+    inv_freq: &Tensor,
+    positions: &Tensor,
+    kind: Kind,
+) -> Result<(Tensor, Tensor)> {
+    let inv = inv_freq.f_to_device(positions.device())?;
+    let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&inv)?;
+    let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+    Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` of `[batch, heads, seq, dim]`.
+pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.size()[3] / 2;
+    let x1 = x.f_narrow(3, 0, half)?;
+    let x2 = x.f_narrow(3, half, half)?;
+    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], 3)?;
+    let cos = cos.f_unsqueeze(1)?;
+    let sin = sin.f_unsqueeze(1)?;
+    Ok(x.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)?)
+}
+
+/// Repeats each key/value head `n_rep` times for grouped-query attention.
+pub(crate) fn repeat_kv(x: Tensor, n_rep: i64) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let s = x.size();
+    let (b, h, t, d) = (s[0], s[1], s[2], s[3]);
+    Ok(x.f_unsqueeze(2)?.f_expand([b, h, n_rep, t, d], false)?.f_reshape([b, h * n_rep, t, d])?)
+}
+
+/// How attention is restricted for one forward pass.
+pub(crate) enum Mask {
+    /// Plain causal over the new tokens (no cache, no padding).
+    Causal,
+    /// Every cached key is visible (one new token, no padding).
+    Full,
+    /// An additive bias `[batch or 1, 1, seq, keys]`.
+    Bias(Tensor),
+}
+
+/// Works out the attention mask for `input`, given `past` cached tokens.
+pub(crate) fn attention_mask(
+    input: &ForwardInput<'_>,
+    past: i64,
+    sliding_window: Option<i64>,
+    kind: Kind,
+    device: Device,
+) -> Result<Mask> {
+    let t = input.input_ids.size()[1];
+    let total = past + t;
+    let window_matters = sliding_window.is_some_and(|w| total > w);
+    if input.attention_mask.is_none() && input.sequence_ids.is_none() && !window_matters {
+        if past == 0 {
+            return Ok(Mask::Causal);
+        }
+        if t == 1 {
+            return Ok(Mask::Full);
+        }
+    }
+    let q = Tensor::f_arange_start(past, total, (Kind::Int64, device))?.f_unsqueeze(1)?;
+    let k = Tensor::f_arange(total, (Kind::Int64, device))?.f_unsqueeze(0)?;
+    let mut allowed = k.f_le_tensor(&q)?;
+    if let Some(w) = sliding_window {
+        allowed = allowed.f_logical_and(&q.f_sub(&k)?.f_lt(w)?)?;
+    }
+    let mut allowed = allowed.f_unsqueeze(0)?; // [1, t, total]
+    if let Some(mask) = input.attention_mask {
+        if mask.size() != [input.input_ids.size()[0], total] {
+            return Err(LocalError::InvalidArgument(format!(
+                "attention_mask is {:?}, expected [batch, {total}] (cached + new tokens)",
+                mask.size()
+            )));
+        }
+        let keys = mask.f_to_device(device)?.f_ne(0)?.f_unsqueeze(1)?; // [b, 1, total]
+        allowed = allowed.f_logical_and(&keys)?;
+    }
+    if let Some(seq) = input.sequence_ids {
+        if seq.size() != input.input_ids.size() {
+            return Err(LocalError::InvalidArgument(format!(
+                "sequence_ids is {:?}, expected {:?}",
+                seq.size(),
+                input.input_ids.size()
+            )));
+        }
+        let same = seq.f_unsqueeze(2)?.f_eq_tensor(&seq.f_unsqueeze(1)?)?; // [b, t, t]
+        allowed = allowed.f_logical_and(&same)?;
+    }
+    let min = match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.389_531_4e38,
+        _ => f64::from(f32::MIN),
+    };
+    let bias = Tensor::f_zeros(allowed.size(), (kind, device))?
+        .f_masked_fill(&allowed.f_logical_not()?, min)?
+        .f_unsqueeze(1)?;
+    Ok(Mask::Bias(bias))
+}
+
+/// Scaled dot-product attention of `[batch, heads, seq, dim]` tensors.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Mask,
+    scale: Option<f64>,
+) -> Result<Tensor> {
+    let (bias, causal) = match mask {
+        Mask::Causal => (None, true),
+        Mask::Full => (None, false),
+        Mask::Bias(b) => (Some(b), false),
+    };
+    Ok(Tensor::f_scaled_dot_product_attention(q, k, v, bias, 0.0, causal, scale, false)?)
+}
+
+/// Positions for `input`: given, or continuing from the cache.
+pub(crate) fn positions(input: &ForwardInput<'_>, past: i64) -> Result<Tensor> {
+    match input.position_ids {
+        Some(p) => Ok(p.shallow_clone()),
+        None => {
+            let s = input.input_ids.size();
+            Ok(Tensor::f_arange_start(past, past + s[1], (Kind::Int64, input.input_ids.device()))?
+                .f_unsqueeze(0)?
+                .f_expand([s[0], s[1]], false)?)
+        }
+    }
+}
+
+/// The cache's length, or 0 without one.
+pub(crate) fn past_len(cache: &Option<&mut KvCache>) -> i64 {
+    cache.as_ref().map_or(0, |c| c.len())
+}
+
+/// The MLP activation named in config.json.
+pub(crate) fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
+    Ok(match name {
+        "silu" | "swish" => x.f_silu()?,
+        "gelu" => x.f_gelu("none")?,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.f_gelu("tanh")?,
+        "relu" => x.f_relu()?,
+        other => {
+            return Err(LocalError::InvalidArgument(format!(
+                "activation `{other}` is not implemented"
+            )));
+        }
+    })
+}
+
+/// Checks an activation name at load time, so a model fails early.
+pub(crate) fn check_activation(name: &str, config_path: &std::path::Path) -> Result<()> {
+    match name {
+        "silu" | "swish" | "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "relu" => {
+            Ok(())
+        }
+        other => Err(LocalError::invalid(
+            config_path,
+            Some("hidden_act"),
+            format!("activation `{other}` is not implemented"),
+        )),
+    }
+}

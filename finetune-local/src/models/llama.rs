@@ -1,0 +1,216 @@
+//! Llama (`LlamaForCausalLM`): pre-norm decoder with RMSNorm, rotary
+//! embeddings (incl. Llama 3 scaling), grouped-query attention and a SwiGLU
+//! MLP. Mistral, Qwen2 and Qwen3 are this decoder with a few switches, as in
+//! transformers' own modular definitions.
+
+use tch::Tensor;
+
+use super::layers::{self, Linear, Loader, Mask, RmsNorm};
+use super::{ForwardInput, KvCache};
+use crate::config::ModelConfig;
+use crate::error::{LocalError, Result};
+
+/// `LlamaAttention` (with Qwen2's q/k/v bias and Qwen3's q/k norm when the
+/// config asks for them).
+#[derive(Debug)]
+pub struct LlamaAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl LlamaAttention {
+    fn load(c: &ModelConfig, l: &mut Loader<'_>, p: &str) -> Result<Self> {
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (qk_norm_q, qk_norm_k) = if c.qk_norm {
+            (
+                Some(RmsNorm::load(l, &format!("{p}.q_norm"), d, c.norm_eps)?),
+                Some(RmsNorm::load(l, &format!("{p}.k_norm"), d, c.norm_eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            q_proj: Linear::load(l, &format!("{p}.q_proj"), h, c.num_heads * d, c.qkv_bias)?,
+            k_proj: Linear::load(l, &format!("{p}.k_proj"), h, c.num_kv_heads * d, c.qkv_bias)?,
+            v_proj: Linear::load(l, &format!("{p}.v_proj"), h, c.num_kv_heads * d, c.qkv_bias)?,
+            o_proj: Linear::load(l, &format!("{p}.o_proj"), c.num_heads * d, h, c.o_bias)?,
+            q_norm: qk_norm_q,
+            k_norm: qk_norm_k,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: d,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let s = x.size();
+        let (b, t) = (s[0], s[1]);
+        let heads = |proj: &Linear, n: i64, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let y = proj.forward(x)?.f_view([b, t, n, self.head_dim])?;
+            let y = match norm {
+                Some(norm) => norm.forward(&y)?,
+                None => y,
+            };
+            Ok(y.f_transpose(1, 2)?)
+        };
+        let q = layers::apply_rope(&heads(&self.q_proj, self.num_heads, &self.q_norm)?, cos, sin)?;
+        let k =
+            layers::apply_rope(&heads(&self.k_proj, self.num_kv_heads, &self.k_norm)?, cos, sin)?;
+        let v = heads(&self.v_proj, self.num_kv_heads, &None)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.update(layer, k, v)?,
+            None => (k, v),
+        };
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = layers::repeat_kv(k, n_rep)?;
+        let v = layers::repeat_kv(v, n_rep)?;
+        let out = layers::attend(&q, &k, &v, mask, None)?;
+        let out = out.f_transpose(1, 2)?.f_reshape([b, t, self.num_heads * self.head_dim])?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// `LlamaMLP`: `down(act(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct LlamaMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: String,
+}
+
+impl LlamaMlp {
+    fn load(c: &ModelConfig, l: &mut Loader<'_>, p: &str) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::load(l, &format!("{p}.gate_proj"), h, i, c.mlp_bias)?,
+            up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, c.mlp_bias)?,
+            down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, c.mlp_bias)?,
+            act: c.hidden_act.clone(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = layers::activation(&self.act, &self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
+    }
+}
+
+/// `LlamaDecoderLayer`.
+#[derive(Debug)]
+pub struct LlamaDecoderLayer {
+    self_attn: LlamaAttention,
+    mlp: LlamaMlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+/// `LlamaForCausalLM` (and its Mistral/Qwen2/Qwen3 variants).
+#[derive(Debug)]
+pub struct LlamaForCausalLm {
+    embed_tokens: Tensor,
+    layers: Vec<LlamaDecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+    sliding_window: Option<i64>,
+}
+
+impl LlamaForCausalLm {
+    pub(crate) fn load(c: &ModelConfig, l: &mut Loader<'_>) -> Result<Self> {
+        layers::check_activation(&c.hidden_act, &c.path)?;
+        let rope = c.rope.as_ref().ok_or_else(|| {
+            LocalError::invalid(
+                &c.path,
+                Some("rope_parameters"),
+                "a rotary model needs RoPE settings",
+            )
+        })?;
+        let embed_tokens = l.get("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        let mut decoder_layers = Vec::new();
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            decoder_layers.push(LlamaDecoderLayer {
+                self_attn: LlamaAttention::load(c, l, &format!("{p}.self_attn"))?,
+                mlp: LlamaMlp::load(c, l, &format!("{p}.mlp"))?,
+                input_layernorm: RmsNorm::load(
+                    l,
+                    &format!("{p}.input_layernorm"),
+                    c.hidden_size,
+                    c.norm_eps,
+                )?,
+                post_attention_layernorm: RmsNorm::load(
+                    l,
+                    &format!("{p}.post_attention_layernorm"),
+                    c.hidden_size,
+                    c.norm_eps,
+                )?,
+            });
+        }
+        let norm = RmsNorm::load(l, "model.norm", c.hidden_size, c.norm_eps)?;
+        // Tied checkpoints usually omit lm_head.weight; some store a copy.
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            l.get("lm_head.weight", &[c.vocab_size, c.hidden_size])?
+        };
+        let inv_freq = layers::rope_inv_freq(rope, c.head_dim)?.f_to_device(l.device())?;
+        Ok(Self {
+            embed_tokens,
+            layers: decoder_layers,
+            norm,
+            lm_head,
+            inv_freq,
+            sliding_window: c.sliding_window,
+        })
+    }
+
+    pub(crate) fn forward(
+        &self,
+        input: &ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let past = layers::past_len(&cache);
+        let ids = input.input_ids;
+        let kind = self.embed_tokens.kind();
+        let device = self.embed_tokens.device();
+        let mask = layers::attention_mask(input, past, self.sliding_window, kind, device)?;
+        let positions = layers::positions(input, past)?;
+        let (cos, sin) = layers::rope_cos_sin(&self.inv_freq, &positions, kind)?;
+        let mut h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = layer.self_attn.forward(
+                &layer.input_layernorm.forward(&h)?,
+                &cos,
+                &sin,
+                &mask,
+                i,
+                cache.as_deref_mut(),
+            )?;
+            h = h.f_add(&attn)?;
+            let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
+            h = h.f_add(&mlp)?;
+        }
+        if let Some(cache) = cache {
+            cache.advance(ids.size()[1]);
+        }
+        let h = self.norm.forward(&h)?;
+        Ok(h.f_linear::<Tensor>(&self.lm_head, None)?)
+    }
+}

@@ -1,0 +1,220 @@
+//! Causal language models on libtorch, one module per HF architecture.
+//!
+//! Weights live in a [`VarStore`] under their HF names
+//! (`model.layers.0.self_attn.q_proj.weight`, …), so checkpoints load and
+//! save without a renaming table and adapters can address modules by the
+//! names PEFT uses.
+
+pub mod gpt2;
+pub(crate) mod layers;
+pub mod llama;
+pub mod mistral;
+pub mod qwen2;
+pub mod qwen3;
+
+use std::path::Path;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{LocalError, Result};
+use crate::weights::Checkpoint;
+
+/// What the model reads for one forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardInput<'a> {
+    /// Token ids, `[batch, seq]`, int64.
+    pub input_ids: &'a Tensor,
+    /// Positions of those tokens, `[batch, seq]`; by default they continue
+    /// from the cache's length.
+    pub position_ids: Option<&'a Tensor>,
+    /// Which keys may be attended to, `[batch, past + seq]`, 1 for real
+    /// tokens and 0 for padding (transformers' `attention_mask`).
+    pub attention_mask: Option<&'a Tensor>,
+    /// For packed rows, `[batch, seq]`: the example each token belongs to;
+    /// a token attends only to earlier tokens of its own example. Not
+    /// combinable with a cache.
+    pub sequence_ids: Option<&'a Tensor>,
+}
+
+impl<'a> ForwardInput<'a> {
+    /// Just the ids: positions `0..seq` (after the cache), causal attention.
+    pub fn new(input_ids: &'a Tensor) -> Self {
+        Self { input_ids, position_ids: None, attention_mask: None, sequence_ids: None }
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: i64,
+}
+
+impl KvCache {
+    /// An empty cache for `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: (0..num_layers).map(|_| None).collect(), len: 0 }
+    }
+
+    /// How many positions are cached.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a layer's new keys/values (`[batch, heads, seq, dim]`) and
+    /// returns all of them.
+    pub(crate) fn update(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| LocalError::InvalidArgument(format!("cache has no layer {layer}")))?;
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::f_cat(&[pk, k], 2)?, Tensor::f_cat(&[pv, v], 2)?),
+            None => (k, v),
+        };
+        *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        Ok((k, v))
+    }
+
+    pub(crate) fn advance(&mut self, by: i64) {
+        self.len += by;
+    }
+}
+
+/// Where and in what precision to load a model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    /// The device.
+    pub device: Device,
+    /// The compute dtype; `None` chooses fp32 on CPU and bf16 on CUDA.
+    pub dtype: Option<Kind>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: None }
+    }
+}
+
+impl LoadOptions {
+    /// The dtype that will be used.
+    pub fn resolved_dtype(&self) -> Kind {
+        self.dtype.unwrap_or(match self.device {
+            Device::Cuda(_) => Kind::BFloat16,
+            _ => Kind::Float,
+        })
+    }
+}
+
+enum Body {
+    Decoder(llama::LlamaForCausalLm),
+    Gpt2(gpt2::Gpt2LmHeadModel),
+}
+
+/// A loaded causal language model of any supported architecture.
+pub struct CausalLm {
+    config: ModelConfig,
+    vs: VarStore,
+    body: Body,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for CausalLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CausalLm")
+            .field("architecture", &self.config.architecture)
+            .field("device", &self.vs.device())
+            .field("dtype", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CausalLm {
+    /// Loads `dir` (config.json + safetensors) onto `options.device`.
+    /// Weights come in frozen; unfreeze the [`VarStore`] to train them all.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let mut checkpoint = Checkpoint::open(dir)?;
+        let kind = options.resolved_dtype();
+        let mut vs = VarStore::new(options.device);
+        let body = {
+            let mut loader = layers::Loader::new(&mut checkpoint, &vs, kind);
+            match config.architecture {
+                Architecture::Llama => {
+                    Body::Decoder(llama::LlamaForCausalLm::load(&config, &mut loader)?)
+                }
+                Architecture::Mistral => Body::Decoder(mistral::load(&config, &mut loader)?),
+                Architecture::Qwen2 => Body::Decoder(qwen2::load(&config, &mut loader)?),
+                Architecture::Qwen3 => Body::Decoder(qwen3::load(&config, &mut loader)?),
+                Architecture::Gpt2 => {
+                    Body::Gpt2(gpt2::Gpt2LmHeadModel::load(&config, &mut loader)?)
+                }
+            }
+        };
+        vs.freeze();
+        Ok(Self { config, vs, body, kind })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The weights, under their HF names.
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// The weights, mutably (to unfreeze or move them).
+    pub fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> Kind {
+        self.kind
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(usize::try_from(self.config.num_layers).unwrap_or(0))
+    }
+
+    /// Runs the model and returns logits `[batch, seq, vocab]` in the
+    /// compute dtype. With a cache, the new keys/values are appended to it.
+    pub fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let ids = input.input_ids;
+        if ids.dim() != 2 {
+            return Err(LocalError::InvalidArgument(format!(
+                "input_ids must be [batch, seq], got {:?}",
+                ids.size()
+            )));
+        }
+        if input.sequence_ids.is_some() && cache.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(LocalError::InvalidArgument(
+                "packed sequences cannot continue a cache".into(),
+            ));
+        }
+        match &self.body {
+            Body::Decoder(m) => m.forward(input, cache),
+            Body::Gpt2(m) => m.forward(input, cache),
+        }
+    }
+}
