@@ -88,3 +88,69 @@ fn convert_dataset_writes_provider_formats() {
         Some(2)
     );
 }
+
+fn fixture_model(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../finetune-local/tests/fixtures/models").join(name)
+}
+
+fn fixture_reference(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../finetune-local/tests/fixtures/references")
+        .join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn generate_json_greedy_reproduces_transformers_tokens() {
+    for name in ["llama", "gpt2"] {
+        let reference = fixture_reference(name);
+        let case = &reference["cases"][1];
+        let out = example(
+            "generate",
+            &[
+                "--model",
+                fixture_model(name).to_str().unwrap(),
+                "--prompt",
+                case["text"].as_str().unwrap(),
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                &reference["max_new_tokens"].to_string(),
+                "--device",
+                "cpu",
+                "--json",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["prompt_tokens"], case["input_ids"], "{name}");
+        assert_eq!(v["generated_tokens"], case["greedy"], "{name}");
+        assert!(v["text"].is_string());
+    }
+}
+
+#[test]
+fn generate_chat_sampling_and_errors() {
+    let model = fixture_model("qwen2");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--model", model.to_str().unwrap(), "--prompt", "hi", "--json"];
+        args.extend_from_slice(extra);
+        example("generate", &args)
+    };
+    let a = run(&["--chat", "--system", "Be brief.", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"]);
+    assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = run(&["--chat", "--system", "Be brief.", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"]);
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&a.stdout).unwrap(), serde_json::from_slice(&b.stdout).unwrap());
+    assert_eq!(a["generated_tokens"], b["generated_tokens"], "same seed, same tokens");
+    // The chat template's system turn is in the prompt.
+    let plain = run(&[]);
+    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert!(a["prompt_tokens"].as_array().unwrap().len() > plain["prompt_tokens"].as_array().unwrap().len() + 5);
+
+    let missing = example("generate", &["--model", "nobody/nothing", "--prompt", "x"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("not found offline") && stderr.contains("models--nobody--nothing"), "{stderr}");
+    assert_eq!(example("generate", &["--prompt", "x"]).status.code(), Some(2));
+}

@@ -147,19 +147,15 @@ fn capitalize(s: &str) -> String {
 }
 
 fn template_error(e: minijinja::Error) -> LocalError {
-    let mut message = e.to_string();
-    if let Some(detail) = e.detail()
-        && !message.contains(detail)
-    {
-        message = format!("{message}: {detail}");
+    // A template's own raise_exception carries its message verbatim, as
+    // transformers reports it; other errors keep minijinja's location.
+    if let Some(raised) = e.detail().and_then(|d| d.strip_prefix(RAISED)) {
+        return LocalError::Template { message: raised.to_owned() };
     }
-    if e.kind() == ErrorKind::InvalidOperation
-        && let Some(raised) = message.split("raise_exception: ").nth(1)
-    {
-        message = raised.to_owned();
-    }
-    LocalError::Template { message }
+    LocalError::Template { message: e.to_string() }
 }
+
+const RAISED: &str = "raise_exception: ";
 
 /// `{% generation %}…{% endgeneration %}` marks assistant text for masks;
 /// for rendering it is a no-op block, so it becomes `{% if true %}…{% endif %}`
@@ -178,7 +174,7 @@ fn strip_generation_tags(source: &str) -> String {
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {message}")))
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{message}")))
 }
 
 fn strftime_now(format: String) -> std::result::Result<Value, minijinja::Error> {
