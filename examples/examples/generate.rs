@@ -26,7 +26,17 @@ const USAGE: &str = "usage: generate --model <DIR_OR_ID> --prompt TEXT [--system
 fn main() {
     let args = Args::parse(
         USAGE,
-        &["model", "prompt", "system", "max-new-tokens", "temperature", "top-p", "seed", "device", "dtype"],
+        &[
+            "model",
+            "prompt",
+            "system",
+            "max-new-tokens",
+            "temperature",
+            "top-p",
+            "seed",
+            "device",
+            "dtype",
+        ],
         &["chat", "json"],
     );
     if let Err(e) = run(&args) {
@@ -36,7 +46,8 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let model_spec = args.value("model").unwrap_or_else(|| usage_error(USAGE, "--model is required"));
+    let model_spec =
+        args.value("model").unwrap_or_else(|| usage_error(USAGE, "--model is required"));
     let prompt = args.value("prompt").unwrap_or_else(|| usage_error(USAGE, "--prompt is required"));
     if args.value("system").is_some() && !args.switch("chat") {
         usage_error(USAGE, "--system needs --chat");

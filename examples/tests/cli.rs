@@ -137,20 +137,46 @@ fn generate_chat_sampling_and_errors() {
         args.extend_from_slice(extra);
         example("generate", &args)
     };
-    let a = run(&["--chat", "--system", "Be brief.", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"]);
+    let a = run(&[
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
     assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
-    let b = run(&["--chat", "--system", "Be brief.", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"]);
+    let b = run(&[
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
     let (a, b): (serde_json::Value, serde_json::Value) =
         (serde_json::from_slice(&a.stdout).unwrap(), serde_json::from_slice(&b.stdout).unwrap());
     assert_eq!(a["generated_tokens"], b["generated_tokens"], "same seed, same tokens");
     // The chat template's system turn is in the prompt.
     let plain = run(&[]);
     let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
-    assert!(a["prompt_tokens"].as_array().unwrap().len() > plain["prompt_tokens"].as_array().unwrap().len() + 5);
+    assert!(
+        a["prompt_tokens"].as_array().unwrap().len()
+            > plain["prompt_tokens"].as_array().unwrap().len() + 5
+    );
 
     let missing = example("generate", &["--model", "nobody/nothing", "--prompt", "x"]);
     assert_eq!(missing.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(stderr.contains("not found offline") && stderr.contains("models--nobody--nothing"), "{stderr}");
+    assert!(
+        stderr.contains("not found offline") && stderr.contains("models--nobody--nothing"),
+        "{stderr}"
+    );
     assert_eq!(example("generate", &["--prompt", "x"]).status.code(), Some(2));
 }

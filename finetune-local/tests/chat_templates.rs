@@ -31,7 +31,8 @@ fn dir() -> std::path::PathBuf {
 #[test]
 fn templates_render_like_transformers() {
     let refs: Vec<TemplateReference> =
-        serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap())
+            .unwrap();
     assert_eq!(refs.len(), 6);
     let mut compared = 0;
     for r in refs {
@@ -45,7 +46,9 @@ fn templates_render_like_transformers() {
         for case in &r.cases {
             let got = template.render(&case.messages, case.add_generation_prompt, &special);
             match (&case.rendered, &case.error, got) {
-                (Some(want), _, Ok(got)) => assert_eq!(&got, want, "{} {:?}", r.template, case.messages),
+                (Some(want), _, Ok(got)) => {
+                    assert_eq!(&got, want, "{} {:?}", r.template, case.messages)
+                }
                 (_, Some(want), Err(LocalError::Template { message })) => {
                     assert_eq!(&message, want, "{}", r.template)
                 }
@@ -65,7 +68,9 @@ fn tokenizers_load_their_templates_and_fall_back_to_plain_text() {
     let conversation = [Message::system("Be brief."), Message::user("Spell backwards: lantern")];
     let llama = Tokenizer::from_dir(&models.join("llama")).unwrap();
     let text = llama.apply_chat_template(&conversation, true).unwrap();
-    assert!(text.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"));
+    assert!(text.starts_with(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    ));
     assert!(text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
     // The template writes the BOS itself; encoding it without special tokens
     // keeps exactly one.

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use finetune_local::tch::{self, Tensor};
-use finetune_local::{CausalLm, ForwardInput, LoadOptions, LocalError, ModelCache, ModelId, locate};
+use finetune_local::{
+    CausalLm, ForwardInput, LoadOptions, LocalError, ModelCache, ModelId, locate,
+};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
@@ -23,7 +25,10 @@ fn preloaded_model_resolves_and_loads_by_id() {
     assert_eq!(snapshot, repo.join("snapshots").join(&commit));
     assert_eq!(commit.len(), 40);
     let shard = snapshot.join("model-00003-of-00007.safetensors");
-    assert_eq!(std::fs::read(&shard).unwrap(), std::fs::read(fixture("mistral").join("model-00003-of-00007.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(&shard).unwrap(),
+        std::fs::read(fixture("mistral").join("model-00003-of-00007.safetensors")).unwrap()
+    );
     #[cfg(unix)]
     assert!(std::fs::symlink_metadata(&shard).unwrap().file_type().is_symlink());
 
@@ -58,9 +63,15 @@ fn misses_say_where_they_looked() {
     let err = locate("meta-llama/Llama-3.2-1B", &cache).unwrap_err();
     let LocalError::ModelNotFound { id, searched } = &err else { panic!("{err}") };
     assert_eq!(id, "meta-llama/Llama-3.2-1B");
-    assert!(searched.iter().any(|p| p.ends_with("models--meta-llama--Llama-3.2-1B/refs/main")), "{searched:?}");
+    assert!(
+        searched.iter().any(|p| p.ends_with("models--meta-llama--Llama-3.2-1B/refs/main")),
+        "{searched:?}"
+    );
     let message = err.to_string();
-    assert!(message.contains("preload") && message.contains(tmp.path().to_str().unwrap()), "{message}");
+    assert!(
+        message.contains("preload") && message.contains(tmp.path().to_str().unwrap()),
+        "{message}"
+    );
 
     let err = locate("not a model", &cache).unwrap_err();
     assert!(matches!(err, LocalError::ModelNotFound { .. }), "{err}");

@@ -49,7 +49,6 @@ impl LlamaAttention {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
