@@ -48,6 +48,7 @@ mod error;
 pub mod generate;
 pub mod hub;
 pub mod models;
+pub mod sft;
 pub mod tokenizer;
 pub mod weights;
 
