@@ -47,6 +47,7 @@ pub mod config;
 mod error;
 pub mod generate;
 pub mod hub;
+pub mod lora;
 pub mod models;
 pub mod sft;
 pub mod tokenizer;

@@ -4,29 +4,22 @@
 
 use tch::Tensor;
 
-use super::layers::{self, Loader};
+use super::layers::{self, Linear, Loader};
 use super::{ForwardInput, KvCache};
 use crate::config::ModelConfig;
 use crate::error::Result;
 
 /// HF's `Conv1D`: `y = x W + b` with `W` of `[in, out]`.
-#[derive(Debug)]
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn load(l: &mut Loader<'_>, p: &str, in_dim: i64, out_dim: i64) -> Result<Self> {
-        Ok(Self {
-            weight: get(l, &format!("{p}.weight"), &[in_dim, out_dim])?,
-            bias: get(l, &format!("{p}.bias"), &[out_dim])?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_matmul(&self.weight)?.f_add(&self.bias)?)
-    }
+fn conv1d(l: &mut Loader<'_>, p: &str, in_dim: i64, out_dim: i64) -> Result<Linear> {
+    Ok(Linear {
+        name: p.to_owned(),
+        weight: get(l, &format!("{p}.weight"), &[in_dim, out_dim])?,
+        bias: Some(get(l, &format!("{p}.bias"), &[out_dim])?),
+        in_dim,
+        out_dim,
+        transposed: true,
+        lora: None,
+    })
 }
 
 #[derive(Debug)]
@@ -64,11 +57,11 @@ fn get(l: &mut Loader<'_>, name: &str, shape: &[i64]) -> Result<Tensor> {
 #[derive(Debug)]
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Conv1D,
-    attn_c_proj: Conv1D,
+    c_attn: Linear,
+    attn_c_proj: Linear,
     ln_2: LayerNorm,
-    c_fc: Conv1D,
-    mlp_c_proj: Conv1D,
+    c_fc: Linear,
+    mlp_c_proj: Linear,
 }
 
 /// `GPT2LMHeadModel`.
@@ -94,11 +87,11 @@ impl Gpt2LmHeadModel {
             let p = format!("transformer.h.{i}");
             blocks.push(Block {
                 ln_1: LayerNorm::load(l, &format!("{p}.ln_1"), h, c.norm_eps)?,
-                c_attn: Conv1D::load(l, &format!("{p}.attn.c_attn"), h, 3 * h)?,
-                attn_c_proj: Conv1D::load(l, &format!("{p}.attn.c_proj"), h, h)?,
+                c_attn: conv1d(l, &format!("{p}.attn.c_attn"), h, 3 * h)?,
+                attn_c_proj: conv1d(l, &format!("{p}.attn.c_proj"), h, h)?,
                 ln_2: LayerNorm::load(l, &format!("{p}.ln_2"), h, c.norm_eps)?,
-                c_fc: Conv1D::load(l, &format!("{p}.mlp.c_fc"), h, c.intermediate_size)?,
-                mlp_c_proj: Conv1D::load(l, &format!("{p}.mlp.c_proj"), c.intermediate_size, h)?,
+                c_fc: conv1d(l, &format!("{p}.mlp.c_fc"), h, c.intermediate_size)?,
+                mlp_c_proj: conv1d(l, &format!("{p}.mlp.c_proj"), c.intermediate_size, h)?,
             });
         }
         let ln_f = LayerNorm::load(l, "transformer.ln_f", h, c.norm_eps)?;
@@ -111,6 +104,13 @@ impl Gpt2LmHeadModel {
             head_dim: c.head_dim,
             act: c.hidden_act.clone(),
         })
+    }
+
+    pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.c_attn, &mut b.attn_c_proj, &mut b.c_fc, &mut b.mlp_c_proj])
+            .collect()
     }
 
     pub(crate) fn forward(

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 use super::{ForwardInput, KvCache};
 use crate::config::{Rope, RopeScaling};
 use crate::error::{LocalError, Result};
+use crate::lora::Lora;
 use crate::weights::Checkpoint;
 
 /// Reads weights from a checkpoint into a var store under their HF names.
@@ -48,11 +49,19 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// `y = x Wᵀ + b`, the layout of `torch.nn.Linear`.
+/// A projection: `y = x Wᵀ + b` with `W` of `[out, in]` (`torch.nn.Linear`),
+/// or `y = x W + b` with `W` of `[in, out]` (HF's `Conv1D`, GPT-2), plus an
+/// optional LoRA adapter.
 #[derive(Debug)]
 pub(crate) struct Linear {
+    pub(crate) name: String,
     pub(crate) weight: Tensor,
     pub(crate) bias: Option<Tensor>,
+    pub(crate) in_dim: i64,
+    pub(crate) out_dim: i64,
+    /// `W` is stored `[in, out]` (Conv1D).
+    pub(crate) transposed: bool,
+    pub(crate) lora: Option<Lora>,
 }
 
 impl Linear {
@@ -65,11 +74,41 @@ impl Linear {
     ) -> Result<Self> {
         let weight = l.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let bias = if bias { Some(l.get(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            name: prefix.to_owned(),
+            weight,
+            bias,
+            in_dim,
+            out_dim,
+            transposed: false,
+            lora: None,
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        let y = if self.transposed {
+            let y = x.f_matmul(&self.weight)?;
+            match &self.bias {
+                Some(b) => y.f_add(b)?,
+                None => y,
+            }
+        } else {
+            x.f_linear(&self.weight, self.bias.as_ref())?
+        };
+        match &self.lora {
+            Some(lora) => Ok(y.f_add(&lora.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+
+    /// Folds the adapter into the weight and drops it.
+    pub(crate) fn merge(&mut self) -> Result<()> {
+        if let Some(lora) = self.lora.take() {
+            let delta = lora.delta(self.weight.kind())?;
+            let delta = if self.transposed { delta.f_tr()? } else { delta };
+            let _ = tch::no_grad(|| self.weight.f_add_(&delta))?;
+        }
+        Ok(())
     }
 }
 

@@ -180,6 +180,25 @@ impl LlamaForCausalLm {
         })
     }
 
+    pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                let a = &mut l.self_attn;
+                let m = &mut l.mlp;
+                [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ]
+            })
+            .collect()
+    }
+
     pub(crate) fn forward(
         &self,
         input: &ForwardInput<'_>,

@@ -13,12 +13,15 @@ pub mod qwen2;
 pub mod qwen3;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{LocalError, Result};
+use crate::lora::{Lora, LoraConfig};
 use crate::weights::Checkpoint;
 
 /// What the model reads for one forward pass.
@@ -129,6 +132,8 @@ pub struct CausalLm {
     vs: VarStore,
     body: Body,
     kind: Kind,
+    adapters: Option<(VarStore, LoraConfig)>,
+    training: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for CausalLm {
@@ -164,7 +169,89 @@ impl CausalLm {
             }
         };
         vs.freeze();
-        Ok(Self { config, vs, body, kind })
+        Ok(Self {
+            config,
+            vs,
+            body,
+            kind,
+            adapters: None,
+            training: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut layers::Linear> {
+        match &mut self.body {
+            Body::Decoder(m) => m.linears_mut(),
+            Body::Gpt2(m) => m.linears_mut(),
+        }
+    }
+
+    /// Adds LoRA adapters (in fp32, on the model's device) to the targeted
+    /// projections and returns how many modules got one. The base weights
+    /// stay frozen; train [`CausalLm::adapter_store`].
+    pub fn add_lora(&mut self, config: &LoraConfig) -> Result<usize> {
+        config.validate()?;
+        if self.adapters.is_some() {
+            return Err(LocalError::InvalidArgument("the model already has LoRA adapters".into()));
+        }
+        let store = VarStore::new(self.vs.device());
+        let training = Arc::clone(&self.training);
+        let mut count = 0;
+        for linear in self.linears_mut() {
+            if config.targets(&linear.name) {
+                let lora = Lora::new(
+                    &store,
+                    &linear.name,
+                    linear.in_dim,
+                    linear.out_dim,
+                    config,
+                    Arc::clone(&training),
+                )?;
+                linear.lora = Some(lora);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return Err(LocalError::InvalidArgument(format!(
+                "no module matches the LoRA target modules {:?}",
+                config.target_modules
+            )));
+        }
+        self.adapters = Some((store, config.clone()));
+        Ok(count)
+    }
+
+    /// The LoRA adapters' var store (what an optimizer trains) and config.
+    pub fn adapter_store(&self) -> Option<(&VarStore, &LoraConfig)> {
+        self.adapters.as_ref().map(|(vs, c)| (vs, c))
+    }
+
+    /// The adapter tensors under PEFT's saved names
+    /// (`base_model.model.{module}.lora_A.weight`, …).
+    pub fn peft_state(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .adapters
+            .iter()
+            .flat_map(|(vs, _)| vs.variables())
+            .map(|(name, t)| (format!("base_model.model.{name}"), t))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Folds every adapter into its base weight (`W += s·B·A`) and drops
+    /// the adapters: the model computes the same function without them.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for linear in self.linears_mut() {
+            linear.merge()?;
+        }
+        self.adapters = None;
+        Ok(())
+    }
+
+    /// Training mode turns on LoRA dropout.
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
     }
 
     /// The model's configuration.
