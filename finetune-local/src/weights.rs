@@ -87,6 +87,15 @@ impl Checkpoint {
         Ok(Self { dir: dir.to_path_buf(), files, tensors, buffer: Vec::new() })
     }
 
+    /// Indexes one safetensors file (e.g. a PEFT adapter).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let (header, data_start) = read_header(path)?;
+        let tensors =
+            header.into_iter().map(|(name, entry)| (name, Located { file: 0, entry })).collect();
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Self { dir, files: vec![(path.to_path_buf(), data_start)], tensors, buffer: Vec::new() })
+    }
+
     /// The names of all tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
@@ -193,6 +202,65 @@ fn dtype_kind(dtype: &str) -> Option<Kind> {
         "I8" => Kind::Int8,
         "U8" => Kind::Uint8,
         "BOOL" => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// Writes `tensors` as a safetensors file with `{"format": "pt"}` metadata
+/// (what transformers and PEFT expect), atomically: a temporary file beside
+/// `path`, renamed over it once complete.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0u64;
+    let mut blobs = Vec::with_capacity(sorted.len());
+    for (name, tensor) in sorted {
+        let t = tensor.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let kind = t.f_kind()?;
+        let dtype = kind_dtype(kind).ok_or_else(|| {
+            LocalError::InvalidArgument(format!("cannot write `{name}` of {kind:?}"))
+        })?;
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel)?;
+        let end = offset + bytes.len() as u64;
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": t.size(), "data_offsets": [offset, end] }),
+        );
+        offset = end;
+        blobs.push(bytes);
+    }
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| LocalError::InvalidArgument(format!("safetensors header: {e}")))?;
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let partial = path.with_extension("safetensors.partial");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(File::create(&partial)?);
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        for blob in &blobs {
+            file.write_all(blob)?;
+        }
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().map_err(|e| LocalError::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| LocalError::io(path, e))
+}
+
+fn kind_dtype(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Float => "F32",
+        Kind::Half => "F16",
+        Kind::BFloat16 => "BF16",
+        Kind::Double => "F64",
+        Kind::Int64 => "I64",
+        Kind::Int => "I32",
         _ => return None,
     })
 }

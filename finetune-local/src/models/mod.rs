@@ -121,6 +121,14 @@ impl LoadOptions {
     }
 }
 
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| LocalError::InvalidArgument(format!("{}: {e}", path.display())))?;
+    let partial = path.with_extension("json.partial");
+    std::fs::write(&partial, text + "\n").map_err(|e| LocalError::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| LocalError::io(path, e))
+}
+
 enum Body {
     Decoder(llama::LlamaForCausalLm),
     Gpt2(gpt2::Gpt2LmHeadModel),
@@ -247,6 +255,129 @@ impl CausalLm {
         }
         self.adapters = None;
         Ok(())
+    }
+
+    /// Writes the adapters as PEFT does: `adapter_model.safetensors` (PEFT's
+    /// key names) and `adapter_config.json`, which `PeftModel.from_pretrained`
+    /// loads onto the base model named `base_model_name_or_path`.
+    pub fn save_adapter(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
+        let (_, config) = self
+            .adapters
+            .as_ref()
+            .ok_or_else(|| LocalError::InvalidArgument("the model has no LoRA adapters".into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+        crate::weights::write_safetensors(
+            &dir.join("adapter_model.safetensors"),
+            &self.peft_state(),
+        )?;
+        let mut targets = config.target_modules.clone();
+        targets.sort();
+        let adapter_config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model_name_or_path,
+            "r": config.r,
+            "lora_alpha": config.alpha,
+            "lora_dropout": config.dropout,
+            "target_modules": if targets == ["all-linear"] { serde_json::json!("all-linear") } else { serde_json::json!(targets) },
+            "use_rslora": config.use_rslora,
+            "fan_in_fan_out": self.config.architecture == Architecture::Gpt2,
+            "bias": "none",
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+        });
+        write_json(&dir.join("adapter_config.json"), &adapter_config)
+    }
+
+    /// Adds the adapters saved in `dir` (by [`CausalLm::save_adapter`] or by
+    /// PEFT) to this model.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| LocalError::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LocalError::invalid(&path, None, format!("line {}: {e}", e.line())))?;
+        let field =
+            |k: &str| v.get(k).ok_or_else(|| LocalError::invalid(&path, Some(k), "is missing"));
+        if field("peft_type")?.as_str() != Some("LORA") {
+            return Err(LocalError::invalid(
+                &path,
+                Some("peft_type"),
+                "only LORA adapters are supported",
+            ));
+        }
+        let target_modules = match field("target_modules")? {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => {
+                a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()
+            }
+            _ => return Err(LocalError::invalid(&path, Some("target_modules"), "is not a list")),
+        };
+        let config = LoraConfig {
+            r: field("r")?
+                .as_i64()
+                .ok_or_else(|| LocalError::invalid(&path, Some("r"), "is not an integer"))?,
+            alpha: field("lora_alpha")?
+                .as_f64()
+                .ok_or_else(|| LocalError::invalid(&path, Some("lora_alpha"), "is not a number"))?,
+            dropout: v.get("lora_dropout").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+            target_modules,
+            use_rslora: v.get("use_rslora").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        };
+        self.add_lora(&config)?;
+        let mut checkpoint = Checkpoint::open_file(&dir.join("adapter_model.safetensors"))?;
+        if let Some((store, _)) = &self.adapters {
+            for (name, mut var) in store.variables() {
+                let stored = format!("base_model.model.{name}");
+                let t = checkpoint.load(&stored, &var.size(), var.kind(), var.device())?;
+                let _ = tch::no_grad(|| var.f_copy_(&t));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the model in the HF layout (`config.json`, `model.safetensors`
+    /// with HF names, and the tokenizer and generation files copied from
+    /// `source_dir`), loadable by transformers and by [`CausalLm::load`].
+    /// Adapters must be merged first ([`CausalLm::merge_lora`]).
+    pub fn save_pretrained(&self, dir: &Path, source_dir: &Path) -> Result<()> {
+        if self.adapters.is_some() {
+            return Err(LocalError::InvalidArgument(
+                "merge the LoRA adapters (merge_lora) or save them with save_adapter".into(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+        let tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        crate::weights::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        for file in [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+        ] {
+            let src = source_dir.join(file);
+            if src.is_file() {
+                std::fs::copy(&src, dir.join(file)).map_err(|e| LocalError::io(&src, e))?;
+            }
+        }
+        // The weights are written in the compute dtype; say so.
+        let config_path = dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| LocalError::io(&config_path, e))?;
+        let mut config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LocalError::invalid(&config_path, None, e.to_string()))?;
+        if let Some(obj) = config.as_object_mut() {
+            let dtype = match self.kind {
+                Kind::BFloat16 => "bfloat16",
+                Kind::Half => "float16",
+                _ => "float32",
+            };
+            obj.insert("dtype".into(), dtype.into());
+            obj.remove("torch_dtype");
+        }
+        write_json(&config_path, &config)
     }
 
     /// Training mode turns on LoRA dropout.
