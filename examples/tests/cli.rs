@@ -137,7 +137,7 @@ fn generate_chat_sampling_and_errors() {
         args.extend_from_slice(extra);
         example("generate", &args)
     };
-    let a = run(&[
+    let sampled = [
         "--chat",
         "--system",
         "Be brief.",
@@ -147,19 +147,10 @@ fn generate_chat_sampling_and_errors() {
         "0.9",
         "--seed",
         "3",
-    ]);
+    ];
+    let a = run(&sampled);
     assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
-    let b = run(&[
-        "--chat",
-        "--system",
-        "Be brief.",
-        "--temperature",
-        "0.8",
-        "--top-p",
-        "0.9",
-        "--seed",
-        "3",
-    ]);
+    let b = run(&sampled);
     let (a, b): (serde_json::Value, serde_json::Value) =
         (serde_json::from_slice(&a.stdout).unwrap(), serde_json::from_slice(&b.stdout).unwrap());
     assert_eq!(a["generated_tokens"], b["generated_tokens"], "same seed, same tokens");
