@@ -33,6 +33,8 @@ struct Located {
 pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<(PathBuf, u64)>,
+    /// Open handles, one per file, opened on first use.
+    handles: Vec<Option<File>>,
     tensors: HashMap<String, Located>,
     buffer: Vec<u8>,
 }
@@ -84,7 +86,8 @@ impl Checkpoint {
                 tensors.insert(tensor, Located { file: file_idx, entry });
             }
         }
-        Ok(Self { dir: dir.to_path_buf(), files, tensors, buffer: Vec::new() })
+        let handles = files.iter().map(|_| None).collect();
+        Ok(Self { dir: dir.to_path_buf(), files, handles, tensors, buffer: Vec::new() })
     }
 
     /// Indexes one safetensors file (e.g. a PEFT adapter).
@@ -93,7 +96,8 @@ impl Checkpoint {
         let tensors =
             header.into_iter().map(|(name, entry)| (name, Located { file: 0, entry })).collect();
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Self { dir, files: vec![(path.to_path_buf(), data_start)], tensors, buffer: Vec::new() })
+        let files = vec![(path.to_path_buf(), data_start)];
+        Ok(Self { dir, files, handles: vec![None], tensors, buffer: Vec::new() })
     }
 
     /// The names of all tensors.
@@ -146,7 +150,10 @@ impl Checkpoint {
             LocalError::invalid(path, Some(name), "tensor too large for this platform")
         })?;
         self.buffer.resize(len, 0);
-        let mut file = File::open(path).map_err(|e| LocalError::io(path, e))?;
+        let file = match &mut self.handles[located.file] {
+            Some(file) => file,
+            slot => slot.insert(File::open(path).map_err(|e| LocalError::io(path, e))?),
+        };
         file.seek(SeekFrom::Start(data_start + begin)).map_err(|e| LocalError::io(path, e))?;
         file.read_exact(&mut self.buffer).map_err(|e| LocalError::io(path, e))?;
         let staged = Tensor::f_from_data_size(&self.buffer, shape, stored)?;
