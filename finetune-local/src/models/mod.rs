@@ -330,7 +330,7 @@ impl CausalLm {
             for (name, mut var) in store.variables() {
                 let stored = format!("base_model.model.{name}");
                 let t = checkpoint.load(&stored, &var.size(), var.kind(), var.device())?;
-                let _ = tch::no_grad(|| var.f_copy_(&t));
+                tch::no_grad(|| var.f_copy_(&t))?;
             }
         }
         Ok(())
