@@ -98,6 +98,27 @@ pub enum LocalError {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+
+    /// An error of the shared vocabulary: reading a dataset (it names the
+    /// file, row and column), drawing the loss graph.
+    #[error("{0}")]
+    Core(Box<finetune_core::Error>),
+
+    /// A checkpoint cannot be resumed: it is damaged or was written by a
+    /// run with other settings or data.
+    #[error("cannot resume from {}: {message}", path.display())]
+    Resume {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+impl From<finetune_core::Error> for LocalError {
+    fn from(e: finetune_core::Error) -> Self {
+        Self::Core(Box::new(e))
+    }
 }
 
 impl LocalError {
@@ -125,6 +146,7 @@ impl From<LocalError> for finetune_core::Error {
                 Self::Unsupported { message: e.to_string() }
             }
             LocalError::Io { path, source } => Self::Io { path: Some(path), source },
+            LocalError::Core(e) => *e,
             LocalError::InvalidArgument(_) | LocalError::Template { .. } => {
                 Self::invalid(e.to_string())
             }

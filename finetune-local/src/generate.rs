@@ -200,24 +200,40 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// A small, seeded, platform-independent sampler (SplitMix64), so the same
-/// seed gives the same tokens on CPU and GPU.
-struct Sampler {
+/// SplitMix64: a tiny, seeded, platform-independent generator, so the same
+/// seed gives the same samples and data orders on every machine.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64 {
     state: u64,
 }
 
-impl Sampler {
-    fn new(seed: u64) -> Self {
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
-    fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        z ^ (z >> 31)
+    }
+}
+
+/// The token sampler (on [`SplitMix64`]), so the same seed gives the same
+/// tokens on CPU and GPU.
+struct Sampler {
+    rng: SplitMix64,
+}
+
+impl Sampler {
+    fn new(seed: u64) -> Self {
+        Self { rng: SplitMix64::new(seed) }
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn sample(&mut self, row: &[f32], temperature: f64, top_p: f64) -> usize {

@@ -42,8 +42,10 @@
 
 use std::fmt;
 
+pub mod builtin;
 pub mod chat;
 pub mod config;
+pub mod data;
 mod error;
 pub mod generate;
 pub mod hub;
@@ -51,6 +53,7 @@ pub mod lora;
 pub mod models;
 pub mod sft;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use chat::{ChatTemplate, Message};

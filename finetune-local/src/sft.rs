@@ -200,6 +200,16 @@ pub fn packed_batches(
     rows.iter().map(|row| build(std::slice::from_ref(row), pad_token_id, device, true)).collect()
 }
 
+/// Rows of packed examples (from [`pack_rows`]) as one batch: each row's
+/// examples side by side, rows right-padded to the longest.
+pub fn packed_batch(
+    rows: &[Vec<&TokenizedExample>],
+    pad_token_id: i64,
+    device: Device,
+) -> Result<Batch> {
+    build(rows, pad_token_id, device, true)
+}
+
 /// Groups examples into rows of at most `max_length` tokens (first fit).
 pub fn pack_rows<'a>(
     examples: &[&'a TokenizedExample],
@@ -225,7 +235,7 @@ pub fn pack_rows<'a>(
 }
 
 /// Builds tensors from rows of examples; `packed` puts a whole row's
-/// examples side by side (one row per call in practice).
+/// examples side by side.
 fn build(rows: &[Vec<&TokenizedExample>], pad: i64, device: Device, packed: bool) -> Result<Batch> {
     let width =
         rows.iter().map(|r| r.iter().map(|e| e.input_ids.len()).sum::<usize>()).max().unwrap_or(0);
@@ -284,4 +294,21 @@ pub fn summed_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let flat = logits.f_reshape([-1, vocab])?.f_to_kind(Kind::Float)?;
     let targets = targets.f_reshape([-1])?;
     Ok(flat.f_cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, IGNORE, 0.0)?)
+}
+
+/// Tokenizes every example, dropping (and counting) those with nothing
+/// left to learn.
+pub fn tokenize_all(
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    options: &TokenizeOptions,
+) -> Result<(Vec<TokenizedExample>, TokenizeStats)> {
+    let mut stats = TokenizeStats::default();
+    let mut out = Vec::with_capacity(examples.len());
+    for example in examples {
+        if let Some(t) = tokenize_example(tokenizer, example, options, &mut stats)? {
+            out.push(t);
+        }
+    }
+    Ok((out, stats))
 }

@@ -1,0 +1,751 @@
+//! The trainer: LoRA or full fine-tuning of a [`CausalLm`] on tokenized
+//! examples, with completion-only loss, padded or packed micro-batches,
+//! gradient accumulation, AdamW, schedules, clipping, evaluation, early
+//! stopping, metrics, checkpoints and exact resume.
+//!
+//! One optimizer step consumes `batch_size` examples, taken in a seeded
+//! per-epoch order and run as micro-batches (`micro_batch_size` examples, or
+//! in packed mode that many rows of packed examples). Every micro-batch's
+//! summed loss is divided by the count of trained tokens of the **whole**
+//! step before its backward pass, so the accumulated gradient is the
+//! gradient of the step's mean token loss, however it is split.
+//!
+//! Determinism: the data order of epoch `e` depends only on the seed and
+//! `e`, and libtorch's generator is seeded from the seed before the LoRA
+//! init and re-seeded from the seed and the step before each step (LoRA
+//! dropout). A checkpoint therefore needs only the weights, the optimizer's
+//! moments and a few counters for a resumed run to compute exactly what an
+//! uninterrupted one computes. libtorch's generator is one per process:
+//! runs are reproducible when one training at a time draws from it.
+
+mod checkpoint;
+pub mod optim;
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use finetune_core::{LossCurve, LossPoint};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+pub use optim::{AdamWConfig, Schedule};
+
+use crate::error::{LocalError, Result};
+use crate::generate::SplitMix64;
+use crate::lora::LoraConfig;
+use crate::models::{CausalLm, ForwardInput};
+use crate::sft::{self, Batch, IGNORE, TokenizedExample};
+
+/// What is trained.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// LoRA adapters on a frozen base.
+    Lora(LoraConfig),
+    /// Every weight.
+    Full,
+}
+
+impl Default for Method {
+    fn default() -> Self {
+        Self::Lora(LoraConfig::default())
+    }
+}
+
+/// Training settings. The defaults are those of a typical LoRA run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// LoRA or full fine-tuning.
+    pub method: Method,
+    /// Passes over the training examples.
+    pub epochs: usize,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Examples (padded) or packed rows (packing) per forward pass; the
+    /// step's examples are accumulated over as many passes as needed.
+    pub micro_batch_size: usize,
+    /// The peak learning rate.
+    pub learning_rate: f64,
+    /// AdamW's betas, epsilon and weight decay.
+    pub optimizer: AdamWConfig,
+    /// How the learning rate moves after warmup.
+    pub schedule: Schedule,
+    /// Steps of linear warmup from zero.
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this; `None` does not clip.
+    pub max_grad_norm: Option<f64>,
+    /// Stop after this many optimizer steps in all, if fewer than the epochs
+    /// make.
+    pub max_steps: Option<usize>,
+    /// Pack several examples into rows of the model's `max_length` tokens
+    /// (no attention across examples) instead of padding each.
+    pub packing: bool,
+    /// The row length for packing, in tokens.
+    pub max_length: usize,
+    /// Seed of the data order and of dropout.
+    pub seed: u64,
+    /// Evaluate every this many steps (and always at each epoch's end).
+    pub eval_every: Option<usize>,
+    /// Stop when the validation loss has not improved for this many
+    /// evaluations.
+    pub early_stopping_patience: Option<usize>,
+    /// Write a checkpoint every this many steps (needs an output folder).
+    pub checkpoint_every: Option<usize>,
+    /// Checkpoints kept; older ones are deleted.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::default(),
+            epochs: 3,
+            batch_size: 8,
+            micro_batch_size: 8,
+            learning_rate: 2e-4,
+            optimizer: AdamWConfig::default(),
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            max_grad_norm: Some(1.0),
+            max_steps: None,
+            packing: false,
+            max_length: 1024,
+            seed: 42,
+            eval_every: None,
+            early_stopping_patience: None,
+            checkpoint_every: None,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(LocalError::InvalidArgument(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.micro_batch_size == 0 {
+            return bad("batch_size and micro_batch_size must be at least 1".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!("learning rate must be positive, got {}", self.learning_rate));
+        }
+        if let Some(n) = self.max_grad_norm
+            && !(n.is_finite() && n > 0.0)
+        {
+            return bad(format!("max_grad_norm must be positive, got {n}"));
+        }
+        if self.eval_every == Some(0) || self.checkpoint_every == Some(0) {
+            return bad("eval_every and checkpoint_every must be at least 1".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints must be at least 1".into());
+        }
+        if self.max_length < 2 {
+            return bad("max_length must be at least 2".into());
+        }
+        Ok(())
+    }
+
+    /// What must match for a checkpoint to be resumed by this config.
+    fn fingerprint(&self) -> String {
+        // Everything but the bookkeeping of evaluation and checkpoints.
+        let mut c = self.clone();
+        c.eval_every = None;
+        c.early_stopping_patience = None;
+        c.checkpoint_every = None;
+        c.keep_checkpoints = 1;
+        format!("{c:?}")
+    }
+}
+
+/// The metrics of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step, from 1.
+    pub step: usize,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// The step's mean loss per trained token.
+    pub loss: f64,
+    /// The learning rate the step used.
+    pub learning_rate: f64,
+    /// The gradient's global norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens that took a loss.
+    pub trained_tokens: u64,
+    /// Real (non-padding) tokens per second through forward and backward.
+    pub tokens_per_second: f64,
+    /// Seconds since training began (across resumes).
+    pub elapsed_seconds: f64,
+}
+
+/// The metrics of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// The step after which it ran.
+    pub step: usize,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// Mean loss per completion token of the validation set.
+    pub validation_loss: f64,
+    /// Fraction of completion tokens predicted exactly (argmax).
+    pub validation_token_accuracy: f64,
+    /// Completion tokens evaluated.
+    pub validation_tokens: u64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetricsLine {
+    /// A training step.
+    Train(StepRecord),
+    /// An evaluation.
+    Eval(EvalRecord),
+}
+
+impl MetricsLine {
+    fn step(&self) -> usize {
+        match self {
+            Self::Train(r) => r.step,
+            Self::Eval(r) => r.step,
+        }
+    }
+
+    fn point(&self) -> LossPoint {
+        match self {
+            Self::Train(r) => LossPoint {
+                step: r.step as u64,
+                epoch: Some(r.epoch),
+                train_loss: Some(r.loss),
+                learning_rate: Some(r.learning_rate),
+                ..LossPoint::default()
+            },
+            Self::Eval(r) => LossPoint {
+                step: r.step as u64,
+                epoch: Some(r.epoch),
+                validation_loss: Some(r.validation_loss),
+                validation_token_accuracy: Some(r.validation_token_accuracy),
+                ..LossPoint::default()
+            },
+        }
+    }
+}
+
+/// What the trainer reports as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// Training begins (or resumes).
+    Started {
+        /// Optimizer steps in all.
+        total_steps: usize,
+        /// Steps per epoch.
+        steps_per_epoch: usize,
+        /// The step a resumed run continues after.
+        resumed_from: Option<usize>,
+    },
+    /// A step is done.
+    Step(StepRecord),
+    /// An evaluation is done.
+    Eval(EvalRecord),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// The step it holds.
+        step: usize,
+        /// Its folder.
+        path: PathBuf,
+    },
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every planned step ran.
+    Completed,
+    /// The validation loss stopped improving.
+    EarlyStopped,
+    /// The cancel flag was raised.
+    Cancelled,
+}
+
+/// The result of [`Trainer::fit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Steps done (including those before a resume).
+    pub steps: usize,
+    /// Steps planned.
+    pub total_steps: usize,
+    /// The step with the lowest validation loss, and that loss.
+    pub best: Option<(usize, f64)>,
+    /// Training and validation loss by step (including before a resume).
+    pub curve: LossCurve,
+}
+
+type Callback<'a> = Box<dyn FnMut(&TrainEvent) + 'a>;
+
+/// Trains a model in place. Build it with [`Trainer::new`], set the output
+/// folder and hooks, then call [`Trainer::fit`].
+pub struct Trainer<'a> {
+    model: &'a mut CausalLm,
+    config: TrainConfig,
+    output_dir: Option<PathBuf>,
+    resume: bool,
+    cancel: Arc<AtomicBool>,
+    on_event: Option<Callback<'a>>,
+}
+
+impl std::fmt::Debug for Trainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("output_dir", &self.output_dir)
+            .field("resume", &self.resume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Trainer<'a> {
+    /// Prepares `model` for `config.method`: adds fresh LoRA adapters (the
+    /// model must have none) or unfreezes every weight.
+    pub fn new(model: &'a mut CausalLm, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        match &config.method {
+            Method::Lora(lora) => {
+                // The adapters' random init comes from the seed too.
+                tch::manual_seed(init_seed(config.seed));
+                model.add_lora(lora)?;
+            }
+            Method::Full => {
+                if model.adapter_store().is_some() {
+                    return Err(LocalError::InvalidArgument(
+                        "full fine-tuning of a model with LoRA adapters: merge them first".into(),
+                    ));
+                }
+                model.var_store_mut().unfreeze();
+            }
+        }
+        Ok(Self {
+            model,
+            config,
+            output_dir: None,
+            resume: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+            on_event: None,
+        })
+    }
+
+    /// Writes `metrics.jsonl`, the loss graph (`loss.svg`, `loss.png`) and
+    /// the checkpoints (`checkpoints/step-NNNNNNNN`) under `dir`.
+    pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.output_dir = Some(dir.into());
+        self
+    }
+
+    /// Continues from the newest complete checkpoint in the output folder,
+    /// if there is one.
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// Stops before the next step once `flag` is raised.
+    pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = flag;
+        self
+    }
+
+    /// Calls `f` with every event.
+    pub fn on_event(mut self, f: impl FnMut(&TrainEvent) + 'a) -> Self {
+        self.on_event = Some(Box::new(f));
+        self
+    }
+
+    /// The named tensors being trained.
+    fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut params: Vec<(String, Tensor)> = match &self.config.method {
+            Method::Lora(_) => self
+                .model
+                .adapter_store()
+                .map(|(vs, _)| vs.variables().into_iter().collect())
+                .unwrap_or_default(),
+            Method::Full => self.model.var_store().variables().into_iter().collect(),
+        };
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        params
+    }
+
+    fn emit(&mut self, event: TrainEvent) {
+        if let Some(f) = &mut self.on_event {
+            f(&event);
+        }
+    }
+
+    /// Steps per epoch and in all.
+    fn plan(&self, examples: usize) -> (usize, usize) {
+        let per_epoch = examples.div_ceil(self.config.batch_size);
+        let mut total = per_epoch * self.config.epochs;
+        if let Some(max) = self.config.max_steps {
+            total = total.min(max);
+        }
+        (per_epoch, total)
+    }
+
+    /// Trains on `train`, evaluating on `validation` (may be empty).
+    pub fn fit(
+        mut self,
+        train: &[TokenizedExample],
+        validation: &[TokenizedExample],
+    ) -> Result<TrainOutcome> {
+        if train.is_empty() {
+            return Err(LocalError::InvalidArgument("no training examples".into()));
+        }
+        let longest = train.iter().chain(validation).map(|e| e.input_ids.len()).max();
+        if self.config.packing && longest.is_some_and(|l| l > self.config.max_length) {
+            return Err(LocalError::InvalidArgument(format!(
+                "an example of {} tokens is longer than max_length {}",
+                longest.unwrap_or(0),
+                self.config.max_length
+            )));
+        }
+        let (per_epoch, total) = self.plan(train.len());
+        let fingerprint = fingerprint(&self.config, train);
+        let mut optimizer = optim::AdamW::new(self.trainable(), self.config.optimizer)?;
+        let mut state = checkpoint::TrainerState::new(fingerprint.clone());
+        let mut curve = LossCurve::new();
+        let mut metrics = None;
+        if let Some(dir) = &self.output_dir {
+            std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+            let mut resumed = None;
+            if self.resume {
+                checkpoint::remove_partials(dir)?;
+                if let Some(path) = checkpoint::latest(dir)? {
+                    state = checkpoint::load(&path, &mut optimizer)?;
+                    if state.fingerprint != fingerprint {
+                        return Err(LocalError::Resume {
+                            path,
+                            message: "it was written by a run with other settings or data".into(),
+                        });
+                    }
+                    resumed = Some(state.step);
+                }
+            }
+            let path = dir.join("metrics.jsonl");
+            let kept = rewrite_metrics(&path, resumed.unwrap_or(0))?;
+            for line in &kept {
+                curve.upsert(line.point());
+            }
+            metrics = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| LocalError::io(&path, e))?,
+            );
+        }
+        let resumed_from = (state.step > 0).then_some(state.step);
+        self.emit(TrainEvent::Started {
+            total_steps: total,
+            steps_per_epoch: per_epoch,
+            resumed_from,
+        });
+        tracing::info!(total, per_epoch, resumed_from, "training");
+
+        let pad = 0;
+        let device = self.model.device();
+        let clock = Instant::now();
+        let elapsed_before = state.elapsed_seconds;
+        let mut order: Option<(usize, Vec<usize>)> = None;
+        let mut stop = StopReason::Completed;
+        self.model.set_training(true);
+        while state.step < total {
+            if self.cancel.load(Ordering::Relaxed) {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            let s = state.step;
+            let epoch = s / per_epoch;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                order = Some((epoch, epoch_order(self.config.seed, epoch, train.len())));
+            }
+            let indices = order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
+            let within = s % per_epoch;
+            let end = ((within + 1) * self.config.batch_size).min(train.len());
+            let examples: Vec<&TokenizedExample> =
+                indices[within * self.config.batch_size..end].iter().map(|&i| &train[i]).collect();
+
+            tch::manual_seed(step_seed(self.config.seed, s));
+            let started = Instant::now();
+            let batches = self.micro_batches(&examples, pad, device)?;
+            let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+            let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
+            let mut loss_sum = 0.0;
+            for batch in &batches {
+                let logits = self.forward(batch)?;
+                let loss = sft::summed_loss(&logits, &batch.targets)?;
+                loss_sum += loss.f_double_value(&[])?;
+                loss.f_div_scalar(trained as f64)?.f_backward()?;
+            }
+            let grad_norm = optimizer.grad_norm()?;
+            if let Some(max) = self.config.max_grad_norm {
+                optimizer.clip(grad_norm, max)?;
+            }
+            let lr = self.config.learning_rate
+                * self.config.schedule.factor(s, self.config.warmup_steps, total);
+            optimizer.step(lr)?;
+            optimizer.zero_grad();
+            state.step += 1;
+            let loss = loss_sum / trained as f64;
+            if !loss.is_finite() {
+                return Err(LocalError::InvalidArgument(format!(
+                    "the training loss became {loss} at step {}; lower the learning rate",
+                    state.step
+                )));
+            }
+            let record = StepRecord {
+                step: state.step,
+                epoch: state.step as f64 / per_epoch as f64,
+                loss,
+                learning_rate: lr,
+                grad_norm,
+                trained_tokens: trained as u64,
+                tokens_per_second: real as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                elapsed_seconds: elapsed_before + clock.elapsed().as_secs_f64(),
+            };
+            self.record(&mut metrics, &mut curve, MetricsLine::Train(record))?;
+            self.emit(TrainEvent::Step(record));
+
+            let epoch_end = state.step.is_multiple_of(per_epoch) || state.step == total;
+            let due = self.config.eval_every.is_some_and(|n| state.step.is_multiple_of(n));
+            if !validation.is_empty() && (epoch_end || due) {
+                let (validation_loss, accuracy, tokens) = self.evaluate(validation, pad)?;
+                self.model.set_training(true);
+                let eval = EvalRecord {
+                    step: state.step,
+                    epoch: record.epoch,
+                    validation_loss,
+                    validation_token_accuracy: accuracy,
+                    validation_tokens: tokens,
+                };
+                self.record(&mut metrics, &mut curve, MetricsLine::Eval(eval))?;
+                self.emit(TrainEvent::Eval(eval));
+                if state.best_loss.is_none_or(|b| validation_loss < b) {
+                    state.best_loss = Some(validation_loss);
+                    state.best_step = Some(state.step);
+                    state.bad_evals = 0;
+                } else {
+                    state.bad_evals += 1;
+                }
+                if self.config.early_stopping_patience.is_some_and(|p| state.bad_evals >= p) {
+                    stop = StopReason::EarlyStopped;
+                }
+            }
+            if let (Some(dir), Some(every)) = (&self.output_dir, self.config.checkpoint_every)
+                && state.step.is_multiple_of(every)
+            {
+                state.elapsed_seconds = elapsed_before + clock.elapsed().as_secs_f64();
+                let path = checkpoint::save(dir, &optimizer, &state, self.config.keep_checkpoints)?;
+                self.emit(TrainEvent::Checkpoint { step: state.step, path });
+            }
+            if stop == StopReason::EarlyStopped {
+                break;
+            }
+        }
+        self.model.set_training(false);
+        if let Some(dir) = &self.output_dir
+            && !curve.is_empty()
+        {
+            save_loss_graph(&curve, dir)?;
+        }
+        Ok(TrainOutcome {
+            stop,
+            steps: state.step,
+            total_steps: total,
+            best: state.best_step.zip(state.best_loss),
+            curve,
+        })
+    }
+
+    fn record(
+        &self,
+        file: &mut Option<File>,
+        curve: &mut LossCurve,
+        line: MetricsLine,
+    ) -> Result<()> {
+        curve.upsert(line.point());
+        if let (Some(file), Some(dir)) = (file, &self.output_dir) {
+            let path = dir.join("metrics.jsonl");
+            let text = serde_json::to_string(&line)
+                .map_err(|e| LocalError::InvalidArgument(format!("metrics: {e}")))?;
+            writeln!(file, "{text}").map_err(|e| LocalError::io(&path, e))?;
+            file.flush().map_err(|e| LocalError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn micro_batches(
+        &self,
+        examples: &[&TokenizedExample],
+        pad: i64,
+        device: tch::Device,
+    ) -> Result<Vec<Batch>> {
+        let m = self.config.micro_batch_size;
+        if self.config.packing {
+            let rows = sft::pack_rows(examples, self.config.max_length)?;
+            rows.chunks(m).map(|rows| sft::packed_batch(rows, pad, device)).collect()
+        } else {
+            examples.chunks(m).map(|chunk| sft::padded_batch(chunk, pad, device)).collect()
+        }
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let input = ForwardInput {
+            input_ids: &batch.input_ids,
+            position_ids: Some(&batch.position_ids),
+            attention_mask: batch.attention_mask.as_ref(),
+            sequence_ids: batch.sequence_ids.as_ref(),
+        };
+        self.model.forward(&input, None)
+    }
+
+    /// Mean loss and token accuracy over the completion tokens of
+    /// `examples`, without dropout or gradients.
+    fn evaluate(&self, examples: &[TokenizedExample], pad: i64) -> Result<(f64, f64, u64)> {
+        self.model.set_training(false);
+        let refs: Vec<&TokenizedExample> = examples.iter().collect();
+        let batches = self.micro_batches(&refs, pad, self.model.device())?;
+        let (mut loss, mut correct, mut tokens) = (0.0, 0i64, 0i64);
+        tch::no_grad(|| -> Result<()> {
+            for batch in &batches {
+                let logits = self.forward(batch)?;
+                loss += sft::summed_loss(&logits, &batch.targets)?.f_double_value(&[])?;
+                let predicted = logits.f_argmax(-1, false)?;
+                let trained = batch.targets.f_ne(IGNORE)?;
+                correct += predicted
+                    .f_eq_tensor(&batch.targets)?
+                    .f_logical_and(&trained)?
+                    .f_sum(Kind::Int64)?
+                    .f_int64_value(&[])?;
+                tokens += batch.trained_tokens;
+            }
+            Ok(())
+        })?;
+        let n = tokens.max(1) as f64;
+        Ok((loss / n, correct as f64 / n, tokens as u64))
+    }
+}
+
+/// Writes `loss.svg` and `loss.png` into `dir`.
+pub fn save_loss_graph(curve: &LossCurve, dir: &Path) -> Result<()> {
+    let title =
+        if curve.has_validation() { "Training and validation loss" } else { "Training loss" };
+    let options = finetune_core::PlotOptions::titled(title);
+    curve.save_plot(dir.join("loss.svg"), &options)?;
+    curve.save_plot(dir.join("loss.png"), &options)?;
+    Ok(())
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
+    let file = File::open(path).map_err(|e| LocalError::io(path, e))?;
+    let mut lines = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| LocalError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A run killed mid-write can leave a torn last line: stop there.
+        match serde_json::from_str::<MetricsLine>(&line) {
+            Ok(l) => lines.push(l),
+            Err(e) => {
+                tracing::warn!("{}: line {}: {e}; ignoring the rest", path.display(), i + 1);
+                break;
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// Keeps the lines up to `step` (what a resumed run continues from) and
+/// rewrites the file atomically; a fresh run starts an empty file.
+fn rewrite_metrics(path: &Path, step: usize) -> Result<Vec<MetricsLine>> {
+    let kept: Vec<MetricsLine> = if step > 0 && path.exists() {
+        read_metrics(path)?.into_iter().filter(|l| l.step() <= step).collect()
+    } else {
+        Vec::new()
+    };
+    let mut text = String::new();
+    for line in &kept {
+        let json = serde_json::to_string(line)
+            .map_err(|e| LocalError::InvalidArgument(format!("metrics: {e}")))?;
+        text.push_str(&json);
+        text.push('\n');
+    }
+    let partial = path.with_extension("jsonl.partial");
+    std::fs::write(&partial, text).map_err(|e| LocalError::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| LocalError::io(path, e))?;
+    Ok(kept)
+}
+
+/// The example order of `epoch`: a Fisher–Yates shuffle seeded by the seed
+/// and the epoch alone.
+fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// libtorch's seed for the adapters' init.
+fn init_seed(seed: u64) -> i64 {
+    (SplitMix64::new(seed).next_u64() >> 1) as i64
+}
+
+/// libtorch's seed for step `step` (dropout masks).
+fn step_seed(seed: u64, step: usize) -> i64 {
+    let mut rng =
+        SplitMix64::new(seed.wrapping_add(step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    (rng.next_u64() >> 1) as i64
+}
+
+/// What a checkpoint must have been written with: the settings and the
+/// training tokens.
+fn fingerprint(config: &TrainConfig, train: &[TokenizedExample]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(config.fingerprint().as_bytes());
+    for e in train {
+        h.update((e.input_ids.len() as u64).to_le_bytes());
+        for (&i, &t) in e.input_ids.iter().zip(&e.targets) {
+            h.update(i.to_le_bytes());
+            h.update(t.to_le_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_that_differ_by_epoch() {
+        let a = epoch_order(7, 0, 50);
+        let b = epoch_order(7, 1, 50);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_ne!(a, b);
+        assert_eq!(a, epoch_order(7, 0, 50));
+        assert_ne!(a, epoch_order(8, 0, 50));
+    }
+}
