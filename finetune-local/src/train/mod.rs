@@ -123,7 +123,9 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<()> {
+    /// Refuses settings that cannot train (zero epochs, a non-positive
+    /// learning rate, …).
+    pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(LocalError::InvalidArgument(m));
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
@@ -315,7 +317,7 @@ impl<'a> Trainer<'a> {
     /// Prepares `model` for `config.method`: adds fresh LoRA adapters (the
     /// model must have none) or unfreezes every weight.
     pub fn new(model: &'a mut CausalLm, config: TrainConfig) -> Result<Self> {
-        config.validate()?;
+        config.check()?;
         match &config.method {
             Method::Lora(lora) => {
                 // The adapters' random init comes from the seed too.
