@@ -55,3 +55,46 @@ pub fn localize_or_exit(source: &DatasetSource) -> finetune_data::LocalDataset {
         },
     )
 }
+
+/// A number from 0 to 999 in English words (`342` → `three hundred
+/// forty-two`): the quickstart's task, rule-based so that a small model
+/// learns it from examples and the held-out numbers show whether it
+/// generalises.
+pub fn number_in_words(n: u32) -> String {
+    const ONES: [&str; 20] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: [&str; 10] =
+        ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
+    let below_hundred = |n: u32| -> String {
+        match n {
+            0..20 => ONES[n as usize].to_owned(),
+            _ if n.is_multiple_of(10) => TENS[(n / 10) as usize].to_owned(),
+            _ => format!("{}-{}", TENS[(n / 10) as usize], ONES[(n % 10) as usize]),
+        }
+    };
+    match n {
+        0..100 => below_hundred(n),
+        _ if n.is_multiple_of(100) => format!("{} hundred", ONES[(n / 100) as usize % 20]),
+        _ => format!("{} hundred {}", ONES[(n / 100) as usize % 20], below_hundred(n % 100)),
+    }
+}

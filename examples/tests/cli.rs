@@ -171,3 +171,89 @@ fn generate_chat_sampling_and_errors() {
     );
     assert_eq!(example("generate", &["--prompt", "x"]).status.code(), Some(2));
 }
+
+#[test]
+fn finetune_local_trains_resumes_and_reports_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let model = fixture_model("llama").display().to_string();
+    let common = [
+        "--model",
+        &model,
+        "--train",
+        &sample(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--packing",
+        "--max-length",
+        "128",
+        "--checkpoint-every",
+        "4",
+        "--lora-dropout",
+        "0",
+    ];
+    let first =
+        example("finetune_local", &[&common[..], &["--output", out.to_str().unwrap()]].concat());
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!((report["steps"].as_u64(), report["stop"].as_str()), (Some(16), Some("completed")));
+    for file in [
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "metrics.jsonl",
+        "loss.svg",
+        "loss.png",
+        "summary.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    // Logs, not a progress bar, when stderr is not a terminal.
+    assert!(String::from_utf8_lossy(&first.stderr).contains("step=16"));
+
+    // Resuming a finished run continues after its last checkpoint: nothing
+    // is left to do, and the adapter is written again, identical.
+    let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    let again = example(
+        "finetune_local",
+        &[&common[..], &["--output", out.to_str().unwrap(), "--resume"]].concat(),
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(), adapter);
+
+    // A row without its completion: exit 1, naming the file, row and column.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"c\"}\n").unwrap();
+    let failed = example(
+        "finetune_local",
+        &["--model", &model, "--train", bad.to_str().unwrap(), "--output", out.to_str().unwrap()],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("bad.jsonl") && err.contains("row 2") && err.contains("completion"),
+        "{err}"
+    );
+
+    let usage = example("finetune_local", &["--train", &sample()]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn quickstart_fine_tunes_the_built_in_model_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = example("quickstart", &[dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (before, after) = stdout.split_once("== after fine-tuning").unwrap();
+    let before = before.split_once("== before fine-tuning").unwrap().1;
+    let right = |s: &str| s.matches('✓').count();
+    assert_eq!(right(before.split("== fine-tuning").next().unwrap()), 0, "{stdout}");
+    assert!(right(after) >= 3, "{stdout}");
+    let run = dir.path().join("run");
+    assert!(run.join("loss.png").is_file() && run.join("merged/model.safetensors").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["final_train_loss"].as_f64().unwrap() < 0.5, "{summary}");
+}

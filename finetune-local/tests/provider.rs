@@ -29,7 +29,8 @@ impl Harness {
             let mut text = String::new();
             for i in 0..rows {
                 let n = i + offset;
-                let system = if n % 3 == 0 { r#","system":"Answer briefly.""# } else { "" };
+                let system =
+                    if n.is_multiple_of(3) { r#","system":"Answer briefly.""# } else { "" };
                 text.push_str(&format!(
                     "{{\"prompt\":\"What is {n} plus one?\",\"completion\":\"{}\"{system}}}\n",
                     n + 1
