@@ -113,7 +113,12 @@ impl Gpt2LmHeadModel {
             .collect()
     }
 
-    pub(crate) fn forward(
+    pub(crate) fn lm_head(&self) -> &Tensor {
+        &self.wte
+    }
+
+    /// The final normed hidden states, `[batch, seq, hidden]`.
+    pub(crate) fn hidden(
         &self,
         input: &ForwardInput<'_>,
         mut cache: Option<&mut KvCache>,
@@ -152,7 +157,6 @@ impl Gpt2LmHeadModel {
         if let Some(cache) = cache {
             cache.advance(t);
         }
-        let h = self.ln_f.forward(&h)?;
-        Ok(h.f_linear::<Tensor>(&self.wte, None)?)
+        self.ln_f.forward(&h)
     }
 }

@@ -199,7 +199,12 @@ impl LlamaForCausalLm {
             .collect()
     }
 
-    pub(crate) fn forward(
+    pub(crate) fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// The final normed hidden states, `[batch, seq, hidden]`.
+    pub(crate) fn hidden(
         &self,
         input: &ForwardInput<'_>,
         mut cache: Option<&mut KvCache>,
@@ -228,7 +233,6 @@ impl LlamaForCausalLm {
         if let Some(cache) = cache {
             cache.advance(ids.size()[1]);
         }
-        let h = self.norm.forward(&h)?;
-        Ok(h.f_linear::<Tensor>(&self.lm_head, None)?)
+        self.norm.forward(&h)
     }
 }

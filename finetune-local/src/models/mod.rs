@@ -418,6 +418,18 @@ impl CausalLm {
     /// Runs the model and returns logits `[batch, seq, vocab]` in the
     /// compute dtype. With a cache, the new keys/values are appended to it.
     pub fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input, cache)?;
+        self.lm_head(&hidden)
+    }
+
+    /// Runs the model up to the LM head: the final normed hidden states,
+    /// `[batch, seq, hidden]`. Training projects only the positions that
+    /// take a loss through [`CausalLm::lm_head`].
+    pub fn forward_hidden(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let ids = input.input_ids;
         if ids.dim() != 2 {
             return Err(LocalError::InvalidArgument(format!(
@@ -431,8 +443,17 @@ impl CausalLm {
             ));
         }
         match &self.body {
-            Body::Decoder(m) => m.forward(input, cache),
-            Body::Gpt2(m) => m.forward(input, cache),
+            Body::Decoder(m) => m.hidden(input, cache),
+            Body::Gpt2(m) => m.hidden(input, cache),
         }
+    }
+
+    /// Projects hidden states (`[..., hidden]`) to logits (`[..., vocab]`).
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let weight = match &self.body {
+            Body::Decoder(m) => m.lm_head(),
+            Body::Gpt2(m) => m.lm_head(),
+        };
+        Ok(hidden.f_linear::<Tensor>(weight, None)?)
     }
 }

@@ -180,6 +180,8 @@ pub struct StepRecord {
     pub grad_norm: f64,
     /// Tokens that took a loss.
     pub trained_tokens: u64,
+    /// Real (non-padding) tokens read.
+    pub tokens: u64,
     /// Real (non-padding) tokens per second through forward and backward.
     pub tokens_per_second: f64,
     /// Seconds since training began (across resumes).
@@ -489,8 +491,8 @@ impl<'a> Trainer<'a> {
             let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
             let mut loss_sum = 0.0;
             for batch in &batches {
-                let logits = self.forward(batch)?;
-                let loss = sft::summed_loss(&logits, &batch.targets)?;
+                let (logits, targets) = self.trained_logits(batch)?;
+                let loss = sft::summed_loss(&logits, &targets)?;
                 loss_sum += loss.f_double_value(&[])?;
                 loss.f_div_scalar(trained as f64)?.f_backward()?;
             }
@@ -517,6 +519,7 @@ impl<'a> Trainer<'a> {
                 learning_rate: lr,
                 grad_norm,
                 trained_tokens: trained as u64,
+                tokens: real as u64,
                 tokens_per_second: real as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 elapsed_seconds: elapsed_before + clock.elapsed().as_secs_f64(),
             };
@@ -606,14 +609,24 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+    /// Logits and targets of the positions that take a loss only: the LM
+    /// head (and the loss over the vocabulary) skips prompt and padding.
+    fn trained_logits(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        // Padding is on the right: under the causal mask no real token
+        // attends to it, and its own positions take no loss, so the plain
+        // causal path (no key-padding bias) computes the same loss, faster.
         let input = ForwardInput {
             input_ids: &batch.input_ids,
             position_ids: Some(&batch.position_ids),
-            attention_mask: batch.attention_mask.as_ref(),
+            attention_mask: None,
             sequence_ids: batch.sequence_ids.as_ref(),
         };
-        self.model.forward(&input, None)
+        let hidden = self.model.forward_hidden(&input, None)?;
+        let width = hidden.size().last().copied().unwrap_or(0);
+        let targets = batch.targets.f_reshape([-1])?;
+        let keep = targets.f_ne(IGNORE)?.f_nonzero()?.f_squeeze_dim(1)?;
+        let hidden = hidden.f_reshape([-1, width])?.f_index_select(0, &keep)?;
+        Ok((self.model.lm_head(&hidden)?, targets.f_index_select(0, &keep)?))
     }
 
     /// Mean loss and token accuracy over the completion tokens of
@@ -625,13 +638,11 @@ impl<'a> Trainer<'a> {
         let (mut loss, mut correct, mut tokens) = (0.0, 0i64, 0i64);
         tch::no_grad(|| -> Result<()> {
             for batch in &batches {
-                let logits = self.forward(batch)?;
-                loss += sft::summed_loss(&logits, &batch.targets)?.f_double_value(&[])?;
-                let predicted = logits.f_argmax(-1, false)?;
-                let trained = batch.targets.f_ne(IGNORE)?;
-                correct += predicted
-                    .f_eq_tensor(&batch.targets)?
-                    .f_logical_and(&trained)?
+                let (logits, targets) = self.trained_logits(batch)?;
+                loss += sft::summed_loss(&logits, &targets)?.f_double_value(&[])?;
+                correct += logits
+                    .f_argmax(-1, false)?
+                    .f_eq_tensor(&targets)?
                     .f_sum(Kind::Int64)?
                     .f_int64_value(&[])?;
                 tokens += batch.trained_tokens;

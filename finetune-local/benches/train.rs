@@ -1,0 +1,242 @@
+//! LoRA fine-tuning throughput and peak memory of our trainer next to
+//! transformers + PEFT (`train_peer.py`, a plain PyTorch loop), in one run:
+//! the same random Llama model, the same token data, LoRA r=16 on q/k/v/o,
+//! AdamW, batch 8, the same threads, fp32 on CPU. Two datasets:
+//!
+//! * **fixed**: every example `BENCH_SEQ` tokens (half prompt, half
+//!   completion); both sides pad nothing.
+//! * **variable**: prompts of 8–320 and completions of 8–192 tokens
+//!   (log-uniform), as real instruction data is long-tailed; HF pads each
+//!   batch to its longest example (TRL's default), we pack into rows of 512.
+//!
+//! Each side runs in its own process, so peak RSS is its own. Tokens/s
+//! counts real (non-padding) tokens over the steps after the first two.
+//!
+//! ```text
+//! scripts/setup --bench && cargo bench -p finetune-local --bench train
+//! ```
+//! `BENCH_THREADS` (all cores), `BENCH_STEPS` (24), `BENCH_SEQ` (256).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use finetune_local::lora::LoraConfig;
+use finetune_local::sft::{IGNORE, TokenizedExample};
+use finetune_local::train::{Method, Schedule, TrainConfig, TrainEvent, Trainer};
+use finetune_local::{CausalLm, LoadOptions};
+
+const BATCH: usize = 8;
+const WARMUP: usize = 2;
+const PACK_LEN: usize = 512;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One example as both sides read it.
+#[derive(Clone)]
+struct Row {
+    ids: Vec<i64>,
+    prompt_len: usize,
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn log_uniform(&mut self, lo: f64, hi: f64) -> usize {
+        (lo.ln() + self.next() * (hi.ln() - lo.ln())).exp().round() as usize
+    }
+}
+
+fn dataset(case: &str, n: usize, seq: usize, vocab: i64) -> Vec<Row> {
+    let mut rng = Lcg(7);
+    (0..n)
+        .map(|_| {
+            let (p, c) = match case {
+                "fixed" => (seq / 2, seq - seq / 2),
+                _ => (rng.log_uniform(8.0, 320.0), rng.log_uniform(8.0, 192.0)),
+            };
+            let ids = (0..p + c).map(|_| 3 + (rng.next() * (vocab - 3) as f64) as i64).collect();
+            Row { ids, prompt_len: p }
+        })
+        .collect()
+}
+
+fn write_json(rows: &[Row], path: &Path) {
+    let v: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({ "input_ids": r.ids, "prompt_len": r.prompt_len }))
+        .collect();
+    std::fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+fn read_json(path: &Path) -> Vec<TokenizedExample> {
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v.iter()
+        .map(|r| {
+            let ids: Vec<i64> = serde_json::from_value(r["input_ids"].clone()).unwrap();
+            let p = r["prompt_len"].as_u64().unwrap() as usize;
+            let targets = (0..ids.len())
+                .map(|i| if i + 1 < ids.len() && i + 1 >= p { ids[i + 1] } else { IGNORE })
+                .collect();
+            TokenizedExample { input_ids: ids, targets }
+        })
+        .collect()
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The child process: trains and prints one JSON line.
+fn ours(model: &Path, data: &Path, case: &str, threads: usize) {
+    finetune_local::tch::set_num_threads(threads as i32);
+    let examples = read_json(data);
+    let mut model = CausalLm::load(model, &LoadOptions::default()).unwrap();
+    let packing = case == "variable";
+    let config = TrainConfig {
+        method: Method::Lora(LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            use_rslora: false,
+        }),
+        epochs: 1,
+        batch_size: BATCH,
+        micro_batch_size: BATCH,
+        learning_rate: 2e-4,
+        schedule: Schedule::Constant,
+        packing,
+        max_length: PACK_LEN,
+        ..TrainConfig::default()
+    };
+    let mut steps = Vec::new();
+    Trainer::new(&mut model, config)
+        .unwrap()
+        .on_event(|e| {
+            if let TrainEvent::Step(r) = e {
+                steps.push(*r);
+            }
+        })
+        .fit(&examples, &[])
+        .unwrap();
+    let timed = &steps[WARMUP..];
+    let tokens: u64 = timed.iter().map(|r| r.tokens).sum();
+    let seconds = steps.last().unwrap().elapsed_seconds - steps[WARMUP - 1].elapsed_seconds;
+    println!(
+        "{}",
+        serde_json::json!({
+            "tokens_per_s": tokens as f64 / seconds,
+            "peak_rss_mib": peak_rss_mib(),
+            "first_loss": steps[0].loss,
+            "last_loss": steps.last().unwrap().loss,
+            "steps": steps.len(),
+        })
+    );
+}
+
+fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("spawn");
+    if !out.status.success() {
+        eprintln!("{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
+        std::process::exit(1);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let threads = args[i + 4].parse().unwrap();
+        ours(Path::new(&args[i + 1]), Path::new(&args[i + 2]), &args[i + 3], threads);
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let threads =
+        env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
+    let (steps, seq) = (env_or("BENCH_STEPS", 24), env_or("BENCH_SEQ", 256));
+    let hf_python = root.join(".tools/hf-python");
+    if !hf_python.is_dir() {
+        eprintln!("transformers and peft are not installed: run `scripts/setup --bench` first");
+        std::process::exit(2);
+    }
+    let work: PathBuf = root.join("target/bench-train");
+    std::fs::create_dir_all(&work).unwrap();
+    let model = work.join("llama-lora");
+    let peer_script = root.join("finetune-local/benches/train_peer.py");
+    let python = |extra: &[&str]| {
+        let mut c = Command::new("python3");
+        c.arg(&peer_script)
+            .args(["--model", model.to_str().unwrap()])
+            .args(extra)
+            .env(
+                "PYTHONPATH",
+                format!("{}:{}", hf_python.display(), root.join(".libtorch/site").display()),
+            )
+            .env("HF_HUB_OFFLINE", "1");
+        c
+    };
+    // The peer writes the model both sides load.
+    assert!(python(&[]).status().expect("python3").success(), "creating the model failed");
+    let vocab = 4096;
+    println!(
+        "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab {vocab}), batch {BATCH}, \
+         {steps} steps, {threads} threads, fp32 CPU\n"
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
+        "data", "ours tok/s", "HF tok/s", "speed", "ours RSS", "HF RSS", "RSS"
+    );
+    for case in ["fixed", "variable"] {
+        let data = work.join(format!("{case}.json"));
+        write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
+        let peer = run_json(&mut python(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--threads",
+            &threads.to_string(),
+            "--batch",
+            &BATCH.to_string(),
+            "--warmup",
+            &WARMUP.to_string(),
+        ]));
+        let me = run_json(
+            Command::new(std::env::current_exe().unwrap())
+                .arg("--child")
+                .arg(&model)
+                .arg(&data)
+                .arg(case)
+                .arg(threads.to_string()),
+        );
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+        println!(
+            "{:<10} {:>14.0} {:>14.0} {:>7.2}× {:>9.0} MiB {:>8.0} MiB {:>7.2}×",
+            case,
+            f(&me, "tokens_per_s"),
+            f(&peer, "tokens_per_s"),
+            f(&me, "tokens_per_s") / f(&peer, "tokens_per_s"),
+            f(&me, "peak_rss_mib"),
+            f(&peer, "peak_rss_mib"),
+            f(&me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
+        );
+        eprintln!(
+            "  [{case}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}",
+            f(&me, "first_loss"),
+            f(&me, "last_loss"),
+            f(&peer, "first_loss"),
+            f(&peer, "last_loss")
+        );
+    }
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""The transformers + PEFT side of `cargo bench -p finetune-local --bench train`.
+
+Creates the benchmark's random Llama model (seeded, save_pretrained) when it
+is missing; with --case, LoRA-trains it on the benchmark's token data the way
+TRL's SFTTrainer does by default: each batch right-padded to its longest
+example (pad = EOS), labels -100 on prompt and padding, loss = the mean over
+completion tokens, AdamW. A plain PyTorch loop, with none of Trainer's
+overhead. Prints one JSON line: trained tokens/s over the timed steps and
+peak RSS.
+
+Pinned with the rest of the HF peers: transformers 5.24.0, peft 0.21.2,
+torch 2.11.0 (scripts/setup --hf).
+"""
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+
+def ensure_model(d: Path) -> None:
+    if (d / "config.json").exists():
+        return
+    config = LlamaConfig(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(d)
+
+
+def batches(examples, batch_size, pad_id):
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        width = max(len(e["input_ids"]) for e in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        real = 0
+        for i, e in enumerate(chunk):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, e["prompt_len"] : n] = ids[i, e["prompt_len"] : n]
+            mask[i, :n] = 1
+            real += n
+        yield ids, labels, mask, real
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--r", type=int, default=16)
+    args = ap.parse_args()
+    ensure_model(args.model)
+    if args.data is None:
+        return
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    examples = json.loads(args.data.read_text())
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    lora = LoraConfig(
+        r=args.r,
+        lora_alpha=2 * args.r,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    pad = model.config.eos_token_id or 0
+    tokens, seconds, losses = 0, 0.0, []
+    for step, (ids, labels, mask, real) in enumerate(batches(examples, args.batch, pad)):
+        start = time.perf_counter()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+        if step >= args.warmup:
+            seconds += time.perf_counter() - start
+            tokens += real
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_mib": rss_mib,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "steps": len(losses),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
