@@ -11,7 +11,15 @@
 //!   GPT-2 — whose logits match transformers (see `tests/parity.rs`);
 //! - [`tokenizer`] and [`chat`]: `tokenizer.json`, special tokens and chat
 //!   templates rendered as transformers renders them;
-//! - [`generate`]: KV-cached greedy and sampled generation over batches.
+//! - [`generate`]: KV-cached greedy and sampled generation over batches;
+//! - [`lora`], [`sft`], [`train`]: PEFT-compatible LoRA, examples to tokens
+//!   with completion-only targets, padded and packed batches, and the
+//!   trainer (AdamW, schedules, accumulation, clipping, evaluation, early
+//!   stopping, metrics, checkpoints and exact resume);
+//! - [`job`] and [`provider`]: a whole job into one output folder, and
+//!   [`LocalProvider`], the trainer behind `FineTuneProvider`;
+//! - [`data`]: datasets of the canonical schema as examples;
+//!   [`builtin`]: small models made here (the quickstart's).
 //!
 //! ```no_run
 //! use finetune_local::{CausalLm, LoadOptions, ModelCache, Tokenizer, locate};

@@ -188,8 +188,8 @@ pub fn padded_batch(
 }
 
 /// Several examples per row, each attending only to itself, positions
-/// restarting at 0; rows hold at most `max_length` tokens. Examples are
-/// placed first-fit in the given order, so the layout is deterministic.
+/// restarting at 0; rows hold at most `max_length` tokens (see
+/// [`pack_rows`] for the layout).
 pub fn packed_batches(
     examples: &[&TokenizedExample],
     max_length: usize,
@@ -210,28 +210,50 @@ pub fn packed_batch(
     build(rows, pad_token_id, device, true)
 }
 
-/// Groups examples into rows of at most `max_length` tokens (first fit).
+/// Groups examples into as few rows of at most `max_length` tokens as it
+/// can, with the rows' fills balanced: longest example first, each into the
+/// least-filled row (more rows only when one does not fit). Rows padded to
+/// the longest of them then waste little. Deterministic for a given input.
 pub fn pack_rows<'a>(
     examples: &[&'a TokenizedExample],
     max_length: usize,
 ) -> Result<Vec<Vec<&'a TokenizedExample>>> {
-    let mut rows: Vec<(usize, Vec<&TokenizedExample>)> = Vec::new();
-    for e in examples {
-        let len = e.input_ids.len();
-        if len > max_length {
-            return Err(LocalError::InvalidArgument(format!(
-                "an example of {len} tokens does not fit rows of {max_length}"
-            )));
-        }
-        match rows.iter_mut().find(|(used, _)| used + len <= max_length) {
-            Some((used, row)) => {
-                *used += len;
-                row.push(e);
-            }
-            None => rows.push((len, vec![e])),
-        }
+    if let Some(e) = examples.iter().find(|e| e.input_ids.len() > max_length) {
+        return Err(LocalError::InvalidArgument(format!(
+            "an example of {} tokens does not fit rows of {max_length}",
+            e.input_ids.len()
+        )));
     }
-    Ok(rows.into_iter().map(|(_, row)| row).collect())
+    let total: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].input_ids.len()));
+    let mut count = total.div_ceil(max_length.max(1)).max(1);
+    loop {
+        let mut rows: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); count];
+        let placed = order.iter().all(|&i| {
+            let len = examples[i].input_ids.len();
+            let Some(row) = rows.iter_mut().min_by_key(|(used, _)| *used) else {
+                return false;
+            };
+            if row.0 + len > max_length {
+                return false;
+            }
+            row.0 += len;
+            row.1.push(i);
+            true
+        });
+        if placed {
+            return Ok(rows
+                .into_iter()
+                .filter(|(used, _)| *used > 0)
+                .map(|(_, mut row)| {
+                    row.sort_unstable();
+                    row.into_iter().map(|i| examples[i]).collect()
+                })
+                .collect());
+        }
+        count += 1;
+    }
 }
 
 /// Builds tensors from rows of examples; `packed` puts a whole row's

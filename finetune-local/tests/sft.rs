@@ -140,3 +140,27 @@ fn packed_loss_equals_unpacked_loss() {
         assert!(a.is_finite() && (a - b).abs() < 1e-5, "{name}: {a} vs {b}");
     }
 }
+
+#[test]
+fn pack_rows_uses_few_balanced_rows_and_keeps_every_example() {
+    let ex =
+        |n: usize, tag: i64| TokenizedExample { input_ids: vec![tag; n], targets: vec![IGNORE; n] };
+    let examples: Vec<TokenizedExample> = [300, 20, 180, 250, 90, 60, 400, 10]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| ex(n, i as i64))
+        .collect();
+    let refs: Vec<&TokenizedExample> = examples.iter().collect();
+    let rows = finetune_local::sft::pack_rows(&refs, 512).unwrap();
+    let fills: Vec<usize> =
+        rows.iter().map(|r| r.iter().map(|e| e.input_ids.len()).sum()).collect();
+    // 1310 tokens need at least 3 rows of 512; balanced, the widest is far
+    // below 512 (first fit in this order would fill a row to 500).
+    assert_eq!(rows.len(), 3, "{fills:?}");
+    assert!(fills.iter().all(|&f| f <= 512));
+    assert!(fills.iter().max().unwrap() - fills.iter().min().unwrap() <= 60, "{fills:?}");
+    let mut tags: Vec<i64> = rows.iter().flatten().map(|e| e.input_ids[0]).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..8).collect::<Vec<_>>());
+    assert!(finetune_local::sft::pack_rows(&refs, 399).is_err());
+}
