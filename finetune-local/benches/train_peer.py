@@ -21,23 +21,17 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
+
+from forward_peer import small_models
 
 
 def ensure_model(d: Path) -> None:
+    """The forward benchmark's llama-small, seeded the same way."""
     if (d / "config.json").exists():
         return
-    config = LlamaConfig(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-    )
     torch.manual_seed(0)
+    config = small_models()["llama-small"]
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(d)
 
 
