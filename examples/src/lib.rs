@@ -10,6 +10,7 @@ pub const SAMPLE_DATASET: &str = include_str!("../data/reverse-words.jsonl");
 pub const SAMPLE_DATASET_NAME: &str = "builtin:reverse-words.jsonl";
 
 pub mod args;
+pub mod remote;
 
 use finetune_core::{ColumnMapping, DatasetFormat, DatasetSource};
 

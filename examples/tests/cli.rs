@@ -9,13 +9,18 @@ use std::process::{Command, Output};
 /// Runs an example: the binary `cargo test` built beside this test when it
 /// is there, else through `cargo run` (e.g. under `cargo test --test cli`).
 fn example(name: &str, args: &[&str]) -> Output {
+    example_env(name, args, &[])
+}
+
+/// [`example`] with environment variables set.
+fn example_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let built = std::env::current_exe()
         .unwrap()
         .parent()
         .and_then(Path::parent)
         .map(|d| d.join("examples").join(name));
     match built.filter(|p| p.exists()) {
-        Some(binary) => Command::new(binary).args(args).output().unwrap(),
+        Some(binary) => Command::new(binary).args(args).envs(env.iter().copied()).output().unwrap(),
         None => {
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
             Command::new(env!("CARGO"))
@@ -23,6 +28,7 @@ fn example(name: &str, args: &[&str]) -> Output {
                 .arg(&manifest)
                 .args(["--example", name, "--"])
                 .args(args)
+                .envs(env.iter().copied())
                 .output()
                 .unwrap()
         }
@@ -256,4 +262,119 @@ fn quickstart_fine_tunes_the_built_in_model_visibly() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     assert!(summary["final_train_loss"].as_f64().unwrap() < 0.5, "{summary}");
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn openai_and_azure_examples_run_against_prism_with_no_request_rejected() {
+    use finetune_providers::testing::Prism;
+    let sample = sample();
+    let openai = Prism::start(&Prism::spec("openai-openapi.yaml"));
+    let out = example_env(
+        "openai_finetune",
+        &[
+            "--train",
+            &sample,
+            "--validation",
+            &sample,
+            "--model",
+            "gpt-4o-mini-2024-07-18",
+            "--epochs",
+            "2",
+            "--suffix",
+            "words",
+        ],
+        &[("OPENAI_API_KEY", "sk-example"), ("OPENAI_BASE_URL", openai.url())],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("job "), "{}", text(&out));
+    let log = openai.log();
+    assert!(log.contains("post /fine_tuning/jobs"), "{log}");
+    assert!(log.matches("The request passed the validation rules").count() >= 3, "{log}");
+    assert!(!log.contains("Violation: request") && !log.contains("UNPROCESSABLE_ENTITY"), "{log}");
+
+    let azure = Prism::start(&Prism::spec(
+        "azure-openai-authoring-2024-10-21.finetuning-excerpt.openai-prefixed.json",
+    ));
+    let out = example_env(
+        "azure_finetune",
+        &[
+            "--train",
+            &sample,
+            "--model",
+            "gpt-4o-mini-2024-07-18",
+            "--epochs",
+            "2",
+            "--suffix",
+            "words",
+        ],
+        &[("AZURE_OPENAI_ENDPOINT", azure.url()), ("AZURE_OPENAI_API_KEY", "az-example")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let log = azure.log();
+    // Prism requires the api-version parameter: a request without it fails validation.
+    assert!(log.contains("post /openai/fine_tuning/jobs"), "{log}");
+    assert!(log.matches("The request passed the validation rules").count() >= 3, "{log}");
+    assert!(!log.contains("Violation: request") && !log.contains("UNPROCESSABLE_ENTITY"), "{log}");
+
+    // Without credentials the examples say what to set.
+    let out = example_env(
+        "openai_finetune",
+        &["--train", &sample, "--model", "m"],
+        &[("OPENAI_API_KEY", "")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("OPENAI_API_KEY"), "{}", text(&out));
+}
+
+#[test]
+fn openai_example_waits_for_the_job_and_saves_the_loss_graph() {
+    use finetune_providers::testing::{FakeFlavor, FakeOpenAi};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeOpenAi::start(FakeFlavor::OpenAi, "sk-wait"));
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample();
+    let out = example_env(
+        "openai_finetune",
+        &[
+            "--train",
+            &sample,
+            "--validation",
+            &sample,
+            "--model",
+            "gpt-4o-mini",
+            "--wait",
+            "--poll-interval",
+            "0.01",
+            "--output",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("OPENAI_API_KEY", "sk-wait"), ("OPENAI_BASE_URL", &fake.url())],
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for expected in [
+        "running (step 1/4)",
+        "running (step 4/4)",
+        "succeeded",
+        "loss graph:",
+        "best validation loss",
+        "model ft:gpt-4o-mini",
+    ] {
+        assert!(shown.contains(expected), "missing `{expected}` in:\n{shown}");
+    }
+    let svg = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    assert!(!shown.contains("sk-wait"));
+    // A job that fails exits 1 with the reason.
+    let out = example_env(
+        "openai_finetune",
+        &["--train", &sample, "--model", "base-will-fail", "--wait", "--poll-interval", "0.01"],
+        &[("OPENAI_API_KEY", "sk-wait"), ("OPENAI_BASE_URL", &fake.url())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("too few examples"), "{}", text(&out));
 }

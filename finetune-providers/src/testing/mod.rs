@@ -1,0 +1,16 @@
+//! Test support (feature `testing`): a stateful fake of the OpenAI and
+//! Azure OpenAI fine-tuning APIs, a proxy that cuts connections, and a
+//! launcher for Prism, the OpenAPI mock that validates every request.
+//!
+//! Applications can test their own flows against [`FakeOpenAi`] without a
+//! network or an account.
+
+mod fake;
+mod prism;
+mod proxy;
+
+/// HTTP methods, for [`Fault`].
+pub use axum::http::Method;
+pub use fake::{FakeFlavor, FakeOpenAi, Fault};
+pub use prism::Prism;
+pub use proxy::CutProxy;

@@ -1,0 +1,100 @@
+//! Prism, the OpenAPI mock server that validates every request, started on
+//! loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A running Prism serving one spec; killed when dropped.
+#[derive(Debug)]
+pub struct Prism {
+    child: std::process::Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Prism {
+    /// The workspace root (where `.tools` and `../shared` are found).
+    pub fn workspace_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// The Prism executable: `$PRISM_BIN`, or the one `scripts/setup --test`
+    /// installs in `.tools/prism`.
+    pub fn binary() -> PathBuf {
+        match std::env::var_os("PRISM_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => Self::workspace_root().join(".tools/prism/node_modules/.bin/prism"),
+        }
+    }
+
+    /// A spec from the shared specs folder (`../shared/specs` beside the
+    /// workspace, or `$FINETUNE_SPECS_DIR`).
+    pub fn spec(name: &str) -> PathBuf {
+        let dir = match std::env::var_os("FINETUNE_SPECS_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => Self::workspace_root().join("../shared/specs"),
+        };
+        dir.join(name)
+    }
+
+    /// Starts `prism mock` on a free loopback port and waits until it
+    /// listens (the OpenAI spec takes some seconds to load).
+    ///
+    /// # Panics
+    /// When Prism is not installed (`scripts/setup --test` installs it) or
+    /// does not start within two minutes: this is test support.
+    #[allow(clippy::panic)]
+    pub fn start(spec: &Path) -> Self {
+        let bin = Self::binary();
+        assert!(
+            bin.exists(),
+            "Prism is not installed at {}: run `scripts/setup --test`",
+            bin.display()
+        );
+        assert!(spec.exists(), "the spec {} is missing", spec.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let log = std::env::temp_dir().join(format!("prism-{port}.log"));
+        let out = std::fs::File::create(&log).expect("creating Prism's log");
+        let child = std::process::Command::new(&bin)
+            .args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .arg(spec)
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting Prism");
+        let prism = Self { child, url: format!("http://127.0.0.1:{port}"), log };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&prism.log).unwrap_or_default();
+            if text.contains("Prism is listening") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Prism did not start within 120 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        prism
+    }
+
+    /// The mock's root URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// What Prism logged so far (each request, and each validation failure).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Prism {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
