@@ -507,3 +507,27 @@ async fn both_providers_pass_the_conformance_suite() {
     let report = run_conformance(&harness).await.unwrap();
     assert_eq!(report.passed.len(), 4);
 }
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_is_retried_and_headers_are_sent() {
+    let fake = FakeOpenAi::start(FakeFlavor::OpenAi, KEY).await;
+    let mut config = OpenAiConfig::new(Secret::new(KEY)).with_base_url(fake.url());
+    config.organization = Some("org-42".into());
+    config.project = Some("proj-7".into());
+    let mut http = fast_http();
+    http.timeout = Duration::from_millis(300);
+    let provider = OpenAiProvider::new(config.with_http(http)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job = provider
+        .submit(&JobSpec::new("gpt-4o-mini", write_dataset(dir.path(), "t.jsonl", 10)))
+        .await
+        .unwrap();
+    fake.inject(Fault::slow(Method::GET, "/fine_tuning/jobs/*", Duration::from_secs(2)));
+    let started = Instant::now();
+    provider.job(&job.id).await.unwrap();
+    let took = started.elapsed();
+    println!("slow answer: timed out and retried {} time(s) in {took:?}", provider.retries());
+    assert_eq!(provider.retries(), 1);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(fake.last_org_project(), (Some("org-42".into()), Some("proj-7".into())));
+}

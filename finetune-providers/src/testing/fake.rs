@@ -36,12 +36,27 @@ pub struct Fault {
     /// Carry out the request before answering the error: the answer is
     /// lost but the effect is real (a job created, a file stored).
     pub commit: bool,
+    /// Wait this long before answering (a slow server; with status 200 the
+    /// request is then carried out normally).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Fault {
     /// `status` for the next `method path`.
     pub fn status(method: Method, path: &str, status: u16) -> Self {
-        Self { method, path: path.to_owned(), status, retry_after: None, commit: false }
+        Self {
+            method,
+            path: path.to_owned(),
+            status,
+            retry_after: None,
+            commit: false,
+            delay: None,
+        }
+    }
+
+    /// Answers normally, but only after `delay`.
+    pub fn slow(method: Method, path: &str, delay: std::time::Duration) -> Self {
+        Self { delay: Some(delay), ..Self::status(method, path, 200) }
     }
 
     /// Sends a `Retry-After` of `secs`.
@@ -74,6 +89,8 @@ struct Inner {
     jobs: Vec<FakeJob>,
     faults: VecDeque<Fault>,
     requests: Vec<String>,
+    /// `OpenAI-Organization` and `OpenAI-Project` of the last request.
+    org_project: (Option<String>, Option<String>),
     uploads: u64,
     injected: u64,
 }
@@ -205,6 +222,12 @@ impl FakeOpenAi {
         self.lock().uploads
     }
 
+    /// The `OpenAI-Organization` and `OpenAI-Project` headers of the last
+    /// request.
+    pub fn last_org_project(&self) -> (Option<String>, Option<String>) {
+        self.lock().org_project.clone()
+    }
+
     /// Every request seen, as `METHOD /path`.
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
@@ -256,7 +279,13 @@ async fn handle(State(fake): State<FakeOpenAi>, request: Request) -> Response {
             );
         }
     }
-    fake.lock().requests.push(format!("{method} {path}"));
+    {
+        let header =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut inner = fake.lock();
+        inner.requests.push(format!("{method} {path}"));
+        inner.org_project = (header("openai-organization"), header("openai-project"));
+    }
     if !authorized(&fake, &headers) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -274,6 +303,10 @@ async fn handle(State(fake): State<FakeOpenAi>, request: Request) -> Response {
         }
         fault
     };
+    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
+        tokio::time::sleep(delay).await;
+    }
+    let fault = fault.filter(|f| f.status != 200);
     if let Some(fault) = &fault
         && !fault.commit
     {
