@@ -1,14 +1,50 @@
-//! Saved models, their versions and deployments.
+//! Saved models, their versions, and the deployments that serve them.
 //!
-//! Azure OpenAI and Bedrock fine-tuned models must be deployed before use, and
-//! deployments are billed whether used or not. This crate will hold the
-//! registry of saved models and versions with one active version, a
-//! `Deployer` trait with Azure (ARM) and Bedrock implementations, and a
-//! lifecycle that deploys a newly produced or newly active version, deletes
-//! the deployment it replaces, lets users attach a pre-existing deployment by
-//! hand, and never leaks a billed deployment (see the project's issues).
+//! Azure OpenAI and Bedrock fine-tuned models must be deployed before use,
+//! and deployments are billed whether used or not: a leaked deployment is the
+//! most expensive bug this project can have. This crate holds
+//!
+//! * a [`Registry`] of saved models and their versions (the fine-tuned model,
+//!   provider, base model, hyperparameters, dataset fingerprints, loss curve,
+//!   creation time) with one **active version**, stored as JSON documents
+//!   through `object_store` (local disk, S3, Azure Blob) with create-only
+//!   writes, so concurrent writers never lose a version or an update;
+//! * the [`Deployer`] trait a platform implements;
+//! * the [`Lifecycle`]: deploy the active version automatically, wait until
+//!   it is ready, switch to it, delete what it replaces; deploy, attach,
+//!   detach and delete by hand. Every external step is preceded by a durable
+//!   [`Intent`], so [`Lifecycle::reconcile`] finishes or rolls back whatever
+//!   a dead process left, and reports (or deletes) deployments carrying our
+//!   tag that no model references;
+//! * the billing guard: [`Plan`]s (dry runs) with estimated hourly costs from
+//!   a user-supplied [`PriceTable`], and an hourly budget.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use finetune_deploy::{Lifecycle, LifecyclePolicy, Registry, WaitPolicy};
+//! use finetune_deploy::testing::FakeDeployer;
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let lifecycle = Lifecycle::new(Registry::in_memory(), Arc::new(FakeDeployer::new(2)))
+//!     .with_wait(WaitPolicy::immediate());
+//! lifecycle.create_model("support-bot", LifecyclePolicy::default()).await.unwrap();
+//! # });
+//! ```
 //!
 //! Models that need a deployment say so in
 //! [`finetune_core::FineTunedModel::requires_deployment`].
 
+mod deployer;
+mod lifecycle;
+mod plan;
+mod registry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG, MODEL_TAG};
 pub use finetune_core::{FineTunedModel, ModelArtifacts};
+pub use lifecycle::{Lifecycle, LifecycleEvent, ReconcileReport, WaitPolicy, deployment_name};
+pub use plan::{Plan, PlannedDeployment, PriceTable};
+pub use registry::{
+    DeploymentRecord, Intent, LifecyclePolicy, ModelHead, NewVersion, Origin, Registry,
+    VersionRecord, check_model_name,
+};

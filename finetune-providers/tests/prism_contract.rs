@@ -1,6 +1,6 @@
 //! Contract tests: every request the OpenAI and Azure OpenAI clients send is
 //! checked by Prism against the official API descriptions in
-//! `../shared/specs` (a request Prism's validation rejects is answered 422,
+//! `specs/` (a request Prism's validation rejects is answered 422,
 //! which fails the test), and every answer Prism makes up from the specs
 //! must parse. Prism (`scripts/setup --test` installs it) is started here
 //! on loopback.

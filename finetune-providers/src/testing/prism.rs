@@ -28,12 +28,13 @@ impl Prism {
         }
     }
 
-    /// A spec from the shared specs folder (`../shared/specs` beside the
-    /// workspace, or `$FINETUNE_SPECS_DIR`).
+    /// An API description from the workspace's `specs` folder (copies of
+    /// the official OpenAI spec and the Azure excerpts, see
+    /// `specs/SOURCES.md`), or from `$FINETUNE_SPECS_DIR`.
     pub fn spec(name: &str) -> PathBuf {
         let dir = match std::env::var_os("FINETUNE_SPECS_DIR") {
             Some(d) => PathBuf::from(d),
-            None => Self::workspace_root().join("../shared/specs"),
+            None => Self::workspace_root().join("specs"),
         };
         dir.join(name)
     }

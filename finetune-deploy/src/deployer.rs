@@ -1,0 +1,118 @@
+//! The [`Deployer`] trait: what a platform that serves fine-tuned models
+//! behind billed deployments (Azure OpenAI, Bedrock) must offer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use finetune_core::Result;
+use serde::{Deserialize, Serialize};
+
+/// The tag every deployment this library creates carries (value `true`),
+/// so that [`crate::Lifecycle::reconcile`] can find the ones nothing uses.
+pub const MANAGED_TAG: &str = "finetune-managed";
+
+/// The tag naming the saved model a managed deployment serves.
+pub const MODEL_TAG: &str = "finetune-model";
+
+/// What to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSpec {
+    /// The deployment's name; deterministic per model version, so a
+    /// deployment whose creation was interrupted is found again.
+    pub name: String,
+    /// The fine-tuned model's id (Azure model name, Bedrock custom model ARN).
+    pub model_id: String,
+    /// The SKU or throughput kind (`Standard`, `GlobalStandard`,
+    /// `on-demand`, `provisioned`, …).
+    pub sku: String,
+    /// Capacity units (Azure) or model units (Bedrock provisioned).
+    pub capacity: u32,
+    /// Tags; [`MANAGED_TAG`] and [`MODEL_TAG`] are added by the lifecycle.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where a deployment stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+#[non_exhaustive]
+pub enum DeploymentState {
+    /// Being provisioned (billing may already run).
+    Creating,
+    /// Serving requests.
+    Ready,
+    /// Provisioning failed.
+    Failed {
+        /// Why, in the platform's words.
+        reason: String,
+    },
+    /// Being deleted.
+    Deleting,
+    /// A state this crate does not know, as the platform named it.
+    Unknown {
+        /// The platform's name for it.
+        name: String,
+    },
+}
+
+impl fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Creating => f.write_str("creating"),
+            Self::Ready => f.write_str("ready"),
+            Self::Failed { reason } => write!(f, "failed: {reason}"),
+            Self::Deleting => f.write_str("deleting"),
+            Self::Unknown { name } => f.write_str(name),
+        }
+    }
+}
+
+/// A deployment as the platform reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The platform's id (Azure: the deployment name; Bedrock: an ARN).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The model it serves.
+    pub model_id: String,
+    /// Where it stands.
+    pub state: DeploymentState,
+    /// SKU or throughput kind.
+    pub sku: String,
+    /// Capacity or model units.
+    pub capacity: u32,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Deployment {
+    /// Whether this library created it (it carries [`MANAGED_TAG`]).
+    pub fn is_managed(&self) -> bool {
+        self.tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
+    }
+}
+
+/// A platform's deployments. Implementations must make `create` idempotent
+/// by name (creating a name that exists returns the existing deployment)
+/// and `delete` idempotent (deleting what is gone succeeds), because the
+/// lifecycle repeats interrupted steps.
+#[async_trait]
+pub trait Deployer: Send + Sync + fmt::Debug {
+    /// The platform's name (`azure_openai`, `bedrock`, …).
+    fn name(&self) -> &str;
+
+    /// Starts creating a deployment; returns it as it stands (usually
+    /// [`DeploymentState::Creating`]).
+    async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment>;
+
+    /// A deployment by id, or `None` when there is none: also how a
+    /// pre-existing deployment is looked up before it is attached.
+    async fn get(&self, id: &str) -> Result<Option<Deployment>>;
+
+    /// Deletes a deployment; succeeds when it is already gone.
+    async fn delete(&self, id: &str) -> Result<()>;
+
+    /// Every deployment carrying [`MANAGED_TAG`].
+    async fn list_managed(&self) -> Result<Vec<Deployment>>;
+}
