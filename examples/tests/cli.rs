@@ -378,3 +378,27 @@ fn openai_example_waits_for_the_job_and_saves_the_loss_graph() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("too few examples"), "{}", text(&out));
 }
+
+#[test]
+fn deploy_lifecycle_runs_with_no_arguments_and_prints_each_transition() {
+    let out = example("deploy_lifecycle", &[]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let order = [
+        "deploying version 1 as ft-support-bot-v1",
+        "now served by ft-support-bot-v1",
+        "deploying version 2 as ft-support-bot-v2",
+        "now served by ft-support-bot-v2",
+        "ft-support-bot-v1 deleted",
+        "team-gpt-4o-mini attached to version 2",
+        "0 orphaned deployment(s)",
+    ];
+    let positions: Vec<usize> = order.iter().map(|s| shown.find(s).unwrap_or(usize::MAX)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{shown}");
+    assert!(!shown.contains("plan for"), "{shown}");
+    let out = example("deploy_lifecycle", &["--plan", "--price", "Standard=2.5"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("create ft-support-bot-v2 (Standard x1, 2.50/h)"), "{shown}");
+    assert!(shown.contains("delete ft-support-bot-v1"), "{shown}");
+}

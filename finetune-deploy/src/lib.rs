@@ -33,6 +33,8 @@
 //! Models that need a deployment say so in
 //! [`finetune_core::FineTunedModel::requires_deployment`].
 
+#[cfg(feature = "azure")]
+pub mod azure;
 mod deployer;
 mod lifecycle;
 mod plan;
@@ -40,6 +42,8 @@ mod registry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "azure")]
+pub use azure::{ArmCredential, AzureDeployer, AzureDeployerConfig};
 pub use deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG, MODEL_TAG};
 pub use finetune_core::{FineTunedModel, ModelArtifacts};
 pub use lifecycle::{Lifecycle, LifecycleEvent, ReconcileReport, WaitPolicy, deployment_name};

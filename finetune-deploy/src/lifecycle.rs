@@ -313,6 +313,7 @@ impl Lifecycle {
         if head.policy.auto_deploy {
             self.check_budget(&self.plan_activate(model, version).await?)?;
         }
+        let previous = head.active_version;
         self.registry
             .update(model, |h| {
                 h.active_version = Some(version);
@@ -320,7 +321,24 @@ impl Lifecycle {
             })
             .await?;
         self.emit(LifecycleEvent::Activated { model: model.into(), version });
-        self.converge(model).await
+        match self.converge(model).await {
+            Ok(head) => Ok(head),
+            // The deployment failed (and was removed): the previous version
+            // stays active, still served by its deployment. A crash leaves
+            // the activation to `reconcile` instead.
+            Err(e @ (Error::Provider { .. } | Error::TimedOut { .. })) => {
+                self.registry
+                    .update(model, |h| {
+                        if h.active_version == Some(version) {
+                            h.active_version = previous;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn check_budget(&self, plan: &Plan) -> Result<()> {
@@ -512,10 +530,19 @@ impl Lifecycle {
                 .map(|d| d.id.clone())
         });
         let Some(keep) = keep else { return Ok(()) };
+        // Under auto-deploy, until the active version is served, its
+        // deployment is kept: another process may be creating it.
+        let served = head
+            .active_deployment
+            .as_deref()
+            .and_then(|id| head.deployment(id))
+            .map(|d| Some(d.version) == head.active_version)
+            .unwrap_or(false);
+        let target = head.active_version.filter(|_| head.policy.auto_deploy && !served);
         let replaced: Vec<String> = head
             .deployments
             .iter()
-            .filter(|d| d.origin == Origin::Created && d.id != keep)
+            .filter(|d| d.origin == Origin::Created && d.id != keep && Some(d.version) != target)
             .map(|d| d.id.clone())
             .collect();
         for id in replaced {

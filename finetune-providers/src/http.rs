@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use finetune_core::{Error, Result, Secret};
+pub use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -92,18 +93,22 @@ impl Default for HttpSettings {
     }
 }
 
-/// How requests are authenticated.
+/// How requests are authenticated. `Debug` shows no secret.
 #[derive(Clone)]
-pub(crate) enum Auth {
+#[non_exhaustive]
+pub enum Auth {
     /// `Authorization: Bearer <key>` (OpenAI).
-    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
     Bearer(Secret),
     /// `api-key: <key>` (Azure OpenAI).
-    #[cfg_attr(not(feature = "azure"), allow(dead_code))]
     ApiKey(Secret),
     /// An Entra ID token for `scope`, fetched (and cached) by the credential.
     #[cfg(feature = "azure")]
-    Entra { credential: Arc<dyn azure_core::credentials::TokenCredential>, scope: &'static str },
+    Entra {
+        /// The credential.
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+        /// The token's scope, e.g. `https://management.azure.com/.default`.
+        scope: &'static str,
+    },
 }
 
 impl fmt::Debug for Auth {
@@ -138,11 +143,13 @@ impl From<Error> for Failure {
     }
 }
 
-/// A client for one API root: the base URL, fixed query parameters (Azure's
-/// `api-version`), fixed headers (OpenAI's organization and project) and the
-/// authentication.
+/// A JSON client for one API root: the base URL, fixed query parameters
+/// (Azure's `api-version`), fixed headers (OpenAI's organization and
+/// project) and the authentication, with the timeouts, retries and error
+/// mapping of [`HttpSettings`]. The providers use it, and so can other crates
+/// of the workspace (the Azure deployer of `finetune-deploy`).
 #[derive(Clone)]
-pub(crate) struct Api {
+pub struct Api {
     http: reqwest::Client,
     base: String,
     query: Vec<(&'static str, String)>,
@@ -165,7 +172,9 @@ impl fmt::Debug for Api {
 }
 
 impl Api {
-    pub(crate) fn new(
+    /// A client for `base`, adding `query` to every request and `headers`
+    /// (lowercase names) to every request.
+    pub fn new(
         base: &str,
         query: Vec<(&'static str, String)>,
         headers: Vec<(&'static str, String)>,
@@ -212,12 +221,12 @@ impl Api {
     }
 
     /// How many retries this client has made since it was built.
-    pub(crate) fn retries(&self) -> u64 {
+    pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
 
-    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
-    pub(crate) fn base(&self) -> &str {
+    /// The API root.
+    pub fn base(&self) -> &str {
         &self.base
     }
 
@@ -309,7 +318,9 @@ impl Api {
         }
         let response = self.send(request, &what).await?;
         let bytes = response.bytes().await.map_err(|e| transport_error(&what, &e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        // An empty answer (204) reads as JSON null.
+        let bytes: &[u8] = if bytes.trim_ascii().is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes).map_err(|e| {
             Failure::from(Error::Provider {
                 status: None,
                 code: Some("unparsable_response".into()),
@@ -317,6 +328,18 @@ impl Api {
                 param: None,
             })
         })
+    }
+
+    /// A JSON request with an optional JSON body, retried as the settings
+    /// say; the answer is parsed as `T`.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
+        self.json(method, path, query, body.map(|b| b as &dyn ErasedBody)).await
     }
 
     /// A JSON request, retried.

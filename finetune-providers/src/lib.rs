@@ -103,7 +103,7 @@ macro_rules! compat_provider {
 #[cfg(any(feature = "openai", feature = "azure"))]
 mod compat;
 #[cfg(any(feature = "openai", feature = "azure"))]
-mod http;
+pub mod http;
 
 #[cfg(feature = "azure")]
 pub mod azure;
@@ -121,6 +121,6 @@ pub use compat::{
 };
 pub use finetune_core::FineTuneProvider;
 #[cfg(any(feature = "openai", feature = "azure"))]
-pub use http::{HttpSettings, RetryPolicy};
+pub use http::{Api, Auth, HttpSettings, RetryPolicy};
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiConfig, OpenAiProvider};
