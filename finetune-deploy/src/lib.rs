@@ -17,7 +17,10 @@
 //!   a dead process left, and reports (or deletes) deployments carrying our
 //!   tag that no model references;
 //! * the billing guard: [`Plan`]s (dry runs) with estimated hourly costs from
-//!   a user-supplied [`PriceTable`], and an hourly budget.
+//!   a user-supplied [`PriceTable`], an hourly budget that refuses new
+//!   deployments above it, and an idle-time limit after which deployments
+//!   that serve nothing active are flagged or removed
+//!   ([`Lifecycle::enforce_idle_limit`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -46,7 +49,9 @@ pub mod testing;
 pub use azure::{ArmCredential, AzureDeployer, AzureDeployerConfig};
 pub use deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG, MODEL_TAG};
 pub use finetune_core::{FineTunedModel, ModelArtifacts};
-pub use lifecycle::{Lifecycle, LifecycleEvent, ReconcileReport, WaitPolicy, deployment_name};
+pub use lifecycle::{
+    IdleDeployment, Lifecycle, LifecycleEvent, ReconcileReport, WaitPolicy, deployment_name,
+};
 pub use plan::{Plan, PlannedDeployment, PriceTable};
 pub use registry::{
     DeploymentRecord, Intent, LifecyclePolicy, ModelHead, NewVersion, Origin, Registry,

@@ -178,6 +178,24 @@ pub struct ReconcileReport {
 /// Called with every transition.
 type Observer = Arc<dyn Fn(&LifecycleEvent) + Send + Sync>;
 
+/// A deployment that has not served as its model's active deployment for
+/// at least the idle limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleDeployment {
+    /// The saved model.
+    pub model: String,
+    /// The deployment.
+    pub id: String,
+    /// The version it serves.
+    pub version: u64,
+    /// Created by us or attached (attached ones are only flagged).
+    pub origin: Origin,
+    /// How long it has been idle.
+    pub idle_for: Duration,
+    /// Whether it was deleted.
+    pub removed: bool,
+}
+
 /// The lifecycle manager of saved models and their deployments.
 pub struct Lifecycle {
     registry: Registry,
@@ -417,7 +435,7 @@ impl Lifecycle {
                     && h.deployment(id).is_some()
                     && h.active_deployment.as_deref() != Some(id)
                 {
-                    h.active_deployment = Some(id.to_owned());
+                    h.set_active_deployment(Some(id));
                     switched = true;
                 }
                 Ok(())
@@ -467,11 +485,7 @@ impl Lifecycle {
             .update(model, |h| {
                 h.intents.retain(|i| i != &intent);
                 if h.deployment(&id).is_none() {
-                    h.deployments.push(DeploymentRecord {
-                        id: id.clone(),
-                        version,
-                        origin: Origin::Created,
-                    });
+                    h.deployments.push(DeploymentRecord::new(id.clone(), version, Origin::Created));
                 }
                 Ok(())
             })
@@ -622,14 +636,14 @@ impl Lifecycle {
                         ));
                     }
                     Some(_) => {}
-                    None => h.deployments.push(DeploymentRecord {
-                        id: id.to_owned(),
+                    None => h.deployments.push(DeploymentRecord::new(
+                        id.to_owned(),
                         version,
-                        origin: Origin::Attached,
-                    }),
+                        Origin::Attached,
+                    )),
                 }
                 if h.active_version == Some(version) {
-                    h.active_deployment = Some(id.to_owned());
+                    h.set_active_deployment(Some(id));
                 }
                 Ok(())
             })
@@ -741,6 +755,46 @@ impl Lifecycle {
         })
     }
 
+    /// Flags every deployment that has not been its model's active
+    /// deployment for at least `limit` (still billed, serving nothing
+    /// active), and with `remove` deletes those this library created.
+    /// Attached deployments are the user's: they are only flagged.
+    pub async fn enforce_idle_limit(
+        &self,
+        limit: Duration,
+        remove: bool,
+    ) -> Result<Vec<IdleDeployment>> {
+        let now = chrono::Utc::now();
+        let mut idle = Vec::new();
+        for model in self.registry.models().await? {
+            let head = self.registry.head(&model).await?;
+            for d in &head.deployments {
+                if head.active_deployment.as_deref() == Some(d.id.as_str()) {
+                    continue;
+                }
+                let Some(since) = d.idle_since else { continue };
+                let idle_for = (now - since).to_std().unwrap_or(Duration::ZERO);
+                if idle_for < limit {
+                    continue;
+                }
+                let removed = remove && d.origin == Origin::Created;
+                if removed {
+                    self.delete_deployment_inner(&model, &d.id).await?;
+                }
+                tracing::warn!(model, deployment = d.id, ?idle_for, removed, "idle deployment");
+                idle.push(IdleDeployment {
+                    model: model.clone(),
+                    id: d.id.clone(),
+                    version: d.version,
+                    origin: d.origin,
+                    idle_for,
+                    removed,
+                });
+            }
+        }
+        Ok(idle)
+    }
+
     /// Finishes or rolls back every interrupted step, brings each model in
     /// line with its policy, and reports deployments carrying our tag that
     /// no model references (deleting them when `delete_orphans`).
@@ -768,11 +822,11 @@ impl Lifecycle {
                                 if let Some(d) = found
                                     && h.deployment(&d.id).is_none()
                                 {
-                                    h.deployments.push(DeploymentRecord {
-                                        id: d.id.clone(),
-                                        version: *version,
-                                        origin: Origin::Created,
-                                    });
+                                    h.deployments.push(DeploymentRecord::new(
+                                        d.id.clone(),
+                                        *version,
+                                        Origin::Created,
+                                    ));
                                 }
                                 Ok(())
                             })

@@ -65,6 +65,16 @@ pub struct DeploymentRecord {
     pub version: u64,
     /// Created by us or attached.
     pub origin: Origin,
+    /// Since when it has not been the active deployment (`None` while it is).
+    #[serde(default)]
+    pub idle_since: Option<DateTime<Utc>>,
+}
+
+impl DeploymentRecord {
+    /// A record of a deployment that is not (yet) the active one.
+    pub fn new(id: impl Into<String>, version: u64, origin: Origin) -> Self {
+        Self { id: id.into(), version, origin, idle_since: Some(Utc::now()) }
+    }
 }
 
 /// A step announced before it is taken, so that a process that dies in the
@@ -106,6 +116,20 @@ pub struct ModelHead {
 }
 
 impl ModelHead {
+    /// Makes `id` the active deployment; the one it replaces is idle from now.
+    pub fn set_active_deployment(&mut self, id: Option<&str>) {
+        let now = Utc::now();
+        let previous = self.active_deployment.take();
+        for d in &mut self.deployments {
+            if Some(d.id.as_str()) == id {
+                d.idle_since = None;
+            } else if Some(&d.id) == previous.as_ref() || d.idle_since.is_none() {
+                d.idle_since = Some(now);
+            }
+        }
+        self.active_deployment = id.map(str::to_owned);
+    }
+
     /// The record of a deployment.
     pub fn deployment(&self, id: &str) -> Option<&DeploymentRecord> {
         self.deployments.iter().find(|d| d.id == id)

@@ -138,6 +138,32 @@ async fn failures_throttling_and_the_budget() {
     assert_eq!(registry.head("keeper").await.unwrap().active_version, Some(1));
 }
 
+#[tokio::test]
+async fn idle_deployments_are_flagged_and_ours_removed() {
+    let fake = FakeDeployer::new(0);
+    let registry = Registry::in_memory();
+    let lc = lifecycle(&registry, Arc::new(fake.clone()));
+    let keep = LifecyclePolicy { delete_previous: false, ..LifecyclePolicy::default() };
+    lc.create_model("bot", keep).await.unwrap();
+    lc.register_version("bot", model("m1")).await.unwrap();
+    lc.register_version("bot", model("m2")).await.unwrap();
+    fake.add_unmanaged("mine", "m1");
+    lc.attach("bot", 1, "mine").await.unwrap();
+    lc.activate("bot", 2).await.unwrap();
+    // Nothing has been idle for an hour yet.
+    assert!(
+        lc.enforce_idle_limit(std::time::Duration::from_secs(3600), true).await.unwrap().is_empty()
+    );
+    let idle = lc.enforce_idle_limit(std::time::Duration::ZERO, true).await.unwrap();
+    let mut seen: Vec<(String, bool)> = idle.iter().map(|d| (d.id.clone(), d.removed)).collect();
+    seen.sort();
+    assert_eq!(seen, vec![("ft-bot-v1".to_owned(), true), ("mine".to_owned(), false)]);
+    let mut live: Vec<String> = fake.all().into_iter().map(|d| d.id).collect();
+    live.sort();
+    assert_eq!(live, vec!["ft-bot-v2".to_owned(), "mine".to_owned()]);
+    assert_eq!(registry.head("bot").await.unwrap().active_deployment.as_deref(), Some("ft-bot-v2"));
+}
+
 #[test]
 fn a_crash_at_any_call_is_finished_or_rolled_back() {
     for point in [CrashPoint::Before, CrashPoint::After] {
@@ -209,11 +235,11 @@ async fn concurrent_writers_on_disk_never_lose_a_version() {
         let r = if i % 2 == 0 { r1.clone() } else { r2.clone() };
         tokio::spawn(async move {
             r.update("bot", |h| {
-                h.deployments.push(finetune_deploy::DeploymentRecord {
-                    id: format!("d{i}"),
-                    version: 1,
-                    origin: Origin::Attached,
-                });
+                h.deployments.push(finetune_deploy::DeploymentRecord::new(
+                    format!("d{i}"),
+                    1,
+                    Origin::Attached,
+                ));
                 Ok(())
             })
             .await
@@ -474,4 +500,82 @@ fn the_property_catches_a_planted_leak() {
         }
         other => panic!("the planted leak went unnoticed: {other:?}"),
     }
+}
+
+/// The registry on S3 (moto's server, installed by `scripts/setup --test`):
+/// create-only writes keep concurrent writers from losing anything there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_on_s3_keeps_every_concurrent_write() {
+    let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/python");
+    assert!(site.join("moto").exists(), "moto is missing: run `scripts/setup --test`");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut moto = std::process::Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("PYTHONPATH", &site)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // Create the bucket with a plain PUT (moto accepts it unsigned).
+    let status = tokio::task::spawn_blocking({
+        let endpoint = endpoint.clone();
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(endpoint.trim_start_matches("http://")).unwrap();
+            write!(s, "PUT /registry HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            answer
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name("registry")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()
+        .unwrap();
+    let registry = Registry::new(Arc::new(store), "finetune");
+    registry.create_model("bot", LifecyclePolicy::default()).await.unwrap();
+    assert!(registry.create_model("bot", LifecyclePolicy::default()).await.is_err());
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let r = registry.clone();
+            tokio::spawn(async move {
+                let v = r.add_version("bot", model(&format!("m{i}"))).await.unwrap().version;
+                r.update("bot", |h| {
+                    h.deployments.push(finetune_deploy::DeploymentRecord::new(
+                        format!("d{i}"),
+                        v,
+                        Origin::Attached,
+                    ));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                v
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for t in tasks {
+        numbers.push(t.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=6).collect::<Vec<u64>>());
+    assert_eq!(registry.head("bot").await.unwrap().deployments.len(), 6);
+    assert_eq!(registry.versions("bot").await.unwrap().len(), 6);
+    let _ = moto.kill();
+    let _ = moto.wait();
 }
