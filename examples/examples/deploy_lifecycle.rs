@@ -10,7 +10,11 @@
 //! `AZURE_OPENAI_ACCOUNT` (plus `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
 //! `AZURE_CLIENT_SECRET`) it deploys on that Azure OpenAI resource; then
 //! give `--model-v1` and `--model-v2` (fine-tuned model ids) and, to attach,
-//! `--attach <DEPLOYMENT>`.
+//! `--attach <DEPLOYMENT>`. With `--platform bedrock` it deploys Bedrock
+//! custom models (region and credentials from the standard AWS chain):
+//! `--model-v1`/`--model-v2` are custom model ARNs and `--sku` picks
+//! `on-demand` (the default), `provisioned`, `provisioned-1-month` or
+//! `provisioned-6-months` with `--capacity` model units.
 //!
 //! ```text
 //! cargo run -p finetune-examples --example deploy_lifecycle -- --plan
@@ -29,10 +33,14 @@ use finetune_examples::args::{Args, usage_error};
 
 const USAGE: &str = "usage: deploy_lifecycle [--plan] [--registry DIR] [--price SKU=PER_UNIT_HOUR]
                         [--model-v1 ID --model-v2 ID] [--attach DEPLOYMENT]
+                        [--platform fake|azure|bedrock] [--sku SKU] [--capacity N]
 
   --plan       print the dry run (creations, deletions, estimated cost) before each billed step
   --registry   keep the registry in DIR (default: in memory)
-  --price      a price per capacity unit and hour (default: Standard=1.00, an example figure)";
+  --price      a price per capacity unit and hour (default: Standard=1.00, an example figure)
+  --platform   where to deploy (default: azure when its variables are set, else the fake)
+  --sku        the deployment sku (Azure: Standard; Bedrock: on-demand, provisioned, ...)
+  --capacity   capacity units (Azure) or model units (Bedrock provisioned throughput)";
 
 fn fine_tuned(id: &str) -> NewVersion {
     NewVersion::of(FineTunedModel {
@@ -54,20 +62,67 @@ fn fail(e: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
-    let args =
-        Args::parse(USAGE, &["registry", "price", "model-v1", "model-v2", "attach"], &["plan"]);
+    let args = Args::parse(
+        USAGE,
+        &["registry", "price", "model-v1", "model-v2", "attach", "platform", "sku", "capacity"],
+        &["plan"],
+    );
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     let azure = match (
         var("AZURE_SUBSCRIPTION_ID"),
         var("AZURE_RESOURCE_GROUP"),
         var("AZURE_OPENAI_ACCOUNT"),
     ) {
-        (Some(sub), Some(rg), Some(account)) => Some((sub, rg, account)),
+        (Some(sub), Some(rg), Some(account))
+            if matches!(args.value("platform"), None | Some("azure")) =>
+        {
+            Some((sub, rg, account))
+        }
+        _ if args.value("platform") == Some("azure") => usage_error(
+            USAGE,
+            "Azure needs AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZURE_OPENAI_ACCOUNT",
+        ),
         _ => None,
     };
+    let bedrock = match args.value("platform") {
+        Some("bedrock") => true,
+        None | Some("azure" | "fake") => false,
+        Some(other) => usage_error(USAGE, &format!("unknown platform `{other}`")),
+    };
+    let mut policy = LifecyclePolicy::default();
+    if bedrock {
+        policy.sku = "on-demand".into();
+        policy.capacity = 0;
+    }
+    if let Some(sku) = args.value("sku") {
+        policy.sku = sku.to_owned();
+    }
+    if let Some(c) = args.parsed::<u32>(USAGE, "capacity") {
+        policy.capacity = c;
+    }
     let fake = FakeDeployer::new(2);
     let (deployer, v1, v2, attach): (Arc<dyn Deployer>, String, String, Option<String>) =
         match azure {
+            _ if bedrock => {
+                let provider =
+                    finetune_examples::block_on(finetune_providers::BedrockProvider::new(
+                        finetune_providers::BedrockConfig::default(),
+                    ))
+                    .unwrap_or_else(|e| fail(e));
+                let model = |flag: &str| {
+                    args.value(flag).map(str::to_owned).unwrap_or_else(|| {
+                        usage_error(USAGE, &format!("--{flag} is required with Bedrock"))
+                    })
+                };
+                (
+                    Arc::new(finetune_deploy::BedrockDeployer::new(
+                        provider.control_client().clone(),
+                    )),
+                    model("model-v1"),
+                    model("model-v2"),
+                    args.value("attach").map(str::to_owned),
+                )
+            }
             Some((sub, rg, account)) => {
                 let auth =
                     AzureAuth::ClientSecret {
@@ -141,10 +196,7 @@ fn main() {
         let model = "support-bot";
         println!("1. saved model `{model}`: auto-deploy, delete the previous deployment");
         if registry.head(model).await.is_err() {
-            lifecycle
-                .create_model(model, LifecyclePolicy::default())
-                .await
-                .unwrap_or_else(|e| fail(e));
+            lifecycle.create_model(model, policy.clone()).await.unwrap_or_else(|e| fail(e));
         }
         println!("2. register version 1");
         let first =

@@ -42,23 +42,43 @@ mapping flags: --format jsonl|csv|parquet|arrow, --prompt COL, --completion COL,
 
 /// Parses the command line.
 pub fn parse(usage: &str) -> Args {
-    let with_value: Vec<&str> = FLAGS.iter().chain(MAPPING_FLAGS.iter()).copied().collect();
+    parse_with(usage, &[])
+}
+
+/// Parses the command line, with a provider's own flags taking a value.
+pub fn parse_with(usage: &str, extra: &[&str]) -> Args {
+    let with_value: Vec<&str> =
+        FLAGS.iter().chain(MAPPING_FLAGS.iter()).chain(extra.iter()).copied().collect();
     Args::parse(usage, &with_value, &["wait"])
 }
 
 /// The job spec the flags describe.
 pub fn spec(usage: &str, args: &Args) -> JobSpec {
-    let model = args.value("model").unwrap_or_else(|| usage_error(usage, "--model is required"));
+    let model = args
+        .value("model")
+        .or_else(|| args.value("base-model"))
+        .unwrap_or_else(|| usage_error(usage, "--model is required"));
     let train = args.value("train").unwrap_or_else(|| usage_error(usage, "--train is required"));
     let mut spec = JobSpec::new(model, dataset_source(usage, train, args)).with_hyperparameters(
         Hyperparameters {
             epochs: args.parsed(usage, "epochs").map_or(Setting::Auto, Setting::Value),
             batch_size: args.parsed(usage, "batch-size").map_or(Setting::Auto, Setting::Value),
-            learning_rate: args
-                .parsed(usage, "lr-multiplier")
-                .map_or(Setting::Auto, |x| Setting::Value(LearningRate::Multiplier(x))),
+            learning_rate: match (
+                args.parsed(usage, "lr-multiplier"),
+                args.parsed(usage, "learning-rate"),
+            ) {
+                (Some(_), Some(_)) => {
+                    usage_error(usage, "give --lr-multiplier or --learning-rate, not both")
+                }
+                (Some(x), None) => Setting::Value(LearningRate::Multiplier(x)),
+                (None, Some(x)) => Setting::Value(LearningRate::Absolute(x)),
+                (None, None) => Setting::Auto,
+            },
         },
     );
+    if let Some(steps) = args.parsed::<u64>(usage, "warmup-steps") {
+        spec.extras.insert("learningRateWarmupSteps".into(), steps.into());
+    }
     if let Some(v) = args.value("validation") {
         spec = spec.with_validation(dataset_source(usage, v, args));
     }
@@ -110,7 +130,19 @@ pub async fn run(provider: &dyn FineTuneProvider, usage: &str, args: &Args) -> i
     };
     if !curve.is_empty() {
         let dir = PathBuf::from(args.value("output").unwrap_or("finetune-output"));
-        let path = dir.join(format!("{}-loss.svg", job.id));
+        // Job ids may be ARNs: keep the file name to safe characters.
+        let file: String = job
+            .id
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .map(
+                |c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' },
+            )
+            .collect();
+        let path = dir.join(format!("{file}-loss.svg"));
         let title = format!("{} {} on {}", provider.name(), job.id, spec.base_model);
         let saved = std::fs::create_dir_all(&dir)
             .map_err(|e| finetune_core::Error::io(&dir, e))
@@ -119,6 +151,7 @@ pub async fn run(provider: &dyn FineTuneProvider, usage: &str, args: &Args) -> i
             Ok(()) => println!("loss graph: {}", path.display()),
             Err(e) => eprintln!("warning: the loss graph was not saved: {e}"),
         }
+        print_curve(&curve);
         if let Some(loss) = curve.last_train_loss() {
             print!("final training loss {loss:.4}");
             match curve.best_validation() {
@@ -138,6 +171,23 @@ pub async fn run(provider: &dyn FineTuneProvider, usage: &str, args: &Args) -> i
         other => {
             eprintln!("job {} ended {other}", job.id);
             1
+        }
+    }
+}
+
+/// The loss curve as a table, at most 20 rows (evenly spaced, the last
+/// always shown).
+pub fn print_curve(curve: &finetune_core::LossCurve) {
+    let points = curve.points();
+    if points.is_empty() {
+        return;
+    }
+    let every = points.len().div_ceil(20);
+    println!("{:>8}  {:>12}  {:>12}", "step", "train loss", "valid loss");
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+    for (i, p) in points.iter().enumerate() {
+        if i % every == 0 || i + 1 == points.len() || p.validation_loss.is_some() {
+            println!("{:>8}  {:>12}  {:>12}", p.step, cell(p.train_loss), cell(p.validation_loss));
         }
     }
 }

@@ -402,3 +402,82 @@ fn deploy_lifecycle_runs_with_no_arguments_and_prints_each_transition() {
     assert!(shown.contains("create ft-support-bot-v2 (Standard x1, 2.50/h)"), "{shown}");
     assert!(shown.contains("delete ft-support-bot-v1"), "{shown}");
 }
+
+#[test]
+fn bedrock_example_runs_end_to_end_against_moto_and_the_fake() {
+    use finetune_providers::testing::{FakeBedrock, Moto};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start();
+    let fake = runtime.block_on(async {
+        moto.create_bucket("example-bedrock").await;
+        FakeBedrock::start(moto.store("example-bedrock"), "example-bedrock").await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample();
+    let missing = dir.path().join("no-such-aws-file");
+    let missing = missing.to_str().unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing-secret-0123"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", missing),
+        ("AWS_SHARED_CREDENTIALS_FILE", missing),
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_ENDPOINT_URL_BEDROCK", &fake.url()),
+        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake.url()),
+    ];
+    let base = [
+        "--train",
+        &sample,
+        "--validation",
+        &sample,
+        "--base-model",
+        "amazon.titan-text-lite-v1:0:4k",
+        "--role-arn",
+        "arn:aws:iam::123456789012:role/bedrock-finetune",
+        "--bucket",
+        "s3://example-bedrock/ft",
+        "--epochs",
+        "2",
+    ];
+    let mut args = base.to_vec();
+    let out_dir = dir.path().to_str().unwrap();
+    args.extend(["--wait", "--poll-interval", "0.01", "--output", out_dir]);
+    let out = example_env("bedrock_finetune", &args, &env);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    println!("{shown}");
+    for expected in [
+        "job arn:aws:bedrock:us-east-1:123456789012:model-customization-job/",
+        "validating",
+        "running",
+        "succeeded",
+        "train loss",
+        "valid loss",
+        "loss graph:",
+        "best validation loss",
+        "model arn:aws:bedrock:us-east-1:123456789012:custom-model/",
+        "deploy it before use",
+    ] {
+        assert!(shown.contains(expected), "missing `{expected}` in:\n{shown}");
+    }
+    assert!(!shown.contains("testing-secret-0123"));
+    let svg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .expect("a loss graph");
+    assert!(std::fs::read_to_string(svg.path()).unwrap().contains("<svg"));
+    assert_eq!(fake.job_count(), 1);
+
+    // Hyperparameters out of the base model's range: refused before any
+    // upload or call.
+    let mut args = base.to_vec();
+    args.extend(["--learning-rate", "5"]);
+    let before = fake.requests().len();
+    let out = example_env("bedrock_finetune", &args, &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("hyperparameters.learning_rate"), "{}", text(&out));
+    assert_eq!(fake.requests().len(), before);
+}

@@ -30,6 +30,7 @@
 //! OpenAI chat and legacy JSONL, Bedrock prompt/completion and conversation
 //! JSONL, and Parquet ([`convert`]).
 
+mod dupes;
 mod error;
 mod read;
 mod remote;

@@ -228,6 +228,14 @@ impl ProblemLog {
         }
     }
 
+    /// Counts `n` more problems of `kind` without listing them.
+    pub(crate) fn count_unlisted(&mut self, kind: ProblemKind, n: u64) {
+        if n > 0 {
+            *self.counts.entry(kind).or_default() += n;
+            self.truncated = true;
+        }
+    }
+
     pub(crate) fn has_errors(&self) -> bool {
         !self.errors.is_empty()
     }

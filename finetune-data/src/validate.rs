@@ -1,6 +1,5 @@
 //! Validation and statistics in one streaming pass.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use arrow_array::cast::AsArray;
@@ -30,9 +29,10 @@ pub struct ValidationOptions {
     pub max_listed: usize,
     /// Scan every value for likely personal or secret data (warnings).
     pub scan_sensitive: bool,
-    /// Warn about repeated examples. This keeps an index of every distinct
-    /// example (about 40 bytes each); without it, memory stays flat however
-    /// large the dataset.
+    /// Warn about repeated examples. Every row's hash (24 bytes) is kept in
+    /// a fixed buffer that spills sorted runs to a temporary file, so memory
+    /// stays flat however large the dataset; the duplicates are reported when
+    /// reading is done.
     pub detect_duplicates: bool,
 }
 
@@ -233,18 +233,37 @@ pub struct Validator {
     prompt: LengthHistogram,
     completion: LengthHistogram,
     system: LengthHistogram,
-    /// Example hash → the record number it first appeared at.
-    seen: HashMap<u64, u64, PrehashedKeys>,
+    /// Every row's example hash, for duplicates (bounded memory: sorted
+    /// runs spill to disk).
+    dupes: Option<crate::dupes::DuplicateFinder>,
     fatal: bool,
     /// The training set's examples, when validating a validation set.
     training: Option<ExampleIndex>,
     tokens: Option<(Box<dyn TokenCounter>, [LengthHistogram; 4])>,
 }
 
-/// The examples of a dataset by content hash, to find validation rows that
-/// are also training rows.
+/// The examples of a dataset by content hash (with the record each first
+/// appeared at), to find validation rows that are also training rows:
+/// sorted, 16 bytes an example.
 #[derive(Debug, Clone, Default)]
-pub struct ExampleIndex(HashMap<u64, u64, PrehashedKeys>);
+pub struct ExampleIndex(Vec<(u64, u64)>);
+
+impl ExampleIndex {
+    /// The record an example with this hash first appeared at.
+    fn get(&self, hash: u64) -> Option<u64> {
+        self.0.binary_search_by_key(&hash, |(h, _)| *h).ok().map(|i| self.0[i].1)
+    }
+
+    /// How many distinct examples it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The keys of the example index are XXH3 hashes already: hashing them again
 /// (SipHash, the map's default) was a quarter of validation time.
@@ -308,6 +327,9 @@ impl Validator {
     /// A validator for `file`.
     pub fn new(file: impl Into<String>, options: ValidationOptions) -> Self {
         let log = ProblemLog::new(options.max_listed);
+        let dupes = options
+            .detect_duplicates
+            .then(|| crate::dupes::DuplicateFinder::new(crate::dupes::DEFAULT_BUFFER_ENTRIES));
         Self {
             file: file.into(),
             options,
@@ -317,7 +339,7 @@ impl Validator {
             prompt: LengthHistogram::default(),
             completion: LengthHistogram::default(),
             system: LengthHistogram::default(),
-            seen: HashMap::default(),
+            dupes,
             fatal: false,
             training: None,
             tokens: None,
@@ -330,16 +352,67 @@ impl Validator {
         self
     }
 
+    /// Keeps at most `entries` row hashes in memory before spilling a sorted
+    /// run to disk (tests use tiny buffers to cross the spill boundary).
+    #[doc(hidden)]
+    pub fn with_duplicate_buffer(mut self, entries: usize) -> Self {
+        if self.dupes.is_some() {
+            self.dupes = Some(crate::dupes::DuplicateFinder::new(entries));
+        }
+        self
+    }
+
     /// Counts tokens with `counter` for the statistics.
     pub fn with_token_counter(mut self, counter: Box<dyn TokenCounter>) -> Self {
         self.tokens = Some((counter, Default::default()));
         self
     }
 
-    /// Takes the examples seen so far (to check a validation set against),
-    /// leaving this validator without them; call it once reading is done.
+    /// Takes the examples seen (to check a validation set against); call it
+    /// once reading is done. Duplicates are reported at this point (or by
+    /// `finish`), after the problems found while reading.
     pub fn take_index(&mut self) -> ExampleIndex {
-        ExampleIndex(std::mem::take(&mut self.seen))
+        self.resolve_duplicates(true)
+    }
+
+    /// Merges the hashes of every row: reports each row that repeats an
+    /// earlier one (listing those with the lowest record numbers) and, when
+    /// asked, builds the index of distinct examples.
+    fn resolve_duplicates(&mut self, want_index: bool) -> ExampleIndex {
+        let Some(finder) = self.dupes.take() else { return ExampleIndex::default() };
+        let mut index = Vec::new();
+        let cap = self.options.max_listed;
+        // The `cap` duplicates with the lowest record numbers: a max-heap.
+        let mut listed: std::collections::BinaryHeap<(u64, u64, u64)> =
+            std::collections::BinaryHeap::with_capacity(cap + 1);
+        let mut total = 0u64;
+        let mut current: Option<(u64, u64)> = None;
+        for e in finder.into_sorted() {
+            match current {
+                Some((hash, first)) if hash == e.hash => {
+                    total += 1;
+                    listed.push((e.row, e.line, first));
+                    if listed.len() > cap {
+                        listed.pop();
+                    }
+                }
+                _ => {
+                    current = Some((e.hash, e.row));
+                    if want_index {
+                        index.push((e.hash, e.row));
+                    }
+                }
+            }
+        }
+        let listed = listed.into_sorted_vec();
+        let unlisted = total - listed.len() as u64;
+        for (row, line, first) in listed {
+            let line = (line != u64::MAX).then_some(line);
+            let message = format!("the same example as row {first}");
+            self.problem(ProblemKind::Duplicate, Severity::Warning, row, line, None, message);
+        }
+        self.log.count_unlisted(ProblemKind::Duplicate, unlisted);
+        ExampleIndex(index)
     }
 
     fn problem(
@@ -467,8 +540,7 @@ impl Validator {
                 }
             }
             let hash = example_hash(0, prompt, completion, system);
-            if let Some(training_row) = self.training.as_ref().and_then(|t| t.0.get(&hash)).copied()
-            {
+            if let Some(training_row) = self.training.as_ref().and_then(|t| t.get(hash)) {
                 self.problem(
                     ProblemKind::ValidationOverlap,
                     Severity::Warning,
@@ -478,19 +550,8 @@ impl Validator {
                     format!("the same example is training row {training_row}"),
                 );
             }
-            if !self.options.detect_duplicates {
-                continue;
-            }
-            let first = *self.seen.entry(hash).or_insert(row);
-            if first != row {
-                self.problem(
-                    ProblemKind::Duplicate,
-                    Severity::Warning,
-                    row,
-                    line,
-                    None,
-                    format!("the same example as row {first}"),
-                );
+            if let Some(dupes) = &mut self.dupes {
+                dupes.push(crate::dupes::Entry { hash, row, line: line.unwrap_or(u64::MAX) });
             }
         }
     }
@@ -503,6 +564,7 @@ impl Validator {
 
     /// The report and the statistics.
     pub fn finish(mut self) -> (ValidationReport, Statistics) {
+        self.resolve_duplicates(false);
         let rows = self.prompt.count;
         // A file that could not be read says so already; "too few rows" on
         // top of it would only be noise.
@@ -607,6 +669,40 @@ mod tests {
         let tokens = stats.tokens.unwrap();
         assert_eq!(tokens.per_row.total, 11 + 2);
         assert_eq!(tokens.billed_tokens(3), 39);
+    }
+
+    #[test]
+    fn duplicates_across_spilled_runs_match_the_in_memory_answer() {
+        // 300 rows over 37 distinct examples, so most rows repeat one.
+        let text: String = (0..300)
+            .map(|i| format!("{{\"prompt\":\"p{}\",\"completion\":\"c\"}}\n", (i * 7) % 37))
+            .collect();
+        let run = |buffer: usize, max_listed: usize| {
+            let options = ValidationOptions { max_listed, ..ValidationOptions::default() };
+            let reader = crate::JsonlReader::new(text.as_bytes(), "t.jsonl", Default::default());
+            let mut v = Validator::new("t.jsonl", options).with_duplicate_buffer(buffer);
+            for b in reader {
+                v.add(&b.unwrap());
+            }
+            let index = v.take_index();
+            (v.finish().0, index)
+        };
+        let (big, index) = run(1 << 20, 1000);
+        let (small, small_index) = run(5, 1000);
+        assert_eq!(big, small);
+        assert_eq!(index.len(), 37);
+        assert_eq!(small_index.len(), 37);
+        assert_eq!(big.counts[&ProblemKind::Duplicate], 300 - 37);
+        // Each duplicate names the first row of its example, and the line.
+        let first = big.problems(ProblemKind::Duplicate).next().unwrap();
+        assert_eq!((first.row, first.line), (Some(38), Some(38)));
+        assert!(first.message.ends_with("row 1"), "{}", first.message);
+        // With a cap, the lowest rows are listed and all are counted.
+        let (capped, _) = run(5, 3);
+        let rows: Vec<_> = capped.problems(ProblemKind::Duplicate).map(|p| p.row).collect();
+        assert_eq!(rows, [Some(38), Some(39), Some(40)]);
+        assert_eq!(capped.counts[&ProblemKind::Duplicate], 263);
+        assert!(capped.truncated);
     }
 
     #[test]

@@ -38,6 +38,8 @@
 
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "bedrock")]
+pub mod bedrock;
 mod deployer;
 mod lifecycle;
 mod plan;
@@ -47,6 +49,8 @@ pub mod testing;
 
 #[cfg(feature = "azure")]
 pub use azure::{ArmCredential, AzureDeployer, AzureDeployerConfig};
+#[cfg(feature = "bedrock")]
+pub use bedrock::BedrockDeployer;
 pub use deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG, MODEL_TAG};
 pub use finetune_core::{FineTunedModel, ModelArtifacts};
 pub use lifecycle::{

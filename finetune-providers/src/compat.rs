@@ -5,8 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Read;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,10 +14,9 @@ use finetune_core::{
     LearningRateKind, ListJobs, Location, LossCurve, LossPoint, ModelArtifacts, Page, Progress,
     Result, Setting,
 };
-use finetune_data::{ConvertOptions, ObjectStores, OutputFormat, ValidationOptions};
+use finetune_data::{ObjectStores, OutputFormat};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::http::{Api, Failure};
 
@@ -78,39 +75,7 @@ pub struct UploadedFile {
     pub reused: bool,
 }
 
-/// One message of a chat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-impl ChatMessage {
-    /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
-        Self { role: "system".into(), content: content.into() }
-    }
-
-    /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
-        Self { role: "user".into(), content: content.into() }
-    }
-}
-
-/// A chat completion's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletion {
-    /// The completion's id.
-    pub id: String,
-    /// The model that answered.
-    pub model: String,
-    /// The answer's text (empty when the model returned none).
-    pub content: String,
-    /// Why it stopped (`stop`, `length`, …).
-    pub finish_reason: Option<String>,
-}
+pub(crate) use crate::chat::{ChatCompletion, ChatMessage};
 
 /// Which of the two APIs an engine speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -539,39 +504,17 @@ impl Engine {
         source: &finetune_core::DatasetSource,
         role: &str,
     ) -> Result<UploadedFile> {
-        let dataset = finetune_data::localize(source, &self.stores).await?;
-        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-        let out = dir.path().join(format!("{role}.jsonl"));
         let min_rows = if role == "training" { MIN_TRAINING_ROWS } else { 1 };
-        let options = ConvertOptions {
-            validation: ValidationOptions { min_rows, ..ValidationOptions::default() },
-            ..ConvertOptions::default()
-        };
-        let out_path = out.clone();
-        let (report, rows) = tokio::task::spawn_blocking(move || {
-            finetune_data::convert(&dataset, &out_path, OutputFormat::OpenAiChat, &options)
-        })
-        .await
-        .map_err(|e| Error::other("converting the dataset", e))??;
-        if !report.valid {
-            let first = report.errors.first();
-            let location = first.map(|p| Location {
-                file: p.file.clone(),
-                row: p.row,
-                line: p.line,
-                column: p.column.clone(),
-            });
-            let count: u64 = report.counts.values().sum();
-            let message = match first {
-                Some(p) => {
-                    format!("the {role} dataset has {count} problem(s); the first: {}", p.message)
-                }
-                None => format!("the {role} dataset is not valid"),
-            };
-            return Err(Error::InvalidInput { message, location });
-        }
-        tracing::debug!(role, rows, "dataset converted to chat JSONL");
-        let (sha256, bytes) = hash_file(&out)?;
+        let prepared = crate::prepare::convert_for_upload(
+            &self.stores,
+            source,
+            role,
+            OutputFormat::OpenAiChat,
+            min_rows,
+        )
+        .await?;
+        let (sha256, bytes, out) = (prepared.sha256.clone(), prepared.bytes, &prepared.path);
+        tracing::debug!(role, rows = prepared.rows, bytes, "dataset converted to chat JSONL");
         let file_name = format!("finetune-{}.jsonl", &sha256[..32]);
         if let Some(found) = self.uploaded.lock().await.get(&sha256) {
             return Ok(UploadedFile { reused: true, ..found.clone() });
@@ -583,7 +526,7 @@ impl Engine {
         }
         let wire: WireFile = self
             .api
-            .upload("/files", &out, &file_name, &[("purpose", "fine-tune".to_owned())])
+            .upload("/files", out, &file_name, &[("purpose", "fine-tune".to_owned())])
             .await?;
         self.uploads.fetch_add(1, Ordering::Relaxed);
         let id = checked_id("file id", &wire.id)?.to_owned();
@@ -1123,23 +1066,6 @@ impl Engine {
 }
 
 /// SHA-256 and size of a file, read in 64 KiB pieces.
-fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    let digest = hasher.finalize();
-    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //! |----------|----------|
 //! | `openai` | [`OpenAiProvider`]: files, jobs, events, checkpoints, pause/resume, chat |
 //! | `azure`  | [`AzureOpenAiProvider`]: the same on Azure OpenAI, api-key or Entra ID |
-//! | `bedrock`| AWS Bedrock model customization, data on S3 (being built) |
+//! | `bedrock`| [`BedrockProvider`]: model customization jobs, data and metrics on S3, Converse |
 //!
 //! OpenAI and Azure OpenAI share one HTTP layer ([`HttpSettings`],
 //! [`RetryPolicy`]): per-request timeouts; retries with exponential backoff
@@ -100,13 +100,19 @@ macro_rules! compat_provider {
     };
 }
 
+#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
+mod chat;
 #[cfg(any(feature = "openai", feature = "azure"))]
 mod compat;
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub mod http;
+#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
+mod prepare;
 
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "bedrock")]
+pub mod bedrock;
 #[cfg(feature = "openai")]
 pub mod openai;
 #[cfg(feature = "testing")]
@@ -114,10 +120,14 @@ pub mod testing;
 
 #[cfg(feature = "azure")]
 pub use azure::{AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider};
+#[cfg(feature = "bedrock")]
+pub use bedrock::{BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockProvider};
+#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
+pub use chat::{ChatCompletion, ChatMessage};
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub use compat::{
-    ChatCompletion, ChatMessage, Checkpoint, JobEvent, MIN_TRAINING_ROWS, REQUEST_ID_KEY,
-    UploadedFile, curve_from_events, curve_from_result_csv,
+    Checkpoint, JobEvent, MIN_TRAINING_ROWS, REQUEST_ID_KEY, UploadedFile, curve_from_events,
+    curve_from_result_csv,
 };
 pub use finetune_core::FineTuneProvider;
 #[cfg(any(feature = "openai", feature = "azure"))]

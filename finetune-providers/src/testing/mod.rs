@@ -5,12 +5,20 @@
 //! Applications can test their own flows against [`FakeOpenAi`] without a
 //! network or an account.
 
+#[cfg(feature = "bedrock")]
+mod bedrock;
 mod fake;
+#[cfg(feature = "bedrock")]
+mod moto;
 mod prism;
 mod proxy;
 
 /// HTTP methods, for [`Fault`].
 pub use axum::http::Method;
+#[cfg(feature = "bedrock")]
+pub use bedrock::{BedrockFault, FakeBedrock};
 pub use fake::{FakeFlavor, FakeOpenAi, Fault};
+#[cfg(feature = "bedrock")]
+pub use moto::Moto;
 pub use prism::Prism;
 pub use proxy::CutProxy;

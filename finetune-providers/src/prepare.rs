@@ -1,0 +1,89 @@
+//! Turning a user's dataset into the file a provider takes: validated,
+//! converted, hashed. Shared by every remote provider.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use finetune_core::{DatasetSource, Error, Location, Result};
+use finetune_data::{ConvertOptions, ObjectStores, OutputFormat, ValidationOptions};
+use sha2::Digest;
+
+/// A converted dataset in a temporary directory (removed on drop).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    _dir: tempfile::TempDir,
+    /// The converted file.
+    pub(crate) path: PathBuf,
+    /// Its SHA-256, hex.
+    pub(crate) sha256: String,
+    /// Its size.
+    pub(crate) bytes: u64,
+    /// Rows written.
+    pub(crate) rows: u64,
+}
+
+/// Reads `source` (local or an object-store URL), validates it and writes it
+/// in `format`. An invalid dataset is an [`Error::InvalidInput`] naming its
+/// first problem's file, row, line and column, and the count of all.
+pub(crate) async fn convert_for_upload(
+    stores: &ObjectStores,
+    source: &DatasetSource,
+    role: &str,
+    format: OutputFormat,
+    min_rows: u64,
+) -> Result<Prepared> {
+    let dataset = finetune_data::localize(source, stores).await?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let path = dir.path().join(format!("{role}.jsonl"));
+    let options = ConvertOptions {
+        validation: ValidationOptions { min_rows, ..ValidationOptions::default() },
+        ..ConvertOptions::default()
+    };
+    let out = path.clone();
+    let (report, rows) = tokio::task::spawn_blocking(move || {
+        finetune_data::convert(&dataset, &out, format, &options)
+    })
+    .await
+    .map_err(|e| Error::other("converting the dataset", e))??;
+    if !report.valid {
+        let first = report.errors.first();
+        let location = first.map(|p| Location {
+            file: p.file.clone(),
+            row: p.row,
+            line: p.line,
+            column: p.column.clone(),
+        });
+        let count: u64 = report.counts.values().sum();
+        let message = match first {
+            Some(p) => {
+                format!("the {role} dataset has {count} problem(s); the first: {}", p.message)
+            }
+            None => format!("the {role} dataset is not valid"),
+        };
+        return Err(Error::InvalidInput { message, location });
+    }
+    let hashed = path.clone();
+    let (sha256, bytes) = tokio::task::spawn_blocking(move || hash_file(&hashed))
+        .await
+        .map_err(|e| Error::other("hashing the dataset", e))??;
+    tracing::debug!(role, rows, bytes, "dataset converted");
+    Ok(Prepared { _dir: dir, path, sha256, bytes, rows })
+}
+
+/// SHA-256 (hex) and size of a file, read in 64 KiB pieces.
+pub(crate) fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    let digest = hasher.finalize();
+    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), total))
+}
