@@ -34,13 +34,16 @@ use finetune_examples::args::{Args, usage_error};
 const USAGE: &str = "usage: deploy_lifecycle [--plan] [--registry DIR] [--price SKU=PER_UNIT_HOUR]
                         [--model-v1 ID --model-v2 ID] [--attach DEPLOYMENT]
                         [--platform fake|azure|bedrock] [--sku SKU] [--capacity N]
+                        [--poll-interval SECS]
 
   --plan       print the dry run (creations, deletions, estimated cost) before each billed step
   --registry   keep the registry in DIR (default: in memory)
   --price      a price per capacity unit and hour (default: Standard=1.00, an example figure)
-  --platform   where to deploy (default: azure when its variables are set, else the fake)
+  --platform   where to deploy (default: $FINETUNE_DEPLOY_PLATFORM, else azure when its
+               variables are set, else the fake)
   --sku        the deployment sku (Azure: Standard; Bedrock: on-demand, provisioned, ...)
-  --capacity   capacity units (Azure) or model units (Bedrock provisioned throughput)";
+  --capacity   capacity units (Azure) or model units (Bedrock provisioned throughput)
+  --poll-interval SECS  how often provisioning is checked on a real platform (default 10)";
 
 fn fine_tuned(id: &str) -> NewVersion {
     NewVersion::of(FineTunedModel {
@@ -64,27 +67,37 @@ fn fail(e: impl std::fmt::Display) -> ! {
 fn main() {
     let args = Args::parse(
         USAGE,
-        &["registry", "price", "model-v1", "model-v2", "attach", "platform", "sku", "capacity"],
+        &[
+            "registry",
+            "price",
+            "model-v1",
+            "model-v2",
+            "attach",
+            "platform",
+            "sku",
+            "capacity",
+            "poll-interval",
+        ],
         &["plan"],
     );
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let platform_var = var("FINETUNE_DEPLOY_PLATFORM");
+    let platform = args.value("platform").or(platform_var.as_deref());
     let azure = match (
         var("AZURE_SUBSCRIPTION_ID"),
         var("AZURE_RESOURCE_GROUP"),
         var("AZURE_OPENAI_ACCOUNT"),
     ) {
-        (Some(sub), Some(rg), Some(account))
-            if matches!(args.value("platform"), None | Some("azure")) =>
-        {
+        (Some(sub), Some(rg), Some(account)) if matches!(platform, None | Some("azure")) => {
             Some((sub, rg, account))
         }
-        _ if args.value("platform") == Some("azure") => usage_error(
+        _ if platform == Some("azure") => usage_error(
             USAGE,
             "Azure needs AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZURE_OPENAI_ACCOUNT",
         ),
         _ => None,
     };
-    let bedrock = match args.value("platform") {
+    let bedrock = match platform {
         Some("bedrock") => true,
         None | Some("azure" | "fake") => false,
         Some(other) => usage_error(USAGE, &format!("unknown platform `{other}`")),
@@ -156,7 +169,7 @@ fn main() {
             }
             None => {
                 println!(
-                    "platform: a local fake (set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZURE_OPENAI_ACCOUNT for Azure)"
+                    "platform: a local fake (set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZURE_OPENAI_ACCOUNT for Azure, or give --platform bedrock)"
                 );
                 fake.add_unmanaged("team-gpt-4o-mini", "gpt-4o-mini-2024-07-18.ft-team");
                 (
@@ -183,7 +196,13 @@ fn main() {
         None => prices = prices.with("Standard", 1.0),
     }
     let wait = if args.value("model-v1").is_some() {
-        WaitPolicy::default()
+        match args.parsed::<f64>(USAGE, "poll-interval") {
+            Some(secs) if secs > 0.0 => {
+                WaitPolicy { interval: Duration::from_secs_f64(secs), ..WaitPolicy::default() }
+            }
+            Some(_) => usage_error(USAGE, "--poll-interval must be positive"),
+            None => WaitPolicy::default(),
+        }
     } else {
         WaitPolicy { interval: Duration::from_millis(50), ..WaitPolicy::immediate() }
     };

@@ -481,3 +481,90 @@ fn bedrock_example_runs_end_to_end_against_moto_and_the_fake() {
     assert!(text(&out).contains("hyperparameters.learning_rate"), "{}", text(&out));
     assert_eq!(fake.requests().len(), before);
 }
+
+#[test]
+fn deploy_lifecycle_runs_on_bedrock_with_the_usual_environment() {
+    use finetune_core::{DatasetSource, FineTuneProvider, JobSpec, JobState, PollPolicy};
+    use finetune_providers::testing::{FakeBedrock, Moto};
+    use finetune_providers::{BedrockConfig, BedrockProvider};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample();
+    // Two custom models trained in the fake first.
+    let (fake, models) = runtime.block_on(async {
+        moto.create_bucket("example-deploy").await;
+        let fake = FakeBedrock::start(moto.store("example-deploy"), "example-deploy").await;
+        let config =
+            BedrockConfig::new("arn:aws:iam::123456789012:role/ft", "s3://example-deploy/ft")
+                .unwrap()
+                .with_sdk_config(Moto::sdk_config())
+                .with_endpoint_url(fake.url())
+                .with_s3_endpoint_url(moto.endpoint());
+        let provider = BedrockProvider::new(config).await.unwrap();
+        let mut models = Vec::new();
+        for _ in 0..2 {
+            let spec = JobSpec::new(
+                "amazon.titan-text-lite-v1:0:4k",
+                DatasetSource::new(&sample).unwrap(),
+            );
+            let job = provider.submit(&spec).await.unwrap();
+            let poll = PollPolicy::fixed(
+                std::time::Duration::from_millis(2),
+                std::time::Duration::from_secs(30),
+            );
+            match finetune_core::wait_for_job(&provider, &job.id, &poll, |_| {})
+                .await
+                .unwrap()
+                .state
+            {
+                JobState::Succeeded { model } => models.push(model.model_id),
+                other => panic!("{other:?}"),
+            }
+        }
+        (fake, models)
+    });
+    let theirs = fake.preexisting_deployment("team-own", &models[0]);
+    let missing = dir.path().join("no-such-aws-file");
+    let missing = missing.to_str().unwrap();
+    let out = example_env(
+        "deploy_lifecycle",
+        &[
+            "--model-v1",
+            &models[0],
+            "--model-v2",
+            &models[1],
+            "--attach",
+            &theirs,
+            "--poll-interval",
+            "0.01",
+            "--plan",
+        ],
+        &[
+            ("FINETUNE_DEPLOY_PLATFORM", "bedrock"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", missing),
+            ("AWS_SHARED_CREDENTIALS_FILE", missing),
+            ("AWS_ENDPOINT_URL_BEDROCK", &fake.url()),
+        ],
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    println!("{shown}");
+    assert!(
+        shown.contains(
+            "now served by arn:aws:bedrock:us-east-1:123456789012:custom-model-deployment/"
+        ),
+        "{shown}"
+    );
+    // Version 1's deployment went when version 2 was served, and version
+    // 2's when the user's own was attached to it: only theirs is left.
+    assert!(shown.contains(&format!("served by {theirs}")), "{shown}");
+    assert!(shown.contains("deployments created by this library still running: 0"), "{shown}");
+    let live = fake.deployments();
+    assert_eq!(live, vec![(theirs.clone(), "Active".to_owned())]);
+    assert_eq!(fake.deleted_deployments(), 2);
+}

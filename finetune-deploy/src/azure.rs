@@ -102,6 +102,7 @@ impl AzureDeployerConfig {
 pub struct AzureDeployer {
     api: Api,
     root: String,
+    endpoint: url::Url,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +180,35 @@ impl AzureDeployer {
             auth,
             config.http,
         )?;
-        Ok(Self { api, root })
+        let endpoint = url::Url::parse(&config.endpoint).map_err(|e| {
+            Error::invalid_at(Location::column("endpoint"), format!("`{}`: {e}", config.endpoint))
+        })?;
+        Ok(Self { api, root, endpoint })
+    }
+
+    /// The path and query (without `api-version`, which every request
+    /// carries) of ARM's `nextLink`, refused unless it points at the same
+    /// endpoint: the token is never sent anywhere else.
+    fn next_page(&self, link: &str) -> Result<(String, Vec<(String, String)>)> {
+        let next = url::Url::parse(link).map_err(|e| {
+            Error::other(format!("ARM answered an unreadable nextLink `{link}`"), e)
+        })?;
+        if next.origin() != self.endpoint.origin() {
+            return Err(Error::Provider {
+                status: None,
+                code: Some("foreign_next_link".into()),
+                message: format!("ARM's nextLink `{link}` leaves {}; not followed", self.endpoint),
+                param: None,
+            });
+        }
+        let base = self.endpoint.path().trim_end_matches('/');
+        let path = next.path().strip_prefix(base).unwrap_or(next.path()).to_owned();
+        let query = next
+            .query_pairs()
+            .filter(|(k, _)| k != "api-version")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok((path, query))
     }
 
     /// Retries made since this deployer was built.
@@ -279,17 +308,36 @@ impl Deployer for AzureDeployer {
 
     async fn list_managed(&self) -> Result<Vec<Deployment>> {
         let mut all = Vec::new();
-        let list: ArmList = self.api.send_json(Method::GET, &self.root, &[], None).await?;
-        if list.next_link.is_some() {
-            tracing::warn!(
-                "ARM listed more deployments than one page; only the first page is read"
-            );
-        }
-        for d in list.value {
-            let d = Deployment::from(d);
-            if d.tags.get(MANAGED_TAG).map(String::as_str) == Some("true") {
-                all.push(d);
+        let mut list: ArmList = self.api.send_json(Method::GET, &self.root, &[], None).await?;
+        // ARM pages long listings. A link seen before would loop forever.
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            for d in std::mem::take(&mut list.value) {
+                let d = Deployment::from(d);
+                if d.tags.get(MANAGED_TAG).map(String::as_str) == Some("true") {
+                    all.push(d);
+                }
             }
+            let Some(link) = list.next_link.take() else { break };
+            if url::Url::parse(&link).is_err() {
+                tracing::warn!(
+                    link,
+                    "ARM answered a nextLink that is not a URL; listing stops here"
+                );
+                break;
+            }
+            if !seen.insert(link.clone()) {
+                return Err(Error::Provider {
+                    status: None,
+                    code: Some("looping_next_link".into()),
+                    message: format!("ARM answered the nextLink `{link}` twice"),
+                    param: None,
+                });
+            }
+            let (path, query) = self.next_page(&link)?;
+            let query: Vec<(&str, String)> =
+                query.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            list = self.api.send_json(Method::GET, &path, &query, None).await?;
         }
         Ok(all)
     }

@@ -90,6 +90,11 @@ struct Arm {
     deployments: BTreeMap<String, (Value, u32)>,
     throttles: VecDeque<()>,
     requests: u64,
+    lists: u64,
+    /// Deployments per listing page (ARM pages with nextLink).
+    page: usize,
+    /// A nextLink to another host, to check it is not followed.
+    foreign_next: bool,
 }
 
 async fn arm(State(fake): State<FakeArm>, request: Request) -> Response {
@@ -131,8 +136,25 @@ async fn arm(State(fake): State<FakeArm>, request: Request) -> Response {
     let name = rest.trim_start_matches('/').to_owned();
     match (parts.method, name.is_empty()) {
         (Method::GET, true) => {
-            let value: Vec<Value> = s.deployments.values().map(|(v, _)| v.clone()).collect();
-            axum::Json(json!({"value": value})).into_response()
+            s.lists += 1;
+            let page = if s.page == 0 { usize::MAX } else { s.page };
+            let skip: usize = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "$skipToken")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let all: Vec<Value> = s.deployments.values().map(|(v, _)| v.clone()).collect();
+            let value: Vec<Value> = all.iter().skip(skip).take(page).cloned().collect();
+            let mut body = json!({"value": value});
+            if skip.saturating_add(page) < all.len() {
+                let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+                let host = if s.foreign_next { "evil.example.com" } else { host };
+                body["nextLink"] = format!(
+                    "http://{host}{prefix}?api-version=2024-10-01&$skipToken={}",
+                    skip + page
+                )
+                .into();
+            }
+            axum::Json(body).into_response()
         }
         (Method::PUT, false) => {
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -238,4 +260,25 @@ async fn the_lifecycle_through_arm_with_slow_provisioning_failures_and_throttlin
     assert_eq!(bad.retries(), 0);
     assert!(d.get("nope").await.unwrap().is_none());
     d.delete("nope").await.unwrap();
+}
+
+#[tokio::test]
+async fn listings_follow_next_link_on_the_same_host_only() {
+    let (fake, url) = start_fake().await;
+    fake.state.lock().unwrap().page = 2;
+    let d = deployer(&url, "arm-token", true);
+    for i in 0..5 {
+        d.create(&spec(&format!("ft-page-{i}"), "gpt-4o-mini-2024-07-18.ft-p")).await.unwrap();
+    }
+    let mut unmanaged = spec("theirs", "gpt-4o-mini-2024-07-18.ft-p");
+    unmanaged.tags.clear();
+    d.create(&unmanaged).await.unwrap();
+    let before = fake.state.lock().unwrap().lists;
+    let listed = d.list_managed().await.unwrap();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert_eq!(fake.state.lock().unwrap().lists - before, 3, "three pages of two");
+    // A nextLink to another host is refused rather than sent our token.
+    fake.state.lock().unwrap().foreign_next = true;
+    let err = d.list_managed().await.unwrap_err();
+    assert!(err.to_string().contains("not followed"), "{err}");
 }

@@ -121,7 +121,7 @@ pub mod testing;
 #[cfg(feature = "azure")]
 pub use azure::{AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider};
 #[cfg(feature = "bedrock")]
-pub use bedrock::{BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockProvider};
+pub use bedrock::{BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockProvider, CustomModel};
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 pub use chat::{ChatCompletion, ChatMessage};
 #[cfg(any(feature = "openai", feature = "azure"))]

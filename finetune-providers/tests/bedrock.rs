@@ -143,6 +143,10 @@ async fn a_job_completes_with_its_loss_curve_from_the_metrics_csvs() {
     let JobState::Succeeded { model } = done.state else { panic!("{:?}", done.state) };
     assert!(model.requires_deployment);
     assert!(model.model_id.contains(":custom-model/"), "{}", model.model_id);
+    assert_eq!(model.metadata.get("custom_model_status").map(String::as_str), Some("Active"));
+    let details = provider.custom_model(&model.model_id).await.unwrap();
+    assert_eq!(details.base_model, TITAN);
+    assert_eq!(details.hyperparameters.get("epochCount").map(String::as_str), Some("2"));
     // 12 rows × 2 epochs / batch 4 = 6 steps, each in the CSV; two epochs
     // of validation loss.
     let curve = &model.loss_curve;

@@ -678,9 +678,26 @@ impl BedrockProvider {
         let id = JobId::new(out.job_arn());
         let mut state = Self::state_of(out.status(), out.status_details(), out.failure_message());
         if matches!(out.status(), Some(ModelCustomizationJobStatus::Completed)) {
-            let curve = self.curve_of(&out).await?;
+            // The job is done whatever S3 says: a curve that cannot be read
+            // now falls back to the job's final figures (`metrics` reports
+            // the error).
+            let curve = match self.curve_of(&out).await {
+                Ok(curve) => curve,
+                Err(e) => {
+                    tracing::warn!(job = out.job_arn(), error = %e, "the metrics CSVs could not be read");
+                    final_figures(&out)
+                }
+            };
             let model_arn = out.output_model_arn().unwrap_or_default().to_owned();
             let mut metadata = BTreeMap::new();
+            match self.custom_model(&model_arn).await {
+                Ok(details) => {
+                    if let Some(status) = details.status {
+                        metadata.insert("custom_model_status".to_owned(), status);
+                    }
+                }
+                Err(e) => tracing::warn!(model = model_arn, error = %e, "custom model details"),
+            }
             metadata.insert("custom_model_name".to_owned(), out.output_model_name().to_owned());
             metadata.insert("job_name".to_owned(), out.job_name().to_owned());
             if let Some(o) = out.output_data_config() {
@@ -749,15 +766,33 @@ impl BedrockProvider {
                 )?;
             }
         }
-        if curve.is_empty()
-            && let Some(loss) = out.training_metrics().and_then(|m| m.training_loss())
-        {
-            let mut point = LossPoint::train(0, f64::from(loss));
-            point.validation_loss =
-                out.validation_metrics().first().and_then(|v| v.validation_loss()).map(f64::from);
-            curve.upsert(point);
+        if curve.is_empty() {
+            curve = final_figures(out);
         }
         Ok(curve)
+    }
+
+    /// The custom model a completed job made (`GetCustomModel`).
+    pub async fn custom_model(&self, model: &str) -> Result<CustomModel> {
+        let out = self
+            .control
+            .get_custom_model()
+            .model_identifier(model)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("custom model {model}"), e))?;
+        Ok(CustomModel {
+            arn: out.model_arn().to_owned(),
+            name: out.model_name().to_owned(),
+            base_model: models::model_id_of(out.base_model_arn().unwrap_or_default()).to_owned(),
+            job_arn: out.job_arn().map(str::to_owned),
+            status: out.model_status().map(|s| s.as_str().to_owned()),
+            created_at: time(out.creation_time()),
+            hyperparameters: out
+                .hyper_parameters()
+                .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        })
     }
 
     /// Asks the model (a deployment ARN, a provisioned throughput ARN or a
@@ -822,6 +857,39 @@ impl BedrockProvider {
             finish_reason: Some(out.stop_reason().as_str().to_owned()),
         })
     }
+}
+
+/// The single point Bedrock reports in the job itself.
+fn final_figures(
+    out: &aws_sdk_bedrock::operation::get_model_customization_job::GetModelCustomizationJobOutput,
+) -> LossCurve {
+    let mut curve = LossCurve::new();
+    if let Some(loss) = out.training_metrics().and_then(|m| m.training_loss()) {
+        let mut point = LossPoint::train(0, f64::from(loss));
+        point.validation_loss =
+            out.validation_metrics().first().and_then(|v| v.validation_loss()).map(f64::from);
+        curve.upsert(point);
+    }
+    curve
+}
+
+/// A custom model's details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomModel {
+    /// Its ARN, the id to deploy.
+    pub arn: String,
+    /// Its name.
+    pub name: String,
+    /// The base model id.
+    pub base_model: String,
+    /// The job that made it.
+    pub job_arn: Option<String>,
+    /// `Active`, `Creating` or `Failed`, when Bedrock says.
+    pub status: Option<String>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// The hyperparameters it was trained with.
+    pub hyperparameters: BTreeMap<String, String>,
 }
 
 fn runtime_error<E, R>(what: &str, err: aws_sdk_bedrockruntime::error::SdkError<E, R>) -> Error
@@ -1032,5 +1100,69 @@ impl FineTuneProvider for BedrockProvider {
             })
             .collect();
         Ok(Page { items, next: out.next_token().map(str::to_owned) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_csvs_merge_into_one_curve() {
+        let mut curve = LossCurve::new();
+        let train = b"step_number,epoch_number,training_loss,perplexity\n0,0,2.5,12.1\n1,0,2.0,7.4\n2,1,1.5,4.5\n";
+        let valid = b"step_number, epoch_number, validation_loss, perplexity\n2, 1, 1.8, 6.0\n";
+        merge_metrics_csv(&mut curve, "t.csv", train, false).expect("training");
+        merge_metrics_csv(&mut curve, "v.csv", valid, true).expect("validation");
+        assert_eq!(curve.train_series(), vec![(0, 2.5), (1, 2.0), (2, 1.5)]);
+        assert_eq!(curve.validation_series(), vec![(2, 1.8)]);
+        assert_eq!(curve.points()[2].epoch, Some(1.0));
+    }
+
+    #[test]
+    fn a_malformed_metrics_csv_names_file_line_and_column() {
+        let mut curve = LossCurve::new();
+        let bad = b"step_number,epoch_number,training_loss\n0,0,2.5\n1,0,lots\n";
+        let err = merge_metrics_csv(&mut curve, "s3://b/m.csv", bad, false).expect_err("bad cell");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("s3://b/m.csv")
+                && shown.contains("line 3")
+                && shown.contains("training_loss"),
+            "{shown}"
+        );
+        let err = merge_metrics_csv(&mut curve, "x.csv", b"step,loss\n1,2\n", false)
+            .expect_err("columns");
+        assert!(err.to_string().contains("step_number"), "{err}");
+    }
+
+    #[test]
+    fn states_map_from_status_and_details() {
+        use aws_sdk_bedrock::types::{StatusDetails, ValidationDetails};
+        let validating = StatusDetails::builder()
+            .validation_details(
+                ValidationDetails::builder().status(JobStatusDetails::InProgress).build(),
+            )
+            .build();
+        assert_eq!(
+            BedrockProvider::state_of(
+                Some(&ModelCustomizationJobStatus::InProgress),
+                Some(&validating),
+                None
+            ),
+            JobState::Validating
+        );
+        assert!(matches!(
+            BedrockProvider::state_of(Some(&ModelCustomizationJobStatus::InProgress), None, None),
+            JobState::Running { .. }
+        ));
+        assert_eq!(
+            BedrockProvider::state_of(Some(&ModelCustomizationJobStatus::Stopping), None, None),
+            JobState::Cancelling
+        );
+        assert_eq!(
+            BedrockProvider::state_of(Some(&"Paused".into()), None, None),
+            JobState::Unknown { name: "Paused".into() }
+        );
     }
 }
