@@ -1108,6 +1108,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_connection_gives_the_config() {
+        let settings = ConnectionSettings::Bedrock {
+            region: Some("eu-central-1".into()),
+            role_arn: Some("arn:aws:iam::1:role/r".into()),
+            s3_prefix: Some("s3://bkt/pre".into()),
+            endpoint_url: Some("https://vpce.example".into()),
+        };
+        let config =
+            BedrockConfig::from_connection(&Connection::new("aws", settings)).expect("bedrock");
+        assert_eq!(config.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(config.role_arn.as_deref(), Some("arn:aws:iam::1:role/r"));
+        assert_eq!(config.s3_prefix.as_ref().map(|u| u.join("x")), Some("s3://bkt/pre/x".into()));
+        assert_eq!(config.endpoint_url.as_deref(), Some("https://vpce.example"));
+        let bad = ConnectionSettings::Bedrock {
+            region: None,
+            role_arn: None,
+            s3_prefix: Some("https://not-s3".into()),
+            endpoint_url: None,
+        };
+        assert!(BedrockConfig::from_connection(&Connection::new("aws", bad)).is_err());
+    }
+
+    #[test]
     fn metrics_csvs_merge_into_one_curve() {
         let mut curve = LossCurve::new();
         let train = b"step_number,epoch_number,training_loss,perplexity\n0,0,2.5,12.1\n1,0,2.0,7.4\n2,1,1.5,4.5\n";
