@@ -340,15 +340,7 @@ impl Deployer for BedrockDeployer {
         };
         match self.get(&arn).await? {
             Some(d) => Ok(d),
-            None => Ok(Deployment {
-                id: arn,
-                name: spec.name.clone(),
-                model_id: spec.model_id.clone(),
-                state: DeploymentState::Creating,
-                sku: spec.sku.clone(),
-                capacity: spec.capacity,
-                tags: spec.tags.clone(),
-            }),
+            None => Ok(Deployment::creating(arn, spec)),
         }
     }
 

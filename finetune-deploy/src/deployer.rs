@@ -87,6 +87,19 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The deployment `spec` describes, under `id`, while it is created.
+    pub fn creating(id: impl Into<String>, spec: &DeploymentSpec) -> Self {
+        Self {
+            id: id.into(),
+            name: spec.name.clone(),
+            model_id: spec.model_id.clone(),
+            state: DeploymentState::Creating,
+            sku: spec.sku.clone(),
+            capacity: spec.capacity,
+            tags: spec.tags.clone(),
+        }
+    }
+
     /// Whether this library created it (it carries [`MANAGED_TAG`]).
     pub fn is_managed(&self) -> bool {
         self.tags.get(MANAGED_TAG).map(String::as_str) == Some("true")

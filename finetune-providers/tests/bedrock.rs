@@ -7,6 +7,8 @@
 //! suite, and CreateModelCustomizationJob accepted by moto itself.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -20,6 +22,7 @@ use finetune_core::{
 use finetune_providers::testing::{BedrockFault, FakeBedrock, Method, Moto};
 use finetune_providers::{BedrockConfig, BedrockProvider, ChatMessage};
 use object_store::ObjectStoreExt;
+use support::write_dataset;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/bedrock-finetune";
 const TITAN: &str = "amazon.titan-text-lite-v1:0:4k";
@@ -68,20 +71,6 @@ impl Setup {
         }
         keys
     }
-}
-
-fn write_dataset(dir: &Path, name: &str, rows: usize) -> DatasetSource {
-    let path = dir.join(name);
-    let mut text = String::new();
-    for i in 0..rows {
-        let system = if i % 3 == 0 { r#","system":"Answer in words.""# } else { "" };
-        text.push_str(&format!(
-            "{{\"prompt\":\"What is {i} plus one?\",\"completion\":\"{}\"{system}}}\n",
-            i + 1
-        ));
-    }
-    std::fs::write(&path, text).unwrap();
-    DatasetSource::new(path.to_str().unwrap()).unwrap()
 }
 
 fn poll() -> PollPolicy {

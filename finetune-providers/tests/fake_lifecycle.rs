@@ -4,7 +4,8 @@
 //! connection cut mid-upload, upload reuse, and the core conformance suite.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use finetune_providers::{
     AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider, ChatMessage, HttpSettings,
     OpenAiConfig, OpenAiProvider, RetryPolicy,
 };
+use support::write_dataset;
 
 const KEY: &str = "sk-fake-0123456789";
 
@@ -49,20 +51,6 @@ fn azure(url: &str) -> AzureOpenAiProvider {
             .with_http(fast_http()),
     )
     .unwrap()
-}
-
-fn write_dataset(dir: &Path, name: &str, rows: usize) -> DatasetSource {
-    let path = dir.join(name);
-    let mut text = String::new();
-    for i in 0..rows {
-        let system = if i % 3 == 0 { r#","system":"Answer in words.""# } else { "" };
-        text.push_str(&format!(
-            "{{\"prompt\":\"What is {i} plus one?\",\"completion\":\"{}\"{system}}}\n",
-            i + 1
-        ));
-    }
-    std::fs::write(&path, text).unwrap();
-    DatasetSource::new(path.to_str().unwrap()).unwrap()
 }
 
 fn poll() -> PollPolicy {

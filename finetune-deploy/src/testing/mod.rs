@@ -107,15 +107,7 @@ impl Deployer for FakeDeployer {
         if fail {
             s.faults.pop_front();
         }
-        let d = Deployment {
-            id: spec.name.clone(),
-            name: spec.name.clone(),
-            model_id: spec.model_id.clone(),
-            state: DeploymentState::Creating,
-            sku: spec.sku.clone(),
-            capacity: spec.capacity,
-            tags: spec.tags.clone(),
-        };
+        let d = Deployment::creating(spec.name.clone(), spec);
         // Polls left; u32::MAX marks one that will fail.
         let polls = if fail { u32::MAX } else { self.provisioning_polls };
         let mut stored = d.clone();

@@ -190,10 +190,7 @@ impl FakeBedrock {
     /// the workspace's tests) that jobs read their data from and write
     /// their metrics to.
     pub async fn start(store: Arc<dyn ObjectStore>, bucket: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port for the fake");
-        let addr = listener.local_addr().expect("the fake's address");
+        let (listener, addr) = super::loopback().await;
         let fake = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             store,
@@ -201,10 +198,7 @@ impl FakeBedrock {
             provision_ticks: 2,
             addr,
         };
-        let app = axum::Router::new().fallback(handle).with_state(fake.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        super::serve(listener, axum::Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 
@@ -557,16 +551,7 @@ async fn create_job(fake: &FakeBedrock, body: &Value) -> Response {
         modified: created,
         end: None,
     };
-    if let Some(t) = token {
-        inner.tokens.insert(t, arn.clone());
-    }
-    if let Some(tags) = body.get("jobTags").and_then(Value::as_array) {
-        let tags = tags
-            .iter()
-            .filter_map(|t| Some((t["key"].as_str()?.to_owned(), t["value"].as_str()?.to_owned())))
-            .collect();
-        inner.tags.insert(arn.clone(), tags);
-    }
+    remember(&mut inner, &arn, token, body.get("jobTags"));
     inner.jobs.push(job);
     ok(201, json!({ "jobArn": arn }))
 }
@@ -751,15 +736,41 @@ async fn write_metrics(fake: &FakeBedrock, job: &FakeJob) -> Result<(), String> 
     Ok(())
 }
 
-fn list_jobs(fake: &FakeBedrock, query: &BTreeMap<String, String>) -> Response {
-    let inner = fake.lock();
-    let max: usize =
-        query.get("maxResults").and_then(|m| m.parse().ok()).unwrap_or(100).clamp(1, 1000);
-    let start: usize = query
+/// The first item and the size of the page a listing asks for.
+fn page_window(query: &BTreeMap<String, String>) -> (usize, usize) {
+    let max = query.get("maxResults").and_then(|m| m.parse().ok()).unwrap_or(100).clamp(1, 1000);
+    let start = query
         .get("nextToken")
         .and_then(|t| t.strip_prefix("page-"))
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    (start, max)
+}
+
+/// Adds `nextToken` when items remain after this page.
+fn set_next_token(body: &mut Value, start: usize, max: usize, total: usize) {
+    if start + max < total {
+        body["nextToken"] = json!(format!("page-{}", start + max));
+    }
+}
+
+/// Keeps a create's idempotency token and tags for `arn`.
+fn remember(inner: &mut Inner, arn: &str, token: Option<String>, tags: Option<&Value>) {
+    if let Some(t) = token {
+        inner.tokens.insert(t, arn.to_owned());
+    }
+    if let Some(tags) = tags.and_then(Value::as_array) {
+        let tags = tags
+            .iter()
+            .filter_map(|t| Some((t["key"].as_str()?.to_owned(), t["value"].as_str()?.to_owned())))
+            .collect();
+        inner.tags.insert(arn.to_owned(), tags);
+    }
+}
+
+fn list_jobs(fake: &FakeBedrock, query: &BTreeMap<String, String>) -> Response {
+    let inner = fake.lock();
+    let (start, max) = page_window(query);
     let mut jobs: Vec<&FakeJob> = inner.jobs.iter().collect();
     if query.get("sortOrder").map(String::as_str) != Some("Ascending") {
         jobs.reverse();
@@ -788,9 +799,7 @@ fn list_jobs(fake: &FakeBedrock, query: &BTreeMap<String, String>) -> Response {
         })
         .collect();
     let mut body = json!({ "modelCustomizationJobSummaries": page });
-    if start + max < jobs.len() {
-        body["nextToken"] = json!(format!("page-{}", start + max));
-    }
+    set_next_token(&mut body, start, max, jobs.len());
     ok(200, body)
 }
 
@@ -893,16 +902,7 @@ fn create_deployment(fake: &FakeBedrock, body: &Value, kind: DeploymentKind) -> 
         failure,
         created: now(),
     });
-    if let Some(t) = token {
-        inner.tokens.insert(t, arn.clone());
-    }
-    if let Some(tags) = body.get("tags").and_then(Value::as_array) {
-        let tags = tags
-            .iter()
-            .filter_map(|t| Some((t["key"].as_str()?.to_owned(), t["value"].as_str()?.to_owned())))
-            .collect();
-        inner.tags.insert(arn.clone(), tags);
-    }
+    remember(&mut inner, &arn, token, body.get("tags"));
     match kind {
         DeploymentKind::OnDemand => ok(202, json!({ "customModelDeploymentArn": arn })),
         DeploymentKind::Provisioned => ok(201, json!({ "provisionedModelArn": arn })),
@@ -976,13 +976,7 @@ fn list_deployments(
     kind: DeploymentKind,
 ) -> Response {
     let inner = fake.lock();
-    let max: usize =
-        query.get("maxResults").and_then(|m| m.parse().ok()).unwrap_or(100).clamp(1, 1000);
-    let start: usize = query
-        .get("nextToken")
-        .and_then(|t| t.strip_prefix("page-"))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
+    let (start, max) = page_window(query);
     let all: Vec<&FakeDeployment> = inner.deployments.iter().filter(|d| d.kind == kind).collect();
     let page: Vec<Value> = all
         .iter()
@@ -1001,9 +995,7 @@ fn list_deployments(
         DeploymentKind::Provisioned => "provisionedModelSummaries",
     };
     let mut body = json!({ field: page });
-    if start + max < all.len() {
-        body["nextToken"] = json!(format!("page-{}", start + max));
-    }
+    set_next_token(&mut body, start, max, all.len());
     ok(200, body)
 }
 

@@ -156,10 +156,7 @@ impl FakeOpenAi {
     /// Like [`FakeOpenAi::start`], with the API version Azure wants and the
     /// number of training steps of every job.
     pub async fn start_with(flavor: FakeFlavor, key: &str, api_version: &str, steps: u64) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port for the fake");
-        let addr = listener.local_addr().expect("the fake's address");
+        let (listener, addr) = super::loopback().await;
         let fake = Self {
             inner: Arc::new(Mutex::new(Inner {
                 // The fake's clock starts at the real time and ticks a
@@ -176,10 +173,7 @@ impl FakeOpenAi {
             steps: steps.max(1),
             addr,
         };
-        let app = axum::Router::new().fallback(handle).with_state(fake.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        super::serve(listener, axum::Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 

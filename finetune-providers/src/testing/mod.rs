@@ -22,3 +22,19 @@ pub use fake::{FakeFlavor, FakeOpenAi, Fault};
 pub use moto::Moto;
 pub use prism::Prism;
 pub use proxy::CutProxy;
+
+/// A listener on a free loopback port, and its address.
+async fn loopback() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port for a fake");
+    let addr = listener.local_addr().expect("the fake's address");
+    (listener, addr)
+}
+
+/// Serves `app` on `listener` in the background of the current runtime.
+fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+}
