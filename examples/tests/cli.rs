@@ -19,7 +19,14 @@ fn example_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         .parent()
         .and_then(Path::parent)
         .map(|d| d.join("examples").join(name));
-    match built.filter(|p| p.exists()) {
+    // A binary older than this test may predate the sources (`cargo test
+    // --test cli` alone does not rebuild examples): then cargo builds it.
+    let test_built = std::env::current_exe().and_then(|e| e.metadata()?.modified()).ok();
+    let fresh = |p: &std::path::PathBuf| {
+        let built = p.metadata().and_then(|m| m.modified()).ok();
+        matches!((built, test_built), (Some(b), Some(t)) if b >= t)
+    };
+    match built.filter(fresh) {
         Some(binary) => Command::new(binary).args(args).envs(env.iter().copied()).output().unwrap(),
         None => {
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
