@@ -506,47 +506,10 @@ fn the_property_catches_a_planted_leak() {
 /// create-only writes keep concurrent writers from losing anything there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_on_s3_keeps_every_concurrent_write() {
-    let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/python");
-    assert!(site.join("moto").exists(), "moto is missing: run `scripts/setup --test`");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut moto = std::process::Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("PYTHONPATH", &site)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "moto did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let endpoint = format!("http://127.0.0.1:{port}");
-    // Create the bucket with a plain PUT (moto accepts it unsigned).
-    let status = tokio::task::spawn_blocking({
-        let endpoint = endpoint.clone();
-        move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(endpoint.trim_start_matches("http://")).unwrap();
-            write!(s, "PUT /registry HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).unwrap();
-            answer
-        }
-    })
-    .await
-    .unwrap();
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_bucket_name("registry")
-        .with_access_key_id("testing")
-        .with_secret_access_key("testing")
-        .build()
-        .unwrap();
-    let registry = Registry::new(Arc::new(store), "finetune");
+    let moto = finetune_providers::testing::Moto::start();
+    moto.create_bucket("registry").await;
+    let store = moto.store("registry");
+    let registry = Registry::new(store, "finetune");
     registry.create_model("bot", LifecyclePolicy::default()).await.unwrap();
     assert!(registry.create_model("bot", LifecyclePolicy::default()).await.is_err());
     let tasks: Vec<_> = (0..6)
@@ -576,6 +539,4 @@ async fn the_registry_on_s3_keeps_every_concurrent_write() {
     assert_eq!(numbers, (1..=6).collect::<Vec<u64>>());
     assert_eq!(registry.head("bot").await.unwrap().deployments.len(), 6);
     assert_eq!(registry.versions("bot").await.unwrap().len(), 6);
-    let _ = moto.kill();
-    let _ = moto.wait();
 }
