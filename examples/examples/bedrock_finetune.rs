@@ -28,7 +28,9 @@ const OPTIONS: &str = "--train <PATH_OR_URL> [--validation <PATH_OR_URL>] --base
   --base-model     a Bedrock base model id (amazon.titan-text-lite-v1:0:4k,
                    amazon.nova-micro-v1:0:128k, meta.llama3-1-8b-instruct-v1:0:128k, ...)
   --role-arn       the IAM role Bedrock assumes to read the data and write the outputs
+                   (default: $BEDROCK_ROLE_ARN)
   --bucket         s3://bucket/prefix for the data (data/) and the job outputs (output/)
+                   (default: $BEDROCK_S3_PREFIX)
   --learning-rate  an absolute learning rate, checked against the base model's range
   --warmup-steps   learningRateWarmupSteps
   --wait           follow the job, print the loss curve, save the loss graph in DIR
@@ -42,15 +44,22 @@ fn main() {
         &usage,
         &["base-model", "role-arn", "bucket", "learning-rate", "warmup-steps"],
     );
-    let role =
-        args.value("role-arn").unwrap_or_else(|| usage_error(&usage, "--role-arn is required"));
-    let bucket =
-        args.value("bucket").unwrap_or_else(|| usage_error(&usage, "--bucket is required"));
+    let env = BedrockConfig::from_env().unwrap_or_else(|e| usage_error(&usage, &e.to_string()));
+    let role = args
+        .value("role-arn")
+        .map(str::to_owned)
+        .or(env.role_arn)
+        .unwrap_or_else(|| usage_error(&usage, "--role-arn (or BEDROCK_ROLE_ARN) is required"));
+    let bucket = args
+        .value("bucket")
+        .map(str::to_owned)
+        .or(env.s3_prefix.map(|u| u.to_string()))
+        .unwrap_or_else(|| usage_error(&usage, "--bucket (or BEDROCK_S3_PREFIX) is required"));
     if args.value("base-model").is_none() {
         usage_error(&usage, "--base-model is required");
     }
     let code = finetune_examples::block_on(async {
-        let provider = match BedrockConfig::new(role, bucket) {
+        let provider = match BedrockConfig::new(role, &bucket) {
             Ok(config) => BedrockProvider::new(config).await,
             Err(e) => Err(e),
         };

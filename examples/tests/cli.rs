@@ -480,8 +480,14 @@ fn bedrock_example_runs_end_to_end_against_moto_and_the_fake() {
 
     // Hyperparameters out of the base model's range: refused before any
     // upload or call.
-    let mut args = base.to_vec();
+    // The role and the bucket from BEDROCK_ROLE_ARN and BEDROCK_S3_PREFIX.
+    let mut args: Vec<&str> =
+        base.iter().copied().filter(|a| !a.starts_with("arn:") && !a.starts_with("s3:")).collect();
+    args.retain(|a| *a != "--role-arn" && *a != "--bucket");
     args.extend(["--learning-rate", "5"]);
+    let mut env = env.to_vec();
+    env.push(("BEDROCK_ROLE_ARN", "arn:aws:iam::123456789012:role/bedrock-finetune"));
+    env.push(("BEDROCK_S3_PREFIX", "s3://example-bedrock/ft"));
     let before = fake.requests().len();
     let out = example_env("bedrock_finetune", &args, &env);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

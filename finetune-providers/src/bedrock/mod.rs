@@ -140,6 +140,23 @@ impl BedrockConfig {
         })
     }
 
+    /// From `BEDROCK_ROLE_ARN` and `BEDROCK_S3_PREFIX` (both optional here;
+    /// submitting needs them). Region, credentials and endpoints come from
+    /// the aws-config chain when the provider is built.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`BedrockConfig::from_env`], reading variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        Ok(Self {
+            role_arn: get("BEDROCK_ROLE_ARN"),
+            s3_prefix: get("BEDROCK_S3_PREFIX").as_deref().map(S3Uri::parse).transpose()?,
+            ..Self::default()
+        })
+    }
+
     /// From a connection's Bedrock settings.
     pub fn from_connection(connection: &Connection) -> Result<Self> {
         match &connection.settings {
@@ -1128,6 +1145,22 @@ mod tests {
             endpoint_url: None,
         };
         assert!(BedrockConfig::from_connection(&Connection::new("aws", bad)).is_err());
+    }
+
+    #[test]
+    fn the_environment_gives_role_and_prefix() {
+        let vars = |name: &str| match name {
+            "BEDROCK_ROLE_ARN" => Some("arn:aws:iam::1:role/r".to_owned()),
+            "BEDROCK_S3_PREFIX" => Some("s3://bkt/ft".to_owned()),
+            _ => None,
+        };
+        let config = BedrockConfig::from_lookup(vars).expect("valid");
+        assert_eq!(config.role_arn.as_deref(), Some("arn:aws:iam::1:role/r"));
+        assert_eq!(config.s3_prefix.map(|u| u.to_string()).as_deref(), Some("s3://bkt/ft"));
+        let empty = BedrockConfig::from_lookup(|_| Some(" ".into())).expect("blank is unset");
+        assert!(empty.role_arn.is_none() && empty.s3_prefix.is_none());
+        let bad = |name: &str| (name == "BEDROCK_S3_PREFIX").then(|| "bkt/ft".to_owned());
+        assert!(BedrockConfig::from_lookup(bad).is_err());
     }
 
     #[test]
