@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use aws_sdk_bedrock::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrock::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrock::types::{
     CommitmentDuration, CustomModelDeploymentStatus, ProvisionedModelStatus, Tag,
 };
 use finetune_core::{Error, Location, Result};
+use finetune_providers::bedrock::aws_error;
 
 use crate::deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG};
 
@@ -72,34 +73,6 @@ impl fmt::Debug for BedrockDeployer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BedrockDeployer").finish_non_exhaustive()
     }
-}
-
-fn sdk_error<E, R>(what: &str, err: SdkError<E, R>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: fmt::Debug,
-{
-    if let SdkError::ServiceError(service) = &err {
-        let e = service.err();
-        let message = e.message().unwrap_or("no message").to_owned();
-        return match e.code() {
-            Some("ResourceNotFoundException") => {
-                Error::NotFound { what: format!("{what}: {message}") }
-            }
-            Some("ThrottlingException") => Error::RateLimited { retry_after: None, message },
-            Some("AccessDeniedException") => Error::PermissionDenied { message },
-            Some("InternalServerException") => {
-                Error::Transient { message: format!("{what}: {message}") }
-            }
-            code => Error::Provider {
-                status: None,
-                code: code.map(str::to_owned),
-                message: format!("{what}: {message}"),
-                param: None,
-            },
-        };
-    }
-    Error::Transient { message: format!("{what}: {}", DisplayErrorContext(&err)) }
 }
 
 fn is_conflict<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
@@ -153,7 +126,7 @@ impl BedrockDeployer {
             .resource_arn(arn)
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("tags of {arn}"), e))?;
+            .map_err(|e| aws_error(&format!("tags of {arn}"), e))?;
         Ok(out.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect())
     }
 
@@ -174,7 +147,7 @@ impl BedrockDeployer {
                 capacity: 0,
                 tags: self.tags(d.custom_model_deployment_arn()).await?,
             })),
-            Err(e) => match sdk_error(&format!("deployment {id}"), e) {
+            Err(e) => match aws_error(&format!("deployment {id}"), e) {
                 Error::NotFound { .. } => Ok(None),
                 other => Err(other),
             },
@@ -193,7 +166,7 @@ impl BedrockDeployer {
                 capacity: u32::try_from(d.model_units()).unwrap_or(0),
                 tags: self.tags(d.provisioned_model_arn()).await?,
             })),
-            Err(e) => match sdk_error(&format!("provisioned throughput {id}"), e) {
+            Err(e) => match aws_error(&format!("provisioned throughput {id}"), e) {
                 Error::NotFound { .. } => Ok(None),
                 other => Err(other),
             },
@@ -212,7 +185,7 @@ impl BedrockDeployer {
                 .set_next_token(next)
                 .send()
                 .await
-                .map_err(|e| sdk_error("listing custom model deployments", e))?;
+                .map_err(|e| aws_error("listing custom model deployments", e))?;
             arns.extend(
                 out.model_deployment_summaries()
                     .iter()
@@ -231,7 +204,7 @@ impl BedrockDeployer {
                 .set_next_token(next)
                 .send()
                 .await
-                .map_err(|e| sdk_error("listing provisioned throughput", e))?;
+                .map_err(|e| aws_error("listing provisioned throughput", e))?;
             arns.extend(
                 out.provisioned_model_summaries()
                     .iter()
@@ -297,7 +270,7 @@ impl Deployer for BedrockDeployer {
                 .send()
                 .await
                 .map(|out| out.custom_model_deployment_arn().to_owned())
-                .map_err(|e| (is_conflict(&e), sdk_error(&format!("deploying {}", spec.name), e))),
+                .map_err(|e| (is_conflict(&e), aws_error(&format!("deploying {}", spec.name), e))),
             Kind::Provisioned(commitment) => {
                 if spec.capacity == 0 {
                     return Err(Error::invalid_at(
@@ -320,7 +293,7 @@ impl Deployer for BedrockDeployer {
                     .await
                     .map(|out| out.provisioned_model_arn().to_owned())
                     .map_err(|e| {
-                        (is_conflict(&e), sdk_error(&format!("provisioning {}", spec.name), e))
+                        (is_conflict(&e), aws_error(&format!("provisioning {}", spec.name), e))
                     })
             }
         };
@@ -364,7 +337,7 @@ impl Deployer for BedrockDeployer {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| sdk_error(&format!("deleting {id}"), e))
+                .map_err(|e| aws_error(&format!("deleting {id}"), e))
         } else {
             self.control
                 .delete_custom_model_deployment()
@@ -372,7 +345,7 @@ impl Deployer for BedrockDeployer {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| sdk_error(&format!("deleting {id}"), e))
+                .map_err(|e| aws_error(&format!("deleting {id}"), e))
         };
         match result {
             Ok(()) | Err(Error::NotFound { .. }) => Ok(()),

@@ -261,7 +261,12 @@ pub struct UploadedObject {
     pub parts: usize,
 }
 
-fn sdk_error<E, R>(what: &str, err: SdkError<E, R>) -> Error
+/// Maps an AWS SDK error (Bedrock, bedrock-runtime: they share the smithy
+/// error types) to the core error: throttling is `RateLimited`, missing
+/// resources `NotFound`, credential problems `Authentication`, server
+/// errors and transport failures `Transient`, the rest `Provider` with the
+/// service's error code. `what` names the operation.
+pub fn aws_error<E, R>(what: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug,
@@ -614,7 +619,7 @@ impl BedrockProvider {
         match request.send().await {
             Ok(out) => Ok(out.job_arn().to_owned()),
             Err(e) => {
-                let err = sdk_error("creating the customization job", e);
+                let err = aws_error("creating the customization job", e);
                 if !err.is_retryable() {
                     return Err(err);
                 }
@@ -651,7 +656,7 @@ impl BedrockProvider {
             .job_identifier(id.as_str())
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("job {id}"), e))
+            .map_err(|e| aws_error(&format!("job {id}"), e))
     }
 
     fn state_of(
@@ -797,7 +802,7 @@ impl BedrockProvider {
             .model_identifier(model)
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("custom model {model}"), e))?;
+            .map_err(|e| aws_error(&format!("custom model {model}"), e))?;
         Ok(CustomModel {
             arn: out.model_arn().to_owned(),
             name: out.model_name().to_owned(),
@@ -857,7 +862,7 @@ impl BedrockProvider {
                     .build(),
             );
         }
-        let out = request.send().await.map_err(|e| runtime_error("converse", e))?;
+        let out = request.send().await.map_err(|e| aws_error("converse", e))?;
         let content = match out.output() {
             Some(aws_sdk_bedrockruntime::types::ConverseOutput::Message(m)) => m
                 .content()
@@ -907,41 +912,6 @@ pub struct CustomModel {
     pub created_at: DateTime<Utc>,
     /// The hyperparameters it was trained with.
     pub hyperparameters: BTreeMap<String, String>,
-}
-
-fn runtime_error<E, R>(what: &str, err: aws_sdk_bedrockruntime::error::SdkError<E, R>) -> Error
-where
-    E: aws_sdk_bedrockruntime::error::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-    R: fmt::Debug,
-{
-    use aws_sdk_bedrockruntime::error::SdkError as RtError;
-    match &err {
-        RtError::ServiceError(service) => {
-            let e = service.err();
-            let code = e.code().map(str::to_owned);
-            let message = e.message().unwrap_or("no message").to_owned();
-            match code.as_deref() {
-                Some("ThrottlingException") => Error::RateLimited { retry_after: None, message },
-                Some("ResourceNotFoundException") => {
-                    Error::NotFound { what: format!("{what}: {message}") }
-                }
-                Some("AccessDeniedException") => Error::PermissionDenied { message },
-                _ => Error::Provider {
-                    status: None,
-                    code,
-                    message: format!("{what}: {message}"),
-                    param: None,
-                },
-            }
-        }
-        _ => Error::Transient {
-            message: format!("{what}: {}", aws_sdk_bedrock::error::DisplayErrorContext(&err)),
-        },
-    }
 }
 
 /// Adds the rows of a Bedrock metrics CSV to `curve`: `step_number`,
@@ -1068,7 +1038,7 @@ impl FineTuneProvider for BedrockProvider {
             .job_identifier(id.as_str())
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("job {id}"), e))?;
+            .map_err(|e| aws_error(&format!("job {id}"), e))?;
         Ok(self.job(id).await?.state)
     }
 
@@ -1082,7 +1052,7 @@ impl FineTuneProvider for BedrockProvider {
             .sort_order(aws_sdk_bedrock::types::SortOrder::Descending)
             .send()
             .await
-            .map_err(|e| sdk_error("listing customization jobs", e))?;
+            .map_err(|e| aws_error("listing customization jobs", e))?;
         let items = out
             .model_customization_job_summaries()
             .iter()
