@@ -173,8 +173,9 @@ impl BedrockDeployer {
         }
     }
 
-    /// Every deployment of either kind, all pages.
-    async fn list_all(&self) -> Result<Vec<(String, bool)>> {
+    /// Every deployment of either kind, all pages, as `(arn, name,
+    /// provisioned)` from the listings alone.
+    async fn list_all(&self) -> Result<Vec<(String, String, bool)>> {
         let mut arns = Vec::new();
         let mut next = None;
         loop {
@@ -186,11 +187,10 @@ impl BedrockDeployer {
                 .send()
                 .await
                 .map_err(|e| aws_error("listing custom model deployments", e))?;
-            arns.extend(
-                out.model_deployment_summaries()
-                    .iter()
-                    .map(|s| (s.custom_model_deployment_arn().to_owned(), false)),
-            );
+            arns.extend(out.model_deployment_summaries().iter().map(|s| {
+                let arn = s.custom_model_deployment_arn().to_owned();
+                (arn, s.custom_model_deployment_name().to_owned(), false)
+            }));
             next = out.next_token().map(str::to_owned);
             if next.is_none() {
                 break;
@@ -205,11 +205,10 @@ impl BedrockDeployer {
                 .send()
                 .await
                 .map_err(|e| aws_error("listing provisioned throughput", e))?;
-            arns.extend(
-                out.provisioned_model_summaries()
-                    .iter()
-                    .map(|s| (s.provisioned_model_arn().to_owned(), true)),
-            );
+            arns.extend(out.provisioned_model_summaries().iter().map(|s| {
+                let arn = s.provisioned_model_arn().to_owned();
+                (arn, s.provisioned_model_name().to_owned(), true)
+            }));
             next = out.next_token().map(str::to_owned);
             if next.is_none() {
                 break;
@@ -219,22 +218,17 @@ impl BedrockDeployer {
     }
 
     async fn find_by_name(&self, name: &str, provisioned: bool) -> Result<Option<Deployment>> {
-        for (arn, is_provisioned) in self.list_all().await? {
-            if is_provisioned != provisioned {
-                continue;
-            }
-            let found = if provisioned {
-                self.get_provisioned(&arn).await?
-            } else {
-                self.get_on_demand(&arn).await?
-            };
-            if let Some(d) = found
-                && d.name == name
-            {
-                return Ok(Some(d));
-            }
+        // The listing carries names: only the match is read in full.
+        let found = self
+            .list_all()
+            .await?
+            .into_iter()
+            .find(|(_, n, is_provisioned)| n == name && *is_provisioned == provisioned);
+        match found {
+            Some((arn, _, true)) => self.get_provisioned(&arn).await,
+            Some((arn, _, false)) => self.get_on_demand(&arn).await,
+            None => Ok(None),
         }
-        Ok(None)
     }
 }
 
@@ -355,10 +349,16 @@ impl Deployer for BedrockDeployer {
 
     async fn list_managed(&self) -> Result<Vec<Deployment>> {
         let mut managed = Vec::new();
-        for (arn, _) in self.list_all().await? {
-            if let Some(d) = self.get(&arn).await?
-                && d.tags.get(MANAGED_TAG).map(String::as_str) == Some("true")
-            {
+        // Tags first: only deployments of ours are read in full.
+        for (arn, _, _) in self.list_all().await? {
+            let tags = match self.tags(&arn).await {
+                Ok(tags) => tags,
+                // Deleted since it was listed.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let ours = tags.get(MANAGED_TAG).map(String::as_str) == Some("true");
+            if ours && let Some(d) = self.get(&arn).await? {
                 managed.push(d);
             }
         }
