@@ -43,9 +43,17 @@ mod hyper;
 mod job;
 mod metrics;
 mod model;
+pub mod pagination;
 mod provider;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+// The foreign crates in this crate's public API, so that users name them
+// without matching our versions: `async_trait` for implementing
+// `FineTuneProvider`, `chrono` for timestamps, `serde_json` for extras.
+pub use async_trait::async_trait;
+pub use chrono;
+pub use serde_json;
 
 pub use connection::{AzureAuth, Connection, ConnectionSettings, ProviderKind, Secret};
 pub use dataset::{ColumnMapping, DatasetFormat, DatasetLocation, DatasetSource};

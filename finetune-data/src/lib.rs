@@ -41,6 +41,12 @@ mod transform;
 mod validate;
 mod write;
 
+// The foreign crates in this crate's public API (record batches, schemas,
+// object stores), so that users name them without matching our versions.
+pub use arrow_array;
+pub use arrow_schema;
+pub use object_store;
+
 pub use error::DataError;
 pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
 pub use remote::{LocalDataset, ObjectStores, localize};

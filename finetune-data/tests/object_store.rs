@@ -5,11 +5,12 @@
 #![allow(clippy::unwrap_used)] // Test helpers fail loudly.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use finetune_core::DatasetSource;
+use finetune_core::testing::{PeerProcess, free_loopback_port, wait_for_port};
 use finetune_data::{
     DataError, ObjectStores, ProblemKind, ValidationOptions, Validator, localize, run,
 };
@@ -80,16 +81,10 @@ async fn file_urls_read_in_place() {
     assert_eq!(report.rows, 2);
 }
 
+/// A moto server; it ends with the handle or the test process.
 struct Moto {
-    child: Child,
+    _process: PeerProcess,
     endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn tools_python() -> PathBuf {
@@ -103,21 +98,14 @@ fn start_moto() -> Moto {
         "moto is not installed in {}: run `scripts/setup --test`",
         site.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("python3")
+    let port = free_loopback_port().unwrap();
+    let mut command = Command::new("python3");
+    command
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("PYTHONPATH", &site)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting moto");
-    let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    moto
+        .env("PYTHONPATH", &site);
+    let process = PeerProcess::start(&command, None).expect("starting moto");
+    assert!(wait_for_port(port, Duration::from_secs(60)), "moto did not start within 60 s");
+    Moto { _process: process, endpoint: format!("http://127.0.0.1:{port}") }
 }
 
 #[tokio::test]
@@ -198,16 +186,10 @@ async fn create_bucket(endpoint: &str, bucket: &str) -> bool {
     response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
+/// Azurite; it ends with the handle or the test process.
 struct Azurite {
-    child: Child,
+    _process: PeerProcess,
     _data: tempfile::TempDir,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// object_store's emulator mode talks to Azurite's default port, 10000.
@@ -224,21 +206,14 @@ fn start_azurite() -> Azurite {
         "port 10000 is taken; Azurite needs it for object_store's emulator mode"
     );
     let data = tempfile::tempdir().unwrap();
-    let child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .args(["--blobHost", "127.0.0.1", "--blobPort", "10000", "--silent", "--disableTelemetry"])
         .args(["--skipApiVersionCheck", "--location"])
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting Azurite");
-    let azurite = Azurite { child, _data: data };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", 10000)).is_err() {
-        assert!(Instant::now() < deadline, "Azurite did not start within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    azurite
+        .arg(data.path());
+    let process = PeerProcess::start(&command, None).expect("starting Azurite");
+    assert!(wait_for_port(10000, Duration::from_secs(60)), "Azurite did not start within 60 s");
+    Azurite { _process: process, _data: data }
 }
 
 /// Azurite's well-known development account and key.

@@ -264,6 +264,7 @@ impl Deployer for AzureDeployer {
     }
 
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
+        spec.check()?;
         let body = serde_json::json!({
             "sku": { "name": spec.sku, "capacity": spec.capacity },
             "tags": spec.tags,

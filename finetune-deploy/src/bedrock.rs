@@ -248,6 +248,7 @@ impl Deployer for BedrockDeployer {
     }
 
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
+        spec.check()?;
         let kind = kind_of_sku(&spec.sku)?;
         // A token per call: the SDK's retries of this call reuse it, so a
         // lost answer never makes a second deployment.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use finetune_core::Result;
+use finetune_core::{Error, Location, Result};
 use serde::{Deserialize, Serialize};
 
 /// The tag every deployment this library creates carries (value `true`),
@@ -30,6 +30,37 @@ pub struct DeploymentSpec {
     pub capacity: u32,
     /// Tags; [`MANAGED_TAG`] and [`MODEL_TAG`] are added by the lifecycle.
     pub tags: BTreeMap<String, String>,
+}
+
+impl DeploymentSpec {
+    /// Refuses, before any platform call, what no platform accepts: a name
+    /// that is empty, longer than 63 characters or not made of ASCII
+    /// letters, digits, `-` and `_` (starting with a letter or digit, as
+    /// both Azure and Bedrock require), and an empty model id or SKU.
+    /// Capacity is the platform's to judge (Bedrock on-demand has none).
+    /// Every deployer calls it first.
+    pub fn check(&self) -> Result<()> {
+        let name_ok = self.name.len() <= 63
+            && self.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !name_ok {
+            return Err(Error::invalid_at(
+                Location::column("name"),
+                format!(
+                    "`{}` is not a deployment name (1-63 characters of a-z, A-Z, 0-9, - and _, \
+                     starting with a letter or digit)",
+                    self.name
+                ),
+            ));
+        }
+        if self.model_id.trim().is_empty() {
+            return Err(Error::invalid_at(Location::column("model_id"), "the model id is empty"));
+        }
+        if self.sku.trim().is_empty() {
+            return Err(Error::invalid_at(Location::column("sku"), "the sku is empty"));
+        }
+        Ok(())
+    }
 }
 
 /// Where a deployment stands.
@@ -109,7 +140,12 @@ impl Deployment {
 /// A platform's deployments. Implementations must make `create` idempotent
 /// by name (creating a name that exists returns the existing deployment)
 /// and `delete` idempotent (deleting what is gone succeeds), because the
-/// lifecycle repeats interrupted steps.
+/// lifecycle repeats interrupted steps; `create` refuses a spec that fails
+/// [`DeploymentSpec::check`] before calling the platform. Retrying throttled
+/// calls is the implementation's job (its client's retry policy), or
+/// [`crate::RetryingDeployer`]'s for one without: the lifecycle calls each
+/// method once. `finetune_deploy::testing::run_deployer_conformance` checks
+/// all of this against a real or fake platform.
 #[async_trait]
 pub trait Deployer: Send + Sync + fmt::Debug {
     /// The platform's name (`azure_openai`, `bedrock`, …).
@@ -128,4 +164,29 @@ pub trait Deployer: Send + Sync + fmt::Debug {
 
     /// Every deployment carrying [`MANAGED_TAG`].
     async fn list_managed(&self) -> Result<Vec<Deployment>>;
+}
+
+/// A shared deployer is a deployer, so decorators can wrap an
+/// `Arc<dyn Deployer>`.
+#[async_trait]
+impl<D: Deployer + ?Sized> Deployer for std::sync::Arc<D> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
+        (**self).create(spec).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Deployment>> {
+        (**self).get(id).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        (**self).delete(id).await
+    }
+
+    async fn list_managed(&self) -> Result<Vec<Deployment>> {
+        (**self).list_managed().await
+    }
 }

@@ -44,8 +44,18 @@ mod deployer;
 mod lifecycle;
 mod plan;
 mod registry;
+mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+// The foreign crates in this crate's public API (the registry's object
+// store, ARM credentials, the Bedrock client), so that users name them
+// without matching our versions.
+#[cfg(feature = "bedrock")]
+pub use aws_sdk_bedrock;
+#[cfg(feature = "azure")]
+pub use azure_core;
+pub use object_store;
 
 #[cfg(feature = "azure")]
 pub use azure::{ArmCredential, AzureDeployer, AzureDeployerConfig};
@@ -61,3 +71,4 @@ pub use registry::{
     DeploymentRecord, Intent, LifecyclePolicy, ModelHead, NewVersion, Origin, Registry,
     VersionRecord, check_model_name,
 };
+pub use retry::RetryingDeployer;

@@ -124,41 +124,27 @@ impl fmt::Display for LifecycleEvent {
     }
 }
 
-/// How long to wait for deployments, and how often to retry throttled or
-/// transient platform errors.
+/// How long to wait for deployments. Throttled and transient platform errors
+/// are retried by the deployer (see [`crate::RetryingDeployer`]), never here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaitPolicy {
     /// Between two looks at a provisioning deployment.
     pub interval: Duration,
     /// Give up waiting for a deployment after this long.
     pub timeout: Duration,
-    /// Retries of a retryable platform error.
-    pub retries: u32,
-    /// Wait before each retry (doubled each time).
-    pub retry_delay: Duration,
 }
 
 impl Default for WaitPolicy {
-    /// Look every 10 s for up to an hour; 5 retries from 1 s.
+    /// Look every 10 s for up to an hour.
     fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(3600),
-            retries: 5,
-            retry_delay: Duration::from_secs(1),
-        }
+        Self { interval: Duration::from_secs(10), timeout: Duration::from_secs(3600) }
     }
 }
 
 impl WaitPolicy {
-    /// No waiting between looks or retries: tests with instant fakes.
+    /// No waiting between looks: tests with instant fakes.
     pub fn immediate() -> Self {
-        Self {
-            interval: Duration::ZERO,
-            timeout: Duration::from_secs(60),
-            retries: 5,
-            retry_delay: Duration::ZERO,
-        }
+        Self { interval: Duration::ZERO, timeout: Duration::from_secs(60) }
     }
 }
 
@@ -204,7 +190,6 @@ pub struct Lifecycle {
     prices: PriceTable,
     max_hourly_cost: Option<f64>,
     observer: Option<Observer>,
-    leak_for_tests: bool,
 }
 
 impl fmt::Debug for Lifecycle {
@@ -228,11 +213,10 @@ impl Lifecycle {
             prices: PriceTable::default(),
             max_hourly_cost: None,
             observer: None,
-            leak_for_tests: false,
         }
     }
 
-    /// Sets how long to wait and how often to retry.
+    /// Sets how long to wait for deployments.
     pub fn with_wait(mut self, wait: WaitPolicy) -> Self {
         self.wait = wait;
         self
@@ -260,15 +244,6 @@ impl Lifecycle {
         self
     }
 
-    /// A deliberately broken lifecycle that forgets to delete replaced
-    /// deployments (it drops their records only): the planted leak that
-    /// proves the property test catches leaks. Never use it otherwise.
-    #[doc(hidden)]
-    pub fn with_planted_leak(mut self) -> Self {
-        self.leak_for_tests = true;
-        self
-    }
-
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -278,28 +253,6 @@ impl Lifecycle {
         tracing::info!(%event, "lifecycle");
         if let Some(observer) = &self.observer {
             observer(&event);
-        }
-    }
-
-    /// Runs a platform call, retrying retryable errors.
-    async fn call<T, F, Fut>(&self, mut op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let mut delay = self.wait.retry_delay;
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Err(e) if e.is_retryable() && attempt < self.wait.retries => {
-                    attempt += 1;
-                    let wait = e.retry_after().unwrap_or(delay).max(delay);
-                    tracing::warn!(error = %e, attempt, "platform call failed, retrying");
-                    tokio::time::sleep(wait).await;
-                    delay *= 2;
-                }
-                other => return other,
-            }
         }
     }
 
@@ -417,7 +370,7 @@ impl Lifecycle {
             (head.active_deployment.as_deref() != Some(&d.id), d.origin == Origin::Created)
         });
         for record in candidates {
-            if let Some(d) = self.call(|| self.deployer.get(&record.id)).await?
+            if let Some(d) = self.deployer.get(&record.id).await?
                 && d.state == DeploymentState::Ready
             {
                 return Ok(Some(record.id.clone()));
@@ -479,7 +432,7 @@ impl Lifecycle {
             version,
             deployment: name.clone(),
         });
-        let deployment = self.call(|| self.deployer.create(&spec)).await?;
+        let deployment = self.deployer.create(&spec).await?;
         let id = deployment.id.clone();
         self.registry
             .update(model, |h| {
@@ -508,7 +461,7 @@ impl Lifecycle {
     async fn wait_ready(&self, id: &str) -> Result<()> {
         let started = tokio::time::Instant::now();
         loop {
-            match self.call(|| self.deployer.get(id)).await? {
+            match self.deployer.get(id).await? {
                 Some(d) => match d.state {
                     DeploymentState::Ready => return Ok(()),
                     DeploymentState::Failed { reason } => {
@@ -575,9 +528,7 @@ impl Lifecycle {
                 Ok(())
             })
             .await?;
-        if !self.leak_for_tests {
-            self.call(|| self.deployer.delete(id)).await?;
-        }
+        self.deployer.delete(id).await?;
         self.registry
             .update(model, |h| {
                 h.intents.retain(|i| i != &intent);
@@ -622,7 +573,7 @@ impl Lifecycle {
     /// active deployment (and, under delete-previous, replaces ours).
     pub async fn attach(&self, model: &str, version: u64, id: &str) -> Result<ModelHead> {
         self.registry.version(model, version).await?;
-        let found = self.call(|| self.deployer.get(id)).await?;
+        let found = self.deployer.get(id).await?;
         if found.is_none() {
             return Err(Error::NotFound { what: format!("deployment {id}") });
         }
@@ -715,7 +666,7 @@ impl Lifecycle {
         self.registry.version(&head.name, version).await?;
         let mut current = Vec::new();
         for record in &head.deployments {
-            if let Some(d) = self.call(|| self.deployer.get(&record.id)).await? {
+            if let Some(d) = self.deployer.get(&record.id).await? {
                 current.push((record.clone(), d));
             }
         }
@@ -800,7 +751,7 @@ impl Lifecycle {
     /// no model references (deleting them when `delete_orphans`).
     pub async fn reconcile(&self, delete_orphans: bool) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        let managed = self.call(|| self.deployer.list_managed()).await?;
+        let managed = self.deployer.list_managed().await?;
         for model in self.registry.models().await? {
             let head = self.registry.head(&model).await?;
             for intent in &head.intents {
@@ -851,7 +802,7 @@ impl Lifecycle {
             // Deployments deleted behind our back are forgotten.
             let head = self.registry.head(&model).await?;
             for record in &head.deployments {
-                if self.call(|| self.deployer.get(&record.id)).await?.is_none() {
+                if self.deployer.get(&record.id).await?.is_none() {
                     self.registry
                         .update(&model, |h| {
                             h.deployments.retain(|d| d.id != record.id);
@@ -883,11 +834,11 @@ impl Lifecycle {
             let head = self.registry.head(&model).await?;
             referenced.extend(head.deployments.iter().map(|d| d.id.clone()));
         }
-        let managed = self.call(|| self.deployer.list_managed()).await?;
+        let managed = self.deployer.list_managed().await?;
         for d in managed {
             if d.is_managed() && !referenced.contains(&d.id) {
                 if delete_orphans {
-                    self.call(|| self.deployer.delete(&d.id)).await?;
+                    self.deployer.delete(&d.id).await?;
                     report.deleted_orphans.push(d.id.clone());
                 }
                 report.orphans.push(d);

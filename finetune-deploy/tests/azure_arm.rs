@@ -12,6 +12,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use finetune_core::{FineTunedModel, LossCurve, ModelArtifacts, Secret};
+use finetune_deploy::testing::{DeployerHarness, run_deployer_conformance};
 use finetune_deploy::{
     ArmCredential, AzureDeployer, AzureDeployerConfig, Deployer, DeploymentSpec, DeploymentState,
     Lifecycle, LifecyclePolicy, MANAGED_TAG, NewVersion, Registry, WaitPolicy,
@@ -90,6 +91,8 @@ struct Arm {
     deployments: BTreeMap<String, (Value, u32)>,
     throttles: VecDeque<()>,
     requests: u64,
+    /// Requests by method, throttled ones included.
+    by_method: BTreeMap<String, u64>,
     lists: u64,
     /// Deployments per listing page (ARM pages with nextLink).
     page: usize,
@@ -124,6 +127,7 @@ async fn arm(State(fake): State<FakeArm>, request: Request) -> Response {
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     let mut s = fake.state.lock().unwrap();
     s.requests += 1;
+    *s.by_method.entry(parts.method.to_string()).or_default() += 1;
     if s.throttles.pop_front().is_some() {
         let mut r = (
             StatusCode::TOO_MANY_REQUESTS,
@@ -281,4 +285,52 @@ async fn listings_follow_next_link_on_the_same_host_only() {
     fake.state.lock().unwrap().foreign_next = true;
     let err = d.list_managed().await.unwrap_err();
     assert!(err.to_string().contains("not followed"), "{err}");
+}
+
+#[tokio::test]
+async fn one_arm_call_makes_at_most_the_configured_attempts() {
+    let (fake, url) = start_fake().await;
+    let d = Arc::new(deployer(&url, "arm-token", true));
+    let lc = Lifecycle::new(Registry::in_memory(), d.clone())
+        .with_wait(WaitPolicy { interval: Duration::from_millis(5), ..WaitPolicy::immediate() });
+    lc.create_model("bot", LifecyclePolicy::default()).await.unwrap();
+    // ARM throttles every request from now on.
+    fake.state.lock().unwrap().throttles.extend(std::iter::repeat_n((), 1000));
+    let err = lc.register_version("bot", version("gpt-4o-mini-2024-07-18.ft-1")).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // The create is one PUT plus the client's 6 retries, not multiplied by
+    // a second retry layer in the lifecycle.
+    let puts = fake.state.lock().unwrap().by_method.get("PUT").copied();
+    assert_eq!(puts, Some(1 + 6));
+}
+
+struct ArmHarness {
+    deployer: AzureDeployer,
+    fake: FakeArm,
+}
+
+#[async_trait::async_trait]
+impl DeployerHarness for ArmHarness {
+    fn deployer(&self) -> &dyn Deployer {
+        &self.deployer
+    }
+
+    async fn add_unmanaged(&self, name: &str) -> String {
+        let v = json!({
+            "id": format!("/deployments/{name}"), "name": name,
+            "sku": {"name": "Standard", "capacity": 1}, "tags": {},
+            "properties": {"model": {"format": "OpenAI", "name": "gpt-4o-mini", "version": "1"},
+                           "provisioningState": "Succeeded"},
+        });
+        self.fake.state.lock().unwrap().deployments.insert(name.to_owned(), (v, 0));
+        name.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_azure_deployer_passes_the_deployer_conformance_suite() {
+    let (fake, url) = start_fake().await;
+    let harness = ArmHarness { deployer: deployer(&url, "arm-token", true), fake };
+    let report = run_deployer_conformance(&harness).await.unwrap();
+    assert_eq!(report.passed.len(), 5, "{report:?}");
 }

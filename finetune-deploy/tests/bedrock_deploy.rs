@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use finetune_core::FineTunedModel;
 use finetune_core::{DatasetSource, FineTuneProvider, JobSpec, JobState, PollPolicy, wait_for_job};
+use finetune_deploy::testing::{DeployerHarness, run_deployer_conformance};
 use finetune_deploy::{
     BedrockDeployer, Deployer, DeploymentSpec, DeploymentState, Lifecycle, LifecyclePolicy,
     MANAGED_TAG, NewVersion, Registry, WaitPolicy,
@@ -214,4 +215,35 @@ async fn the_lifecycle_through_bedrock() {
     assert!(format!("{report:?}").contains(&orphan.id), "{report:?}");
     assert!(w.deployer.get(&orphan.id).await.unwrap().is_none(), "the orphan was deleted");
     assert!(w.deployer.get(&second).await.unwrap().is_some(), "the active deployment stays");
+}
+
+struct BedrockHarness {
+    world: World,
+    model_arn: String,
+}
+
+#[async_trait::async_trait]
+impl DeployerHarness for BedrockHarness {
+    fn deployer(&self) -> &dyn Deployer {
+        &*self.world.deployer
+    }
+
+    fn spec(&self, name: &str) -> DeploymentSpec {
+        let mut s = spec(name, &self.model_arn, "on-demand", 0);
+        s.tags.clear();
+        s
+    }
+
+    async fn add_unmanaged(&self, name: &str) -> String {
+        // Made through the same API, without our tags, as a user would.
+        self.world.deployer.create(&self.spec(name)).await.unwrap().id
+    }
+}
+
+#[tokio::test]
+async fn the_bedrock_deployer_passes_the_deployer_conformance_suite() {
+    let world = world("deploy-conformance").await;
+    let model_arn = world.trained("conformance").await.model_id;
+    let report = run_deployer_conformance(&BedrockHarness { world, model_arn }).await.unwrap();
+    assert_eq!(report.passed.len(), 5, "{report:?}");
 }

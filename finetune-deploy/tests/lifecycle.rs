@@ -5,13 +5,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use finetune_core::{Error, FineTunedModel, LossCurve, ModelArtifacts};
-use finetune_deploy::testing::{CrashPoint, CrashingDeployer, FakeDeployer, FakeFault};
+use finetune_deploy::testing::{
+    CrashPoint, CrashingDeployer, DeployerHarness, FakeDeployer, FakeFault, LeakingDeployer,
+    run_deployer_conformance,
+};
 use finetune_deploy::{
     Deployer, DeploymentState, Lifecycle, LifecyclePolicy, MODEL_TAG, NewVersion, Origin,
-    PriceTable, Registry, WaitPolicy,
+    PriceTable, Registry, RetryingDeployer, WaitPolicy,
 };
 use proptest::prelude::*;
 
@@ -29,8 +33,11 @@ fn model(id: &str) -> NewVersion {
     })
 }
 
+/// The fake has no client of its own to retry throttled calls: the retry
+/// decorator does, as it would for a user's deployer.
 fn lifecycle(registry: &Registry, deployer: Arc<dyn Deployer>) -> Lifecycle {
-    Lifecycle::new(registry.clone(), deployer).with_wait(WaitPolicy::immediate())
+    let retrying = RetryingDeployer::new(deployer, 5, Duration::ZERO);
+    Lifecycle::new(registry.clone(), Arc::new(retrying)).with_wait(WaitPolicy::immediate())
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -338,10 +345,10 @@ fn run_case(case: &Case, planted_leak: bool) -> Result<(), String> {
             Some((n, point)) => Arc::new(CrashingDeployer::new(fake.clone(), n, point)),
             None => Arc::new(fake.clone()),
         };
-        let mut lc = lifecycle(&registry, deployer);
-        if planted_leak {
-            lc = lc.with_planted_leak();
-        }
+        let leaky = |d: Arc<dyn Deployer>| -> Arc<dyn Deployer> {
+            if planted_leak { Arc::new(LeakingDeployer::new(d)) } else { d }
+        };
+        let lc = lifecycle(&registry, leaky(deployer));
         let mut registered = [0u64; 2];
         let mut attached = 0;
         for (m, name) in MODELS.iter().enumerate() {
@@ -393,10 +400,7 @@ fn run_case(case: &Case, planted_leak: bool) -> Result<(), String> {
         }
         // The process (maybe crashed) is gone; a new one reconciles.
         drop(lc);
-        let mut after = lifecycle(&registry, Arc::new(fake.clone()));
-        if planted_leak {
-            after = after.with_planted_leak();
-        }
+        let after = lifecycle(&registry, leaky(Arc::new(fake.clone())));
         let report = after.reconcile(false).await.map_err(|e| format!("reconcile failed: {e}"))?;
         // 1. No deployment with our tag that no version references.
         let mut referenced = Vec::new();
@@ -539,4 +543,73 @@ async fn the_registry_on_s3_keeps_every_concurrent_write() {
     assert_eq!(numbers, (1..=6).collect::<Vec<u64>>());
     assert_eq!(registry.head("bot").await.unwrap().deployments.len(), 6);
     assert_eq!(registry.versions("bot").await.unwrap().len(), 6);
+}
+
+/// The conformance suite over any deployer made from the fake.
+struct Harness<D> {
+    deployer: D,
+    fake: FakeDeployer,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl<D: Deployer> DeployerHarness for Harness<D> {
+    fn deployer(&self) -> &dyn Deployer {
+        &self.deployer
+    }
+
+    async fn add_unmanaged(&self, name: &str) -> String {
+        self.fake.add_unmanaged(name, "user-model");
+        name.to_owned()
+    }
+
+    fn wait(&self) -> WaitPolicy {
+        WaitPolicy { interval: Duration::from_millis(1), timeout: self.timeout }
+    }
+}
+
+#[tokio::test]
+async fn the_fake_passes_the_deployer_conformance_suite() {
+    let fake = FakeDeployer::new(3);
+    let harness = Harness { deployer: fake.clone(), fake, timeout: Duration::from_secs(5) };
+    let report = run_deployer_conformance(&harness).await.unwrap();
+    assert_eq!(report.passed.len(), 5, "{report:?}");
+}
+
+#[tokio::test]
+async fn the_conformance_suite_fails_a_leaking_deployer() {
+    let fake = FakeDeployer::new(1);
+    let harness = Harness {
+        deployer: LeakingDeployer::new(fake.clone()),
+        fake,
+        timeout: Duration::from_millis(50),
+    };
+    let failure = run_deployer_conformance(&harness).await.unwrap_err();
+    assert_eq!(failure.check, "delete_leaves_nothing", "{failure}");
+    assert!(failure.message.contains("leaked"), "{failure}");
+}
+
+#[tokio::test]
+async fn the_conformance_suite_fails_a_deployer_that_never_becomes_ready() {
+    // u32::MAX - 1 looks before ready: never, within the suite's wait.
+    let fake = FakeDeployer::new(u32::MAX - 1);
+    let harness = Harness { deployer: fake.clone(), fake, timeout: Duration::from_millis(100) };
+    let failure = run_deployer_conformance(&harness).await.unwrap_err();
+    assert_eq!(failure.check, "create_becomes_ready", "{failure}");
+    assert!(failure.message.contains("never became ready"), "{failure}");
+}
+
+#[tokio::test]
+async fn the_lifecycle_makes_each_platform_call_once() {
+    // Without a retrying deployer, a throttled call fails the step: the
+    // lifecycle does not retry on its own (the deployer's client does).
+    let fake = FakeDeployer::new(0);
+    let registry = Registry::in_memory();
+    let lc =
+        Lifecycle::new(registry.clone(), Arc::new(fake.clone())).with_wait(WaitPolicy::immediate());
+    lc.create_model("bot", LifecyclePolicy::default()).await.unwrap();
+    fake.inject(FakeFault::Throttle);
+    let err = lc.register_version("bot", model("m1")).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(fake.counts(), (0, 0, 1));
 }

@@ -41,12 +41,11 @@
 //!
 //! # Linking
 //! Binaries that link this crate need an rpath to libtorch and must keep
-//! `libtorch_cuda.so` linked for CUDA to be found. Inside this workspace the
-//! build scripts do it; a downstream package adds a `build.rs` that reads
-//! `DEP_FINETUNE_LOCAL_LIBTORCH_LIB` and emits
-//! `cargo::rustc-link-arg=-Wl,-rpath,<lib>` and
-//! `cargo::rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed`
-//! (this crate's own `build.rs` is such a script).
+//! `libtorch_cuda.so` linked for CUDA to be found; link arguments cannot
+//! travel from a library to its dependents, so a package with binaries adds
+//! `finetune-build` under `[build-dependencies]` and a `build.rs` that calls
+//! `finetune_build::link_libtorch()` (the README's "Using these crates in
+//! your project" shows all a user adds).
 
 use std::fmt;
 
@@ -73,8 +72,12 @@ pub use hub::{ModelCache, ModelId, locate};
 pub use job::{JobReport, LocalJob, Outputs, Runtime, run_job};
 pub use models::{CausalLm, ForwardInput, KvCache, LoadOptions};
 pub use provider::LocalProvider;
+// The foreign crates in this crate's public API (tensors, devices, dtypes;
+// the wrapped tokenizer), so that users name them without matching our
+// versions.
 pub use tch;
 pub use tokenizer::Tokenizer;
+pub use tokenizers;
 
 /// What libtorch offers on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]

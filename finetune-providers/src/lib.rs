@@ -30,82 +30,14 @@
 //! # Ok(()) }
 //! ```
 
-#[cfg(any(feature = "openai", feature = "azure"))]
-// Implements [`FineTuneProvider`] for a type holding an OpenAI-style
-// `engine`.
-macro_rules! compat_provider {
-    ($ty:ty) => {
-        #[async_trait::async_trait]
-        impl finetune_core::FineTuneProvider for $ty {
-            fn name(&self) -> &str {
-                self.engine.name()
-            }
-
-            fn capabilities(&self) -> finetune_core::Capabilities {
-                self.engine.capabilities()
-            }
-
-            async fn validate(&self, spec: &finetune_core::JobSpec) -> finetune_core::Result<()> {
-                self.engine.validate(spec)
-            }
-
-            async fn submit(
-                &self,
-                spec: &finetune_core::JobSpec,
-            ) -> finetune_core::Result<finetune_core::Job> {
-                self.engine.validate(spec)?;
-                let training = self.engine.prepare_file(&spec.training, "training").await?;
-                let validation = match &spec.validation {
-                    Some(v) => Some(self.engine.prepare_file(v, "validation").await?),
-                    None => None,
-                };
-                let wire = self
-                    .engine
-                    .create_job(spec, &training.id, validation.as_ref().map(|v| v.id.as_str()))
-                    .await?;
-                tracing::info!(job = %wire.id, provider = self.engine.name(), "fine-tuning job created");
-                self.engine.to_job(wire).await
-            }
-
-            async fn job(
-                &self,
-                id: &finetune_core::JobId,
-            ) -> finetune_core::Result<finetune_core::Job> {
-                let wire = self.engine.retrieve(id).await?;
-                self.engine.to_job(wire).await
-            }
-
-            async fn metrics(
-                &self,
-                id: &finetune_core::JobId,
-            ) -> finetune_core::Result<finetune_core::LossCurve> {
-                let wire = self.engine.retrieve(id).await?;
-                self.engine.curve(&wire).await
-            }
-
-            async fn cancel(
-                &self,
-                id: &finetune_core::JobId,
-            ) -> finetune_core::Result<finetune_core::JobState> {
-                self.engine.cancel(id).await
-            }
-
-            async fn list_jobs(
-                &self,
-                query: &finetune_core::ListJobs,
-            ) -> finetune_core::Result<finetune_core::Page<finetune_core::Job>> {
-                self.engine.list(query).await
-            }
-        }
-    };
-}
-
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 mod chat;
 #[cfg(any(feature = "openai", feature = "azure"))]
-mod compat;
-#[cfg(any(feature = "openai", feature = "azure"))]
 pub mod http;
+#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
+mod metrics_csv;
+#[cfg(any(feature = "openai", feature = "azure"))]
+mod openai_compatible;
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 mod prepare;
 
@@ -117,6 +49,26 @@ pub mod bedrock;
 pub mod openai;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
+mod time;
+
+// The foreign crates in this crate's public API (Entra ID credentials, the
+// AWS SDK configuration and clients, S3 stores), so that users name them
+// without matching our versions.
+#[cfg(feature = "bedrock")]
+pub use aws_config;
+#[cfg(feature = "bedrock")]
+pub use aws_credential_types;
+#[cfg(feature = "bedrock")]
+pub use aws_sdk_bedrock;
+#[cfg(feature = "bedrock")]
+pub use aws_sdk_bedrockruntime;
+#[cfg(feature = "azure")]
+pub use azure_core;
+#[cfg(feature = "azure")]
+pub use azure_identity;
+#[cfg(feature = "bedrock")]
+pub use object_store;
 
 #[cfg(feature = "azure")]
 pub use azure::{AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider};
@@ -124,13 +76,14 @@ pub use azure::{AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider};
 pub use bedrock::{BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockProvider, CustomModel};
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 pub use chat::{ChatCompletion, ChatMessage};
-#[cfg(any(feature = "openai", feature = "azure"))]
-pub use compat::{
-    Checkpoint, JobEvent, MIN_TRAINING_ROWS, REQUEST_ID_KEY, UploadedFile, curve_from_events,
-    curve_from_result_csv,
-};
 pub use finetune_core::FineTuneProvider;
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub use http::{Api, Auth, HttpSettings, RetryPolicy};
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiConfig, OpenAiProvider};
+#[cfg(any(feature = "openai", feature = "azure"))]
+pub use openai_compatible::curve::{curve_from_events, curve_from_result_csv};
+#[cfg(any(feature = "openai", feature = "azure"))]
+pub use openai_compatible::types::{JobCheckpoint, JobEvent, UploadedFile};
+#[cfg(any(feature = "openai", feature = "azure"))]
+pub use openai_compatible::{MIN_TRAINING_ROWS, REQUEST_ID_KEY};

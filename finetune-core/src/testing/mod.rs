@@ -1,5 +1,6 @@
-//! The conformance suite every [`FineTuneProvider`] runs, and an in-memory
-//! reference provider (feature `testing`).
+//! The conformance suite every [`FineTuneProvider`] runs, an in-memory
+//! reference provider, and [`PeerProcess`] for the emulators and mock
+//! servers tests start (feature `testing`).
 //!
 //! A provider crate's tests implement [`ConformanceHarness`] over their own
 //! backend (a fake server, a mock, a tiny local model) and call
@@ -22,6 +23,7 @@
 //! ```
 
 mod memory;
+mod peer;
 
 use std::fmt;
 use std::time::Duration;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::{Fault, MemoryHarness, MemoryProvider};
+pub use peer::{PeerProcess, free_loopback_port, wait_for_port};
 
 use crate::error::Error;
 use crate::job::{JobId, JobSpec, JobState, ListJobs};

@@ -1,6 +1,7 @@
-//! Test support (feature `testing`): a stateful fake platform with slow
-//! provisioning, failures and throttling, and a wrapper that "kills the
-//! process" at a chosen platform call.
+//! Test support (feature `testing`): the [`Deployer`] conformance suite, a
+//! stateful fake platform with slow provisioning, failures and throttling,
+//! a wrapper that "kills the process" at a chosen platform call, and a
+//! deliberately leaking deployer.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -10,6 +11,10 @@ use async_trait::async_trait;
 use finetune_core::{Error, Result};
 
 use crate::deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG};
+
+mod conformance;
+
+pub use conformance::{DeployerHarness, run_deployer_conformance};
 
 /// A failure the fake answers to a coming call.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +103,7 @@ impl Deployer for FakeDeployer {
     }
 
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
+        spec.check()?;
         self.throttled()?;
         let mut s = self.lock();
         if let Some((d, _)) = s.deployments.get(&spec.name) {
@@ -226,5 +232,44 @@ impl<D: Deployer> Deployer for CrashingDeployer<D> {
 
     async fn list_managed(&self) -> Result<Vec<Deployment>> {
         self.guard(self.inner.list_managed()).await
+    }
+}
+
+/// A broken deployer for proving that tests catch leaks: `delete` answers
+/// success and deletes nothing, so everything "deleted" stays billed on the
+/// platform. The lifecycle property test and the deployer conformance suite
+/// must both fail with it.
+#[derive(Debug, Clone)]
+pub struct LeakingDeployer<D> {
+    inner: D,
+}
+
+impl<D: Deployer> LeakingDeployer<D> {
+    /// Wraps `inner`, whose deployments will never be deleted.
+    pub fn new(inner: D) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl<D: Deployer> Deployer for LeakingDeployer<D> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
+        self.inner.create(spec).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Deployment>> {
+        self.inner.get(id).await
+    }
+
+    async fn delete(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<Deployment>> {
+        self.inner.list_managed().await
     }
 }

@@ -3,10 +3,13 @@
 //! reading Bedrock's metrics back.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use finetune_core::{Error, Result};
+
+use super::models::BedrockDataFormat;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::path::Path as StorePath;
@@ -233,6 +236,55 @@ async fn read_part(reader: &mut tokio::fs::File, size: usize) -> std::io::Result
     let mut buf = Vec::with_capacity(size);
     reader.take(size as u64).read_to_end(&mut buf).await?;
     Ok(buf)
+}
+
+/// What [`BedrockProvider::upload`] did with one dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedObject {
+    /// `s3://bucket/key`.
+    pub uri: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Rows written.
+    pub rows: u64,
+    /// Parts sent: 0 when an identical object was already there, 1 for a
+    /// single PUT, more for a multipart upload.
+    pub parts: usize,
+}
+
+impl super::BedrockProvider {
+    /// Converts a dataset to the base model's format and uploads it under
+    /// `data/<sha256>.jsonl`, unless the same object is there already.
+    pub async fn upload(
+        &self,
+        source: &finetune_core::DatasetSource,
+        role: &str,
+        format: BedrockDataFormat,
+    ) -> Result<UploadedObject> {
+        let bucket = self.bucket()?;
+        let prepared = crate::prepare::convert_for_upload(
+            &self.stores,
+            source,
+            role,
+            format.output_format(),
+            1,
+        )
+        .await?;
+        let key = bucket.uri.key(&format!("data/{}.jsonl", &prepared.sha256[..32]));
+        let parts =
+            bucket.upload(&prepared.path, &key, prepared.bytes, self.config.part_size).await?;
+        if parts > 0 {
+            self.uploads.fetch_add(1, Ordering::Relaxed);
+            self.parts.fetch_add(parts as u64, Ordering::Relaxed);
+        }
+        tracing::debug!(role, key, parts, "dataset on S3");
+        Ok(UploadedObject {
+            uri: format!("s3://{}/{key}", bucket.uri.bucket),
+            bytes: prepared.bytes,
+            rows: prepared.rows,
+            parts,
+        })
+    }
 }
 
 #[cfg(test)]

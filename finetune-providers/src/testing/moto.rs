@@ -2,14 +2,16 @@
 //! --test` installs in `.tools/python`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A running moto server; killed when dropped.
+use finetune_core::testing::{PeerProcess, free_loopback_port, wait_for_port};
+
+/// A running moto server; it ends when dropped or when the test process
+/// exits (also from a `static`).
 #[derive(Debug)]
 pub struct Moto {
-    child: std::process::Child,
+    _process: PeerProcess,
     endpoint: String,
 }
 
@@ -35,25 +37,14 @@ impl Moto {
             "moto is not installed in {}: run `scripts/setup --test`",
             site.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = std::process::Command::new("python3")
+        let port = free_loopback_port().expect("a free port");
+        let mut command = std::process::Command::new("python3");
+        command
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("PYTHONPATH", &site)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto");
-        let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
+            .env("PYTHONPATH", &site);
+        let process = PeerProcess::start(&command, None).expect("starting moto");
+        assert!(wait_for_port(port, Duration::from_secs(60)), "moto did not start within 60 s");
+        Self { _process: process, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -107,12 +98,5 @@ impl Moto {
             )))
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

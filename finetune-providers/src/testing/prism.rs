@@ -2,13 +2,15 @@
 //! loopback.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// A running Prism serving one spec; killed when dropped.
+use finetune_core::testing::{PeerProcess, free_loopback_port};
+
+/// A running Prism serving one spec; it ends when dropped or when the test
+/// process exits.
 #[derive(Debug)]
 pub struct Prism {
-    child: std::process::Child,
+    process: PeerProcess,
     url: String,
     log: PathBuf,
 }
@@ -54,21 +56,13 @@ impl Prism {
             bin.display()
         );
         assert!(spec.exists(), "the spec {} is missing", spec.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_loopback_port().expect("a free port");
         let log = std::env::temp_dir().join(format!("prism-{port}.log"));
-        let out = std::fs::File::create(&log).expect("creating Prism's log");
-        let child = std::process::Command::new(&bin)
-            .args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .arg(spec)
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting Prism");
-        let prism = Self { child, url: format!("http://127.0.0.1:{port}"), log };
+        std::fs::File::create(&log).expect("creating Prism's log");
+        let mut command = std::process::Command::new(&bin);
+        command.args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()]).arg(spec);
+        let process = PeerProcess::start(&command, Some(&log)).expect("starting Prism");
+        let prism = Self { process, url: format!("http://127.0.0.1:{port}"), log };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let text = std::fs::read_to_string(&prism.log).unwrap_or_default();
@@ -94,8 +88,7 @@ impl Prism {
 
 impl Drop for Prism {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stop();
         let _ = std::fs::remove_file(&self.log);
     }
 }

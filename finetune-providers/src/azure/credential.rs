@@ -1,0 +1,72 @@
+//! How requests to Azure OpenAI are authenticated: an `api-key`, or Entra ID
+//! tokens from an azure_core credential.
+
+use std::fmt;
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use finetune_core::{AzureAuth, Error, Result, Secret};
+
+/// The Entra ID scope of Azure OpenAI.
+pub const COGNITIVE_SERVICES_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+
+/// How requests to Azure OpenAI are authenticated. `Debug` shows no secret.
+#[derive(Clone)]
+pub enum AzureCredential {
+    /// The resource's `api-key`.
+    ApiKey(Secret),
+    /// Entra ID tokens from an azure_core credential (azure_identity's
+    /// `ClientSecretCredential`, `ManagedIdentityCredential`,
+    /// `AzureCliCredential`, or your own).
+    Entra(Arc<dyn TokenCredential>),
+}
+
+impl fmt::Debug for AzureCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ApiKey(_) => f.write_str("ApiKey([REDACTED])"),
+            Self::Entra(c) => f.debug_tuple("Entra").field(c).finish(),
+        }
+    }
+}
+
+impl AzureCredential {
+    /// The credential a connection's [`AzureAuth`] names.
+    pub fn from_auth(auth: &AzureAuth) -> Result<Self> {
+        let failed = |e: azure_core::Error| Error::Authentication {
+            message: format!("setting up the Entra ID credential failed: {e}"),
+        };
+        Ok(match auth {
+            AzureAuth::ApiKey { key } => Self::ApiKey(key.clone()),
+            AzureAuth::ClientSecret { tenant_id, client_id, client_secret } => Self::Entra(
+                azure_identity::ClientSecretCredential::new(
+                    tenant_id,
+                    client_id.clone(),
+                    client_secret.expose().to_owned().into(),
+                    None,
+                )
+                .map_err(failed)?,
+            ),
+            AzureAuth::AzureCli => {
+                Self::Entra(azure_identity::AzureCliCredential::new(None).map_err(failed)?)
+            }
+            AzureAuth::ManagedIdentity { client_id } => {
+                let options = azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id
+                        .clone()
+                        .map(azure_identity::UserAssignedId::ClientId),
+                    ..Default::default()
+                };
+                Self::Entra(
+                    azure_identity::ManagedIdentityCredential::new(Some(options))
+                        .map_err(failed)?,
+                )
+            }
+            other => {
+                return Err(Error::Unsupported {
+                    message: format!("Azure authentication {other:?} is not supported yet"),
+                });
+            }
+        })
+    }
+}
