@@ -6,11 +6,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use finetune_core::{Error, Location, Result, Secret};
+use finetune_core::pagination::{RepeatedCursor, collect_pages};
+use finetune_core::{Error, Location, Page, Result, Secret};
 use finetune_providers::http::{Api, Auth, HttpSettings, Method};
 use serde::Deserialize;
 
-use crate::deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG};
+use crate::deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState};
 
 /// Azure Resource Manager's root.
 pub const ARM_ENDPOINT: &str = "https://management.azure.com";
@@ -308,38 +309,32 @@ impl Deployer for AzureDeployer {
     }
 
     async fn list_managed(&self) -> Result<Vec<Deployment>> {
-        let mut all = Vec::new();
-        let mut list: ArmList = self.api.send_json(Method::GET, &self.root, &[], None).await?;
-        // ARM pages long listings. A link seen before would loop forever.
-        let mut seen = std::collections::HashSet::new();
-        loop {
-            for d in std::mem::take(&mut list.value) {
-                let d = Deployment::from(d);
-                if d.tags.get(MANAGED_TAG).map(String::as_str) == Some("true") {
-                    all.push(d);
-                }
-            }
-            let Some(link) = list.next_link.take() else { break };
-            if url::Url::parse(&link).is_err() {
-                tracing::warn!(
-                    link,
-                    "ARM answered a nextLink that is not a URL; listing stops here"
-                );
-                break;
-            }
-            if !seen.insert(link.clone()) {
-                return Err(Error::Provider {
-                    status: None,
-                    code: Some("looping_next_link".into()),
-                    message: format!("ARM answered the nextLink `{link}` twice"),
-                    param: None,
+        // ARM pages long listings with nextLink; a link seen before would
+        // loop forever, and one that is not a URL ends the listing.
+        let all =
+            collect_pages("ARM deployments", 10_000, RepeatedCursor::Fail, |link| async move {
+                let list: ArmList = match link {
+                    None => self.api.send_json(Method::GET, &self.root, &[], None).await?,
+                    Some(link) => {
+                        let (path, query) = self.next_page(&link)?;
+                        let query: Vec<(&str, String)> =
+                            query.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                        self.api.send_json(Method::GET, &path, &query, None).await?
+                    }
+                };
+                let next = list.next_link.filter(|link| {
+                    let readable = url::Url::parse(link).is_ok();
+                    if !readable {
+                        tracing::warn!(
+                            link,
+                            "ARM answered a nextLink that is not a URL; listing stops here"
+                        );
+                    }
+                    readable
                 });
-            }
-            let (path, query) = self.next_page(&link)?;
-            let query: Vec<(&str, String)> =
-                query.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            list = self.api.send_json(Method::GET, &path, &query, None).await?;
-        }
-        Ok(all)
+                Ok(Page { items: list.value, next })
+            })
+            .await?;
+        Ok(all.into_iter().map(Deployment::from).filter(Deployment::is_managed).collect())
     }
 }

@@ -21,7 +21,8 @@ use aws_sdk_bedrock::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrock::types::{
     CommitmentDuration, CustomModelDeploymentStatus, ProvisionedModelStatus, Tag,
 };
-use finetune_core::{Error, Location, Result};
+use finetune_core::pagination::{RepeatedCursor, collect_pages};
+use finetune_core::{Error, Location, Page, Result};
 use finetune_providers::bedrock::aws_error;
 
 use crate::deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG};
@@ -176,45 +177,50 @@ impl BedrockDeployer {
     /// Every deployment of either kind, all pages, as `(arn, name,
     /// provisioned)` from the listings alone.
     async fn list_all(&self) -> Result<Vec<(String, String, bool)>> {
-        let mut arns = Vec::new();
-        let mut next = None;
-        loop {
-            let out = self
-                .control
-                .list_custom_model_deployments()
-                .max_results(100)
-                .set_next_token(next)
-                .send()
-                .await
-                .map_err(|e| aws_error("listing custom model deployments", e))?;
-            arns.extend(out.model_deployment_summaries().iter().map(|s| {
-                let arn = s.custom_model_deployment_arn().to_owned();
-                (arn, s.custom_model_deployment_name().to_owned(), false)
-            }));
-            next = out.next_token().map(str::to_owned);
-            if next.is_none() {
-                break;
-            }
-        }
-        loop {
-            let out = self
-                .control
-                .list_provisioned_model_throughputs()
-                .max_results(100)
-                .set_next_token(next)
-                .send()
-                .await
-                .map_err(|e| aws_error("listing provisioned throughput", e))?;
-            arns.extend(out.provisioned_model_summaries().iter().map(|s| {
-                let arn = s.provisioned_model_arn().to_owned();
-                (arn, s.provisioned_model_name().to_owned(), true)
-            }));
-            next = out.next_token().map(str::to_owned);
-            if next.is_none() {
-                break;
-            }
-        }
-        Ok(arns)
+        let mut all = collect_pages(
+            "custom model deployments",
+            10_000,
+            RepeatedCursor::Fail,
+            |next| async move {
+                let out = self
+                    .control
+                    .list_custom_model_deployments()
+                    .max_results(100)
+                    .set_next_token(next)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("listing custom model deployments", e))?;
+                let items = out.model_deployment_summaries().iter().map(|s| {
+                    let arn = s.custom_model_deployment_arn().to_owned();
+                    (arn, s.custom_model_deployment_name().to_owned(), false)
+                });
+                Ok(Page { items: items.collect(), next: out.next_token().map(str::to_owned) })
+            },
+        )
+        .await?;
+        let provisioned = collect_pages(
+            "provisioned throughput",
+            10_000,
+            RepeatedCursor::Fail,
+            |next| async move {
+                let out = self
+                    .control
+                    .list_provisioned_model_throughputs()
+                    .max_results(100)
+                    .set_next_token(next)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("listing provisioned throughput", e))?;
+                let items = out.provisioned_model_summaries().iter().map(|s| {
+                    let arn = s.provisioned_model_arn().to_owned();
+                    (arn, s.provisioned_model_name().to_owned(), true)
+                });
+                Ok(Page { items: items.collect(), next: out.next_token().map(str::to_owned) })
+            },
+        )
+        .await?;
+        all.extend(provisioned);
+        Ok(all)
     }
 
     async fn find_by_name(&self, name: &str, provisioned: bool) -> Result<Option<Deployment>> {

@@ -3,13 +3,11 @@
 //! stateful fake of ARM with slow provisioning, failures and throttling.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use chrono::Utc;
 use finetune_core::{FineTunedModel, LossCurve, ModelArtifacts, Secret};
 use finetune_deploy::testing::{DeployerHarness, run_deployer_conformance};
@@ -17,9 +15,10 @@ use finetune_deploy::{
     ArmCredential, AzureDeployer, AzureDeployerConfig, Deployer, DeploymentSpec, DeploymentState,
     Lifecycle, LifecyclePolicy, MANAGED_TAG, NewVersion, Registry, WaitPolicy,
 };
-use finetune_providers::testing::Prism;
+use finetune_providers::testing::{
+    ARM_ACCOUNT, ARM_RESOURCE_GROUP, ARM_SUBSCRIPTION, FakeArm, Prism,
+};
 use finetune_providers::{HttpSettings, RetryPolicy};
-use serde_json::{Value, json};
 
 fn http() -> HttpSettings {
     HttpSettings {
@@ -41,9 +40,9 @@ fn deployer(endpoint: &str, token: &str, retries: bool) -> AzureDeployer {
     }
     AzureDeployer::new(
         AzureDeployerConfig::new(
-            "00000000-0000-0000-0000-000000000000",
-            "rg-ft",
-            "my-aoai",
+            ARM_SUBSCRIPTION,
+            ARM_RESOURCE_GROUP,
+            ARM_ACCOUNT,
             ArmCredential::Token(Secret::new(token)),
         )
         .with_endpoint(endpoint)
@@ -80,132 +79,9 @@ async fn arm_requests_satisfy_the_deployments_spec() {
     assert!(format!("{d:?}").contains("REDACTED") && !format!("{d:?}").contains("arm-token"));
 }
 
-/// A stateful fake of ARM's deployments of one account.
-#[derive(Clone, Default)]
-struct FakeArm {
-    state: Arc<Mutex<Arm>>,
-}
-
-#[derive(Default)]
-struct Arm {
-    deployments: BTreeMap<String, (Value, u32)>,
-    throttles: VecDeque<()>,
-    requests: u64,
-    /// Requests by method, throttled ones included.
-    by_method: BTreeMap<String, u64>,
-    lists: u64,
-    /// Deployments per listing page (ARM pages with nextLink).
-    page: usize,
-    /// A nextLink to another host, to check it is not followed.
-    foreign_next: bool,
-}
-
-async fn arm(State(fake): State<FakeArm>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let bearer = parts.headers.get("authorization").and_then(|v| v.to_str().ok());
-    if bearer != Some("Bearer arm-token") {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": {"code": "AuthenticationFailed", "message": "no token"}})),
-        )
-            .into_response();
-    }
-    if !parts.uri.query().unwrap_or("").contains("api-version=2024-10-01") {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"error": {"code": "MissingApiVersionParameter", "message": "api-version"}}),
-            ),
-        )
-            .into_response();
-    }
-    let path = parts.uri.path().to_owned();
-    let prefix = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-ft/providers/Microsoft.CognitiveServices/accounts/my-aoai/deployments";
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-    let mut s = fake.state.lock().unwrap();
-    s.requests += 1;
-    *s.by_method.entry(parts.method.to_string()).or_default() += 1;
-    if s.throttles.pop_front().is_some() {
-        let mut r = (
-            StatusCode::TOO_MANY_REQUESTS,
-            axum::Json(json!({"error": {"code": "TooManyRequests", "message": "slow down"}})),
-        )
-            .into_response();
-        r.headers_mut().insert("retry-after", 0.into());
-        return r;
-    }
-    let name = rest.trim_start_matches('/').to_owned();
-    match (parts.method, name.is_empty()) {
-        (Method::GET, true) => {
-            s.lists += 1;
-            let page = if s.page == 0 { usize::MAX } else { s.page };
-            let skip: usize = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                .find(|(k, _)| k == "$skipToken")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let all: Vec<Value> = s.deployments.values().map(|(v, _)| v.clone()).collect();
-            let value: Vec<Value> = all.iter().skip(skip).take(page).cloned().collect();
-            let mut body = json!({"value": value});
-            if skip.saturating_add(page) < all.len() {
-                let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
-                let host = if s.foreign_next { "evil.example.com" } else { host };
-                body["nextLink"] = format!(
-                    "http://{host}{prefix}?api-version=2024-10-01&$skipToken={}",
-                    skip + page
-                )
-                .into();
-            }
-            axum::Json(body).into_response()
-        }
-        (Method::PUT, false) => {
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if body["properties"]["model"]["format"] != "OpenAI" || body["sku"]["name"].as_str().is_none() {
-                return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"code": "InvalidPayload", "message": "bad body"}}))).into_response();
-            }
-            if let Some((v, _)) = s.deployments.get(&name) {
-                return axum::Json(v.clone()).into_response();
-            }
-            let fails = body["properties"]["model"]["name"].as_str().unwrap_or("").contains("fail");
-            let v = json!({
-                "id": format!("{prefix}/{name}"), "name": name, "type": "Microsoft.CognitiveServices/accounts/deployments",
-                "sku": body["sku"], "tags": body["tags"],
-                "properties": {"model": body["properties"]["model"], "provisioningState": "Creating"},
-            });
-            s.deployments.insert(name, (v.clone(), if fails { u32::MAX } else { 2 }));
-            (StatusCode::CREATED, axum::Json(v)).into_response()
-        }
-        (Method::GET, false) => match s.deployments.get_mut(&name) {
-            Some((v, polls)) => {
-                if v["properties"]["provisioningState"] == "Creating" {
-                    if *polls == u32::MAX {
-                        v["properties"]["provisioningState"] = "Failed".into();
-                    } else if *polls <= 1 {
-                        v["properties"]["provisioningState"] = "Succeeded".into();
-                    } else {
-                        *polls -= 1;
-                    }
-                }
-                axum::Json(v.clone()).into_response()
-            }
-            None => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "DeploymentNotFound", "message": "no such deployment"}}))).into_response(),
-        },
-        (Method::DELETE, false) => match s.deployments.remove(&name) {
-            Some(_) => StatusCode::ACCEPTED.into_response(),
-            None => StatusCode::NO_CONTENT.into_response(),
-        },
-        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
-    }
-}
-
 async fn start_fake() -> (FakeArm, String) {
-    let fake = FakeArm::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(arm).with_state(fake.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let fake = FakeArm::start("arm-token").await;
+    let url = fake.url();
     (fake, url)
 }
 
@@ -233,7 +109,7 @@ async fn the_lifecycle_through_arm_with_slow_provisioning_failures_and_throttlin
     lc.create_model("bot", LifecyclePolicy::default()).await.unwrap();
     lc.register_version("bot", version("gpt-4o-mini-2024-07-18.ft-1")).await.unwrap();
     for _ in 0..3 {
-        fake.state.lock().unwrap().throttles.push_back(());
+        fake.throttle_next(1);
     }
     lc.register_version("bot", version("gpt-4o-mini-2024-07-18.ft-2")).await.unwrap();
     let head = lc.activate("bot", 2).await.unwrap();
@@ -269,7 +145,7 @@ async fn the_lifecycle_through_arm_with_slow_provisioning_failures_and_throttlin
 #[tokio::test]
 async fn listings_follow_next_link_on_the_same_host_only() {
     let (fake, url) = start_fake().await;
-    fake.state.lock().unwrap().page = 2;
+    fake.set_page_size(2);
     let d = deployer(&url, "arm-token", true);
     for i in 0..5 {
         d.create(&spec(&format!("ft-page-{i}"), "gpt-4o-mini-2024-07-18.ft-p")).await.unwrap();
@@ -277,12 +153,12 @@ async fn listings_follow_next_link_on_the_same_host_only() {
     let mut unmanaged = spec("theirs", "gpt-4o-mini-2024-07-18.ft-p");
     unmanaged.tags.clear();
     d.create(&unmanaged).await.unwrap();
-    let before = fake.state.lock().unwrap().lists;
+    let before = fake.lists();
     let listed = d.list_managed().await.unwrap();
     assert_eq!(listed.len(), 5, "{listed:?}");
-    assert_eq!(fake.state.lock().unwrap().lists - before, 3, "three pages of two");
+    assert_eq!(fake.lists() - before, 3, "three pages of two");
     // A nextLink to another host is refused rather than sent our token.
-    fake.state.lock().unwrap().foreign_next = true;
+    fake.send_foreign_next_link();
     let err = d.list_managed().await.unwrap_err();
     assert!(err.to_string().contains("not followed"), "{err}");
 }
@@ -295,13 +171,12 @@ async fn one_arm_call_makes_at_most_the_configured_attempts() {
         .with_wait(WaitPolicy { interval: Duration::from_millis(5), ..WaitPolicy::immediate() });
     lc.create_model("bot", LifecyclePolicy::default()).await.unwrap();
     // ARM throttles every request from now on.
-    fake.state.lock().unwrap().throttles.extend(std::iter::repeat_n((), 1000));
+    fake.throttle_next(1000);
     let err = lc.register_version("bot", version("gpt-4o-mini-2024-07-18.ft-1")).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     // The create is one PUT plus the client's 6 retries, not multiplied by
     // a second retry layer in the lifecycle.
-    let puts = fake.state.lock().unwrap().by_method.get("PUT").copied();
-    assert_eq!(puts, Some(1 + 6));
+    assert_eq!(fake.requests_with(&Method::PUT), 1 + 6);
 }
 
 struct ArmHarness {
@@ -316,13 +191,7 @@ impl DeployerHarness for ArmHarness {
     }
 
     async fn add_unmanaged(&self, name: &str) -> String {
-        let v = json!({
-            "id": format!("/deployments/{name}"), "name": name,
-            "sku": {"name": "Standard", "capacity": 1}, "tags": {},
-            "properties": {"model": {"format": "OpenAI", "name": "gpt-4o-mini", "version": "1"},
-                           "provisioningState": "Succeeded"},
-        });
-        self.fake.state.lock().unwrap().deployments.insert(name.to_owned(), (v, 0));
+        self.fake.add_unmanaged(name, "gpt-4o-mini");
         name.to_owned()
     }
 }

@@ -17,7 +17,7 @@ use finetune_deploy::{
     BedrockDeployer, Deployer, DeploymentSpec, DeploymentState, Lifecycle, LifecyclePolicy,
     MANAGED_TAG, NewVersion, Registry, WaitPolicy,
 };
-use finetune_providers::testing::{BedrockFault, FakeBedrock, Method, Moto};
+use finetune_providers::testing::{FakeBedrock, Fault, Method, Moto};
 use finetune_providers::{BedrockConfig, BedrockProvider, ChatMessage};
 
 fn moto() -> &'static Moto {
@@ -147,10 +147,8 @@ async fn throttling_and_lost_answers_never_make_two_deployments() {
     let model = w.trained("faults").await;
     let d = &w.deployer;
     for _ in 0..4 {
-        w.fake.inject(BedrockFault::throttle(
-            Method::POST,
-            "/model-customization/custom-model-deployments",
-        ));
+        w.fake
+            .inject(Fault::throttle(Method::POST, "/model-customization/custom-model-deployments"));
     }
     let first = d.create(&spec("faults-a", &model.model_id, "on-demand", 0)).await.unwrap();
     assert_eq!(w.fake.injected(), 4);
@@ -158,8 +156,7 @@ async fn throttling_and_lost_answers_never_make_two_deployments() {
 
     // The deployment is made, the answer lost: the SDK retries with the
     // same token and gets the same deployment.
-    w.fake
-        .inject(BedrockFault::internal(Method::POST, "/provisioned-model-throughput").committed());
+    w.fake.inject(Fault::internal(Method::POST, "/provisioned-model-throughput").committed());
     let pt = d.create(&spec("faults-b", &model.model_id, "provisioned", 1)).await.unwrap();
     assert_eq!(w.fake.deployments().len(), 2);
 

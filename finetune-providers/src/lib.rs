@@ -77,13 +77,20 @@ pub use bedrock::{BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockProvi
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 pub use chat::{ChatCompletion, ChatMessage};
 pub use finetune_core::FineTuneProvider;
+
+/// The label (OpenAI job metadata key, Bedrock job tag) under which a job
+/// carries the id of the request that created it, so that a retried create
+/// finds the job instead of making a second one. Reserved: a spec's own
+/// metadata cannot use it.
+#[cfg(any(feature = "openai", feature = "bedrock"))]
+pub const REQUEST_ID_LABEL: &str = "finetune_request_id";
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub use http::{Api, Auth, HttpSettings, RetryPolicy};
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiConfig, OpenAiProvider};
 #[cfg(any(feature = "openai", feature = "azure"))]
+pub use openai_compatible::MIN_TRAINING_ROWS;
+#[cfg(any(feature = "openai", feature = "azure"))]
 pub use openai_compatible::curve::{curve_from_events, curve_from_result_csv};
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub use openai_compatible::types::{JobCheckpoint, JobEvent, UploadedFile};
-#[cfg(any(feature = "openai", feature = "azure"))]
-pub use openai_compatible::{MIN_TRAINING_ROWS, REQUEST_ID_KEY};

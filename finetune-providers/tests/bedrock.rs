@@ -19,7 +19,7 @@ use finetune_core::{
     DatasetSource, Error, FineTuneProvider, Hyperparameters, JobSpec, JobState, LearningRate,
     ListJobs, PollPolicy, Setting, wait_for_job,
 };
-use finetune_providers::testing::{BedrockFault, FakeBedrock, Method, Moto};
+use finetune_providers::testing::{FakeBedrock, Fault, Method, Moto};
 use finetune_providers::{BedrockConfig, BedrockProvider, ChatMessage};
 use object_store::ObjectStoreExt;
 use support::write_dataset;
@@ -206,7 +206,7 @@ async fn throttling_storms_and_a_lost_answer_leave_exactly_one_job() {
     let s = setup("bedrock-storm").await;
     let provider = s.provider().await;
     for _ in 0..5 {
-        s.fake.inject(BedrockFault::throttle(Method::POST, "/model-customization-jobs"));
+        s.fake.inject(Fault::throttle(Method::POST, "/model-customization-jobs"));
     }
     let job = provider.submit(&titan_spec(s.dir.path())).await.unwrap();
     println!(
@@ -220,7 +220,7 @@ async fn throttling_storms_and_a_lost_answer_leave_exactly_one_job() {
     assert_eq!(s.fake.job_count(), 1);
     // Throttled reads are ridden out too.
     for _ in 0..3 {
-        s.fake.inject(BedrockFault::throttle(Method::GET, "/model-customization-jobs/"));
+        s.fake.inject(Fault::throttle(Method::GET, "/model-customization-jobs/*"));
     }
     wait_for_job(&provider, &job.id, &poll(), |_| {}).await.unwrap();
 
@@ -228,7 +228,7 @@ async fn throttling_storms_and_a_lost_answer_leave_exactly_one_job() {
     // same clientRequestToken and gets the same job back.
     let s = setup("bedrock-lost").await;
     let provider = s.provider().await;
-    s.fake.inject(BedrockFault::internal(Method::POST, "/model-customization-jobs").committed());
+    s.fake.inject(Fault::internal(Method::POST, "/model-customization-jobs").committed());
     provider.submit(&titan_spec(s.dir.path())).await.unwrap();
     println!(
         "lost create answer: {} create requests, {} job(s)",
@@ -243,7 +243,7 @@ async fn throttling_storms_and_a_lost_answer_leave_exactly_one_job() {
     let s = setup("bedrock-giveup").await;
     let provider =
         BedrockProvider::new(s.config().with_retries(1, Duration::from_millis(5))).await.unwrap();
-    s.fake.inject(BedrockFault::internal(Method::POST, "/model-customization-jobs").committed());
+    s.fake.inject(Fault::internal(Method::POST, "/model-customization-jobs").committed());
     let job = provider.submit(&titan_spec(s.dir.path())).await.unwrap();
     assert_eq!(s.fake.create_requests(), 1);
     assert_eq!(s.fake.job_count(), 1);

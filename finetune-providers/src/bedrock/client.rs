@@ -13,7 +13,8 @@ use finetune_core::{
 };
 
 use super::metrics::final_figures;
-use super::{BedrockProvider, REQUEST_TAG, aws_error, models};
+use super::{BedrockProvider, aws_error, models};
+use crate::REQUEST_ID_LABEL;
 use crate::time::from_aws;
 
 /// The job id in output paths: the last segment of the job ARN.
@@ -43,7 +44,7 @@ impl BedrockProvider {
         let token = format!("finetune{}", nonce.replace('-', ""));
         let model_name = format!("{}-{nonce}", spec.suffix.as_deref().unwrap_or("finetune"));
         let mut tags: Vec<Tag> = Vec::new();
-        for (k, v) in spec.metadata.iter().chain([(&REQUEST_TAG.to_owned(), &token)]) {
+        for (k, v) in spec.metadata.iter().chain([(&REQUEST_ID_LABEL.to_owned(), &token)]) {
             tags.push(
                 Tag::builder()
                     .key(k)

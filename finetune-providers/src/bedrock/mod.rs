@@ -60,10 +60,8 @@ pub use self::metrics::merge_metrics_csv;
 pub use self::models::{BaseModelRules, BedrockDataFormat, Range};
 use self::s3::Bucket;
 pub use self::s3::{S3Uri, UploadedObject};
+use crate::REQUEST_ID_LABEL;
 use crate::time::from_aws;
-
-/// The tag every job this crate creates carries, with its request id.
-pub const REQUEST_TAG: &str = "finetune-request";
 
 /// AWS Bedrock fine-tuning.
 pub struct BedrockProvider {
@@ -256,12 +254,12 @@ impl BedrockProvider {
             if k.is_empty()
                 || k.chars().count() > 128
                 || v.chars().count() > 256
-                || k == REQUEST_TAG
+                || k == REQUEST_ID_LABEL
             {
                 return Err(Error::invalid_at(
                     Location::column(format!("metadata.{k}")),
                     format!(
-                        "tag keys take 1 to 128 characters, values 256, and `{REQUEST_TAG}` is reserved"
+                        "tag keys take 1 to 128 characters, values 256, and `{REQUEST_ID_LABEL}` is reserved"
                     ),
                 ));
             }

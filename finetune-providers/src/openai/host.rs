@@ -2,9 +2,10 @@
 
 use finetune_core::{Error, JobSpec, Location, Result};
 
+use crate::REQUEST_ID_LABEL;
 use crate::chat::ChatMessage;
 use crate::openai_compatible::wire::WireJob;
-use crate::openai_compatible::{CreateRequest, Host, REQUEST_ID_KEY, learning_rate_json};
+use crate::openai_compatible::{CreateRequest, Host, learning_rate_json};
 
 /// OpenAI: models are called by id, jobs keep metadata (which carries the
 /// request id a lost create is found by), hyperparameters may be `auto`.
@@ -37,11 +38,11 @@ impl Host for OpenAi {
             ));
         }
         for (k, v) in &spec.metadata {
-            if k.chars().count() > 64 || v.chars().count() > 512 || k == REQUEST_ID_KEY {
+            if k.chars().count() > 64 || v.chars().count() > 512 || k == REQUEST_ID_LABEL {
                 return Err(Error::invalid_at(
                     Location::column(format!("metadata.{k}")),
                     format!(
-                        "keys take at most 64 characters, values 512, and `{REQUEST_ID_KEY}` \
+                        "keys take at most 64 characters, values 512, and `{REQUEST_ID_LABEL}` \
                          is reserved"
                     ),
                 ));
@@ -66,19 +67,19 @@ impl Host for OpenAi {
         });
         let mut metadata: serde_json::Map<String, serde_json::Value> =
             spec.metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        metadata.insert(REQUEST_ID_KEY.into(), request_id.into());
+        metadata.insert(REQUEST_ID_LABEL.into(), request_id.into());
         body["metadata"] = metadata.into();
     }
 
     fn created_job_query(&self, request: &CreateRequest<'_>) -> Vec<(String, String)> {
         vec![
-            (format!("metadata[{REQUEST_ID_KEY}]"), request.request_id.to_owned()),
+            (format!("metadata[{REQUEST_ID_LABEL}]"), request.request_id.to_owned()),
             ("limit".into(), "10".into()),
         ]
     }
 
     fn is_created_job(&self, job: &WireJob, request: &CreateRequest<'_>) -> bool {
-        job.metadata.as_ref().and_then(|m| m.get(REQUEST_ID_KEY)).map(String::as_str)
+        job.metadata.as_ref().and_then(|m| m.get(REQUEST_ID_LABEL)).map(String::as_str)
             == Some(request.request_id)
     }
 

@@ -37,11 +37,6 @@ use crate::chat::{ChatCompletion, ChatMessage};
 use crate::http::{Api, Failure};
 use crate::time::from_unix_seconds;
 
-/// The metadata key under which a job carries the id of the request that
-/// created it, so that a retried create finds the job instead of making a
-/// second one.
-pub const REQUEST_ID_KEY: &str = "finetune_request_id";
-
 /// The fewest training rows OpenAI and Azure OpenAI accept.
 pub const MIN_TRAINING_ROWS: u64 = 10;
 

@@ -16,7 +16,7 @@
 //! `Stopped`; deployments provision slowly and may fail; Converse only
 //! answers deployed custom models. Errors carry `x-amzn-ErrorType`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,48 +27,10 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
+use super::fake_server::{FakeCore, Fault, loopback, serve};
+
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
-
-/// A failure injected into the next matching request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BedrockFault {
-    /// The method it applies to.
-    pub method: Method,
-    /// A path prefix it applies to (`/model-customization-jobs`).
-    pub path: String,
-    /// The status answered.
-    pub status: u16,
-    /// The `x-amzn-ErrorType` sent.
-    pub code: String,
-    /// Carry the request out before answering the error.
-    pub commit: bool,
-}
-
-impl BedrockFault {
-    /// `ThrottlingException` (429) for the next `method path…`.
-    pub fn throttle(method: Method, path: &str) -> Self {
-        Self {
-            method,
-            path: path.to_owned(),
-            status: 429,
-            code: "ThrottlingException".into(),
-            commit: false,
-        }
-    }
-
-    /// `InternalServerException` (500) for the next `method path…`.
-    pub fn internal(method: Method, path: &str) -> Self {
-        Self { status: 500, code: "InternalServerException".into(), ..Self::throttle(method, path) }
-    }
-
-    /// Carries the request out before failing: the answer is lost, the
-    /// effect is real.
-    pub fn committed(mut self) -> Self {
-        self.commit = true;
-        self
-    }
-}
 
 #[derive(Debug, Clone)]
 struct FakeJob {
@@ -118,10 +80,7 @@ struct Inner {
     deployments: Vec<FakeDeployment>,
     tokens: BTreeMap<String, String>,
     tags: BTreeMap<String, Vec<(String, String)>>,
-    faults: VecDeque<BedrockFault>,
-    injected: u64,
     creates: u64,
-    requests: Vec<String>,
     serial: u64,
     fail_deployments: u64,
     deleted_deployments: u64,
@@ -131,6 +90,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct FakeBedrock {
     inner: Arc<Mutex<Inner>>,
+    core: Arc<FakeCore>,
     store: Arc<dyn ObjectStore>,
     bucket: String,
     provision_ticks: u64,
@@ -190,15 +150,16 @@ impl FakeBedrock {
     /// the workspace's tests) that jobs read their data from and write
     /// their metrics to.
     pub async fn start(store: Arc<dyn ObjectStore>, bucket: &str) -> Self {
-        let (listener, addr) = super::loopback().await;
+        let (listener, addr) = loopback().await;
         let fake = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
+            core: Arc::default(),
             store,
             bucket: bucket.to_owned(),
             provision_ticks: 2,
             addr,
         };
-        super::serve(listener, axum::Router::new().fallback(handle).with_state(fake.clone()));
+        serve(listener, axum::Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 
@@ -212,13 +173,13 @@ impl FakeBedrock {
     }
 
     /// Fails the next matching request.
-    pub fn inject(&self, fault: BedrockFault) {
-        self.lock().faults.push_back(fault);
+    pub fn inject(&self, fault: Fault) {
+        self.core.inject(fault);
     }
 
     /// Faults answered so far.
     pub fn injected(&self) -> u64 {
-        self.lock().injected
+        self.core.injected()
     }
 
     /// Jobs that exist.
@@ -233,7 +194,7 @@ impl FakeBedrock {
 
     /// Every request as `METHOD /path`.
     pub fn requests(&self) -> Vec<String> {
-        self.lock().requests.clone()
+        self.core.requests()
     }
 
     /// The create request a job was made from, as received.
@@ -306,7 +267,7 @@ async fn handle(State(fake): State<FakeBedrock>, request: Request) -> Response {
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    fake.lock().requests.push(format!("{method} {path}"));
+    fake.core.record(&method, &path);
     if !signed(&headers) {
         return error(
             403,
@@ -326,28 +287,22 @@ async fn handle(State(fake): State<FakeBedrock>, request: Request) -> Response {
             Err(e) => return error(400, "SerializationException", &e.to_string()),
         }
     };
-    let fault = {
-        let mut inner = fake.lock();
-        let at = inner.faults.iter().position(|f| f.method == method && path.starts_with(&f.path));
-        let fault = at.and_then(|i| inner.faults.remove(i));
-        if fault.is_some() {
-            inner.injected += 1;
-        }
-        fault
-    };
     if method == Method::POST && path == "/model-customization-jobs" {
         fake.lock().creates += 1;
     }
-    if let Some(f) = &fault
-        && !f.commit
-    {
-        return error(f.status, &f.code, "injected fault");
-    }
-    let response = route(&fake, &method, &path, &query, &json).await;
-    match fault {
-        Some(f) => error(f.status, &f.code, "injected fault (the request was carried out)"),
-        None => response,
-    }
+    let route = route(&fake, &method, &path, &query, &json);
+    let fault_error = |f: &Fault| {
+        let code = f.code.as_deref().unwrap_or("InternalServerException");
+        let message = if f.commit {
+            "injected fault (the request was carried out)"
+        } else {
+            "injected fault"
+        };
+        let mut response = error(f.status, code, message);
+        f.add_retry_after(&mut response);
+        response
+    };
+    fake.core.answer(&method, &path, route, fault_error).await
 }
 
 /// A SigV4 `Authorization` header for Bedrock (either plane).

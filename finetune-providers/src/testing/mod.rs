@@ -1,40 +1,34 @@
-//! Test support (feature `testing`): a stateful fake of the OpenAI and
-//! Azure OpenAI fine-tuning APIs, a proxy that cuts connections, and a
-//! launcher for Prism, the OpenAPI mock that validates every request.
+//! Test support (feature `testing`): stateful fakes of the OpenAI and Azure
+//! OpenAI fine-tuning APIs ([`FakeOpenAi`]), of Bedrock ([`FakeBedrock`])
+//! and of ARM's deployments (`FakeArm`), all on one core (loopback server,
+//! request log, [`Fault`] injection with commit-then-fail and delays); a
+//! proxy that cuts connections; and launchers for moto and Prism (the
+//! OpenAPI mock that validates every request), which end with the test
+//! process.
 //!
 //! Applications can test their own flows against [`FakeOpenAi`] without a
 //! network or an account.
 
+#[cfg(feature = "azure")]
+mod arm;
 #[cfg(feature = "bedrock")]
 mod bedrock;
-mod fake;
+mod fake_server;
 #[cfg(feature = "bedrock")]
 mod moto;
+mod openai;
 mod prism;
 mod proxy;
 
+#[cfg(feature = "azure")]
+pub use arm::{ARM_ACCOUNT, ARM_API_VERSION, ARM_RESOURCE_GROUP, ARM_SUBSCRIPTION, FakeArm};
 /// HTTP methods, for [`Fault`].
 pub use axum::http::Method;
 #[cfg(feature = "bedrock")]
-pub use bedrock::{BedrockFault, FakeBedrock};
-pub use fake::{FakeFlavor, FakeOpenAi, Fault};
+pub use bedrock::FakeBedrock;
+pub use fake_server::Fault;
 #[cfg(feature = "bedrock")]
 pub use moto::Moto;
+pub use openai::{FakeFlavor, FakeOpenAi};
 pub use prism::Prism;
 pub use proxy::CutProxy;
-
-/// A listener on a free loopback port, and its address.
-async fn loopback() -> (tokio::net::TcpListener, std::net::SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port for a fake");
-    let addr = listener.local_addr().expect("the fake's address");
-    (listener, addr)
-}
-
-/// Serves `app` on `listener` in the background of the current runtime.
-fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-}

@@ -1,6 +1,6 @@
 //! A stateful fake of the OpenAI and Azure OpenAI fine-tuning APIs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,6 +9,8 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+use super::fake_server::{FakeCore, Fault, loopback, serve};
 
 /// Which API the fake speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,66 +22,6 @@ pub enum FakeFlavor {
     Azure,
 }
 
-/// A failure injected into the next matching request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fault {
-    /// The HTTP method it applies to.
-    pub method: Method,
-    /// The path it applies to (without `/openai` or query); a trailing `*`
-    /// matches any path with that prefix.
-    pub path: String,
-    /// The status answered.
-    pub status: u16,
-    /// `retry-after` seconds sent with it (fractions are sent as
-    /// `retry-after-ms`).
-    pub retry_after: Option<f64>,
-    /// Carry out the request before answering the error: the answer is
-    /// lost but the effect is real (a job created, a file stored).
-    pub commit: bool,
-    /// Wait this long before answering (a slow server; with status 200 the
-    /// request is then carried out normally).
-    pub delay: Option<std::time::Duration>,
-}
-
-impl Fault {
-    /// `status` for the next `method path`.
-    pub fn status(method: Method, path: &str, status: u16) -> Self {
-        Self {
-            method,
-            path: path.to_owned(),
-            status,
-            retry_after: None,
-            commit: false,
-            delay: None,
-        }
-    }
-
-    /// Answers normally, but only after `delay`.
-    pub fn slow(method: Method, path: &str, delay: std::time::Duration) -> Self {
-        Self { delay: Some(delay), ..Self::status(method, path, 200) }
-    }
-
-    /// Sends a `Retry-After` of `secs`.
-    pub fn retry_after(mut self, secs: f64) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-
-    /// Carries the request out before failing.
-    pub fn committed(mut self) -> Self {
-        self.commit = true;
-        self
-    }
-
-    fn matches(&self, method: &Method, path: &str) -> bool {
-        self.method == method
-            && match self.path.strip_suffix('*') {
-                Some(prefix) => path.starts_with(prefix),
-                None => self.path == path,
-            }
-    }
-}
-
 /// What the fake holds and has seen.
 #[derive(Debug, Default)]
 struct Inner {
@@ -87,12 +29,9 @@ struct Inner {
     clock: i64,
     files: BTreeMap<String, FakeFile>,
     jobs: Vec<FakeJob>,
-    faults: VecDeque<Fault>,
-    requests: Vec<String>,
     /// `OpenAI-Organization` and `OpenAI-Project` of the last request.
     org_project: (Option<String>, Option<String>),
     uploads: u64,
-    injected: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +77,7 @@ struct FakeJob {
 #[derive(Debug, Clone)]
 pub struct FakeOpenAi {
     inner: Arc<Mutex<Inner>>,
+    core: Arc<FakeCore>,
     flavor: FakeFlavor,
     key: String,
     api_version: String,
@@ -156,7 +96,7 @@ impl FakeOpenAi {
     /// Like [`FakeOpenAi::start`], with the API version Azure wants and the
     /// number of training steps of every job.
     pub async fn start_with(flavor: FakeFlavor, key: &str, api_version: &str, steps: u64) -> Self {
-        let (listener, addr) = super::loopback().await;
+        let (listener, addr) = loopback().await;
         let fake = Self {
             inner: Arc::new(Mutex::new(Inner {
                 // The fake's clock starts at the real time and ticks a
@@ -167,13 +107,14 @@ impl FakeOpenAi {
                     .unwrap_or(0),
                 ..Inner::default()
             })),
+            core: Arc::default(),
             flavor,
             key: key.to_owned(),
             api_version: api_version.to_owned(),
             steps: steps.max(1),
             addr,
         };
-        super::serve(listener, axum::Router::new().fallback(handle).with_state(fake.clone()));
+        serve(listener, axum::Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 
@@ -193,12 +134,12 @@ impl FakeOpenAi {
 
     /// Queues a fault for the next matching request.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push_back(fault);
+        self.core.inject(fault);
     }
 
     /// Faults answered so far.
     pub fn injected(&self) -> u64 {
-        self.lock().injected
+        self.core.injected()
     }
 
     /// Jobs that exist.
@@ -224,7 +165,7 @@ impl FakeOpenAi {
 
     /// Every request seen, as `METHOD /path`.
     pub fn requests(&self) -> Vec<String> {
-        self.lock().requests.clone()
+        self.core.requests()
     }
 
     /// The content of a stored file.
@@ -276,9 +217,8 @@ async fn handle(State(fake): State<FakeOpenAi>, request: Request) -> Response {
     {
         let header =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut inner = fake.lock();
-        inner.requests.push(format!("{method} {path}"));
-        inner.org_project = (header("openai-organization"), header("openai-project"));
+        fake.core.record(&method, &path);
+        fake.lock().org_project = (header("openai-organization"), header("openai-project"));
     }
     if !authorized(&fake, &headers) {
         return error(
@@ -288,42 +228,15 @@ async fn handle(State(fake): State<FakeOpenAi>, request: Request) -> Response {
             None,
         );
     }
-    let fault = {
-        let mut inner = fake.lock();
-        let at = inner.faults.iter().position(|f| f.matches(&method, &path));
-        let fault = at.and_then(|i| inner.faults.remove(i));
-        if fault.is_some() {
-            inner.injected += 1;
-        }
-        fault
-    };
-    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
-        tokio::time::sleep(delay).await;
-    }
-    let fault = fault.filter(|f| f.status != 200);
-    if let Some(fault) = &fault
-        && !fault.commit
-    {
-        return fault_response(fault);
-    }
-    let response = route(&fake, &method, &path, &query, request).await;
-    match fault {
-        Some(fault) => fault_response(&fault),
-        None => response,
-    }
+    let route = route(&fake, &method, &path, &query, request);
+    fake.core.answer(&method, &path, route, fault_response).await
 }
 
 fn fault_response(fault: &Fault) -> Response {
     let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = error(status, "injected", "injected failure", None);
-    if let Some(secs) = fault.retry_after {
-        let h = response.headers_mut();
-        if secs.fract() == 0.0 {
-            h.insert("retry-after", (secs as u64).into());
-        } else {
-            h.insert("retry-after-ms", ((secs * 1000.0) as u64).into());
-        }
-    }
+    let code = fault.code.as_deref().unwrap_or("injected");
+    let mut response = error(status, code, "injected failure", None);
+    fault.add_retry_after(&mut response);
     response
 }
 
