@@ -3,7 +3,8 @@
 //! 2 usage error.
 
 use finetune_data::{
-    CharsPerToken, ProblemKind, Statistics, ValidationOptions, ValidationReport, Validator, run,
+    CharsPerToken, ProblemKind, Statistics, ValidationOptions, ValidationReport, Validator,
+    validate_with,
 };
 use finetune_examples::args::{Args, usage_error};
 use finetune_examples::{MAPPING_FLAGS, dataset_source, localize_or_exit};
@@ -43,7 +44,7 @@ fn main() {
         if let Some(index) = training_index.take() {
             validator = validator.against_training(index);
         }
-        match run(&localize_or_exit(source), validator) {
+        match validate_with(&localize_or_exit(source), validator) {
             Ok(mut v) => {
                 training_index = Some(v.take_index());
                 results.push(v.finish());

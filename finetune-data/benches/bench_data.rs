@@ -22,7 +22,8 @@ use std::time::Instant;
 use arrow_array::{RecordBatch, StringArray};
 use finetune_core::DatasetSource;
 use finetune_data::{
-    ConvertOptions, DatasetWriter, OutputFormat, ValidationOptions, Validator, convert, run,
+    ConvertOptions, DatasetWriter, OutputFormat, ValidationOptions, Validator, convert,
+    validate_with,
 };
 
 const USAGE: &str =
@@ -106,7 +107,7 @@ fn phase(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 detect_duplicates: p == "validate",
                 ..ValidationOptions::default()
             };
-            let (report, stats) = run(&local, Validator::new(path, options))?.finish();
+            let (report, stats) = validate_with(&local, Validator::new(path, options))?.finish();
             if !report.valid {
                 return Err(format!("the generated data is invalid:\n{report}").into());
             }

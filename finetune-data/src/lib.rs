@@ -32,11 +32,13 @@
 
 mod dupes;
 mod error;
+mod hashing;
 mod read;
 mod remote;
 mod report;
 mod schema;
 pub mod sensitive;
+mod stats;
 mod transform;
 mod validate;
 mod write;
@@ -48,13 +50,12 @@ pub use arrow_schema;
 pub use object_store;
 
 pub use error::DataError;
+pub use hashing::ExampleIndex;
 pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
 pub use remote::{LocalDataset, ObjectStores, localize};
 pub use report::{Problem, ProblemKind, Severity, ValidationReport};
 pub use schema::{COMPLETION, PROMPT, SYSTEM, canonical_schema, is_text_type};
+pub use stats::{CharsPerToken, LengthStats, Statistics, TokenCounter, TokenStats};
 pub use transform::{Deduplicator, Split, redact_batch, split_batch, split_of};
-pub use validate::{
-    CharsPerToken, ExampleIndex, LengthStats, Statistics, TokenCounter, TokenStats,
-    ValidationOptions, Validator, run, validate,
-};
+pub use validate::{ValidationOptions, Validator, validate, validate_with};
 pub use write::{ConvertOptions, DatasetWriter, OutputFormat, convert};

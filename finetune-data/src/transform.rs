@@ -8,7 +8,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
 
 use crate::error::DataError;
-use crate::validate::example_hash;
+use crate::hashing::example_hash;
 
 /// Which side of a split a row falls on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub fn split_batch(
 /// batches.
 #[derive(Debug, Default)]
 pub struct Deduplicator {
-    seen: HashSet<u64, crate::validate::PrehashedKeys>,
+    seen: HashSet<u64, crate::hashing::PrehashedKeys>,
     dropped: u64,
 }
 

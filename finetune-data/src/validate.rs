@@ -1,15 +1,14 @@
 //! Validation and statistics in one streaming pass.
 
-use std::fmt;
-
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, StringArray};
-use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
+use crate::hashing::{ExampleIndex, example_hash};
 use crate::read::DataBatch;
 use crate::report::{Problem, ProblemKind, ProblemLog, Severity, ValidationReport};
 use crate::schema::{COMPLETION, PROMPT, SYSTEM};
+use crate::stats::{LengthHistogram, Statistics, TokenCounter, TokenStats};
 
 /// What counts as a problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,178 +49,6 @@ impl Default for ValidationOptions {
     }
 }
 
-/// Character counts of one column: min, median, 95th percentile, max.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct LengthStats {
-    /// Non-null values counted.
-    pub count: u64,
-    /// Total characters.
-    pub total: u64,
-    /// Shortest.
-    pub min: u64,
-    /// Median.
-    pub median: u64,
-    /// 95th percentile.
-    pub p95: u64,
-    /// Longest.
-    pub max: u64,
-}
-
-/// Counts the tokens of a text for a model's tokenizer. `finetune-local`
-/// will offer one over a HuggingFace `tokenizer.json`; [`CharsPerToken`] is a
-/// rough stand-in when the provider's tokenizer is not at hand.
-pub trait TokenCounter: Send + Sync {
-    /// Tokens in `text`.
-    fn count(&self, text: &str) -> usize;
-}
-
-/// An estimate: one token per this many characters (about 4 for English
-/// with OpenAI's tokenizers).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CharsPerToken(pub f64);
-
-impl TokenCounter for CharsPerToken {
-    fn count(&self, text: &str) -> usize {
-        let chars = text.chars().count();
-        if chars == 0 { 0 } else { ((chars as f64 / self.0.max(0.1)).ceil() as usize).max(1) }
-    }
-}
-
-/// Token counts, when a [`TokenCounter`] was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct TokenStats {
-    /// Prompt tokens per row.
-    pub prompt: LengthStats,
-    /// Completion tokens per row.
-    pub completion: LengthStats,
-    /// System tokens per row (non-null ones).
-    pub system: LengthStats,
-    /// Tokens per row, all columns together.
-    pub per_row: LengthStats,
-}
-
-impl TokenStats {
-    /// The tokens a provider bills for training: every token of every row,
-    /// once per epoch. Providers add their own per-message overhead.
-    pub fn billed_tokens(&self, epochs: u32) -> u64 {
-        self.per_row.total * u64::from(epochs)
-    }
-}
-
-/// What a dataset holds.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Statistics {
-    /// Readable records.
-    pub rows: u64,
-    /// Records without a system message.
-    pub null_systems: u64,
-    /// Prompt lengths in characters.
-    pub prompt_chars: LengthStats,
-    /// Completion lengths in characters.
-    pub completion_chars: LengthStats,
-    /// System-message lengths in characters (non-null ones).
-    pub system_chars: LengthStats,
-    /// Token counts, when a token counter was given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<TokenStats>,
-}
-
-impl fmt::Display for Statistics {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn line(f: &mut fmt::Formatter<'_>, name: &str, s: &LengthStats) -> fmt::Result {
-            writeln!(
-                f,
-                "{name:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
-                s.min, s.median, s.p95, s.max, s.total
-            )
-        }
-        fn header(f: &mut fmt::Formatter<'_>, what: &str) -> fmt::Result {
-            writeln!(
-                f,
-                "{what:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
-                "min", "median", "p95", "max", "total"
-            )
-        }
-        writeln!(f, "rows: {} ({} without a system message)", self.rows, self.null_systems)?;
-        header(f, "chars")?;
-        line(f, "prompt", &self.prompt_chars)?;
-        line(f, "completion", &self.completion_chars)?;
-        line(f, "system", &self.system_chars)?;
-        if let Some(t) = &self.tokens {
-            header(f, "tokens")?;
-            line(f, "prompt", &t.prompt)?;
-            line(f, "completion", &t.completion)?;
-            line(f, "system", &t.system)?;
-            line(f, "row", &t.per_row)?;
-        }
-        Ok(())
-    }
-}
-
-/// Exact length distribution in memory bounded by the number of distinct
-/// lengths, not by the number of rows.
-#[derive(Debug, Default)]
-struct LengthHistogram {
-    dense: Vec<u64>,
-    sparse: std::collections::BTreeMap<u64, u64>,
-    count: u64,
-    total: u64,
-}
-
-const DENSE_LENGTHS: usize = 1 << 14;
-
-impl LengthHistogram {
-    fn add(&mut self, len: u64) {
-        self.count += 1;
-        self.total += len;
-        match usize::try_from(len) {
-            Ok(i) if i < DENSE_LENGTHS => {
-                if self.dense.is_empty() {
-                    self.dense = vec![0; DENSE_LENGTHS];
-                }
-                self.dense[i] += 1;
-            }
-            _ => *self.sparse.entry(len).or_default() += 1,
-        }
-    }
-
-    fn stats(&self) -> LengthStats {
-        if self.count == 0 {
-            return LengthStats::default();
-        }
-        let buckets = self
-            .dense
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(len, n)| (len as u64, *n))
-            .chain(self.sparse.iter().map(|(l, n)| (*l, *n)));
-        // Nearest-rank percentiles.
-        let rank = |q: f64| ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let (r50, r95) = (rank(0.5), rank(0.95));
-        let (mut seen, mut min, mut max, mut median, mut p95) = (0u64, None, 0, 0, 0);
-        for (len, n) in buckets {
-            min.get_or_insert(len);
-            max = len;
-            if seen < r50 && seen + n >= r50 {
-                median = len;
-            }
-            if seen < r95 && seen + n >= r95 {
-                p95 = len;
-            }
-            seen += n;
-        }
-        LengthStats {
-            count: self.count,
-            total: self.total,
-            min: min.unwrap_or(0),
-            median,
-            p95,
-            max,
-        }
-    }
-}
-
 /// Validates batches as they stream by and gathers statistics.
 #[derive(Debug)]
 pub struct Validator {
@@ -240,87 +67,6 @@ pub struct Validator {
     /// The training set's examples, when validating a validation set.
     training: Option<ExampleIndex>,
     tokens: Option<(Box<dyn TokenCounter>, [LengthHistogram; 4])>,
-}
-
-/// The examples of a dataset by content hash (with the record each first
-/// appeared at), to find validation rows that are also training rows:
-/// sorted, 16 bytes an example.
-#[derive(Debug, Clone, Default)]
-pub struct ExampleIndex(Vec<(u64, u64)>);
-
-impl ExampleIndex {
-    /// The record an example with this hash first appeared at.
-    fn get(&self, hash: u64) -> Option<u64> {
-        self.0.binary_search_by_key(&hash, |(h, _)| *h).ok().map(|i| self.0[i].1)
-    }
-
-    /// How many distinct examples it holds.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// The keys of the example index are XXH3 hashes already: hashing them again
-/// (SipHash, the map's default) was a quarter of validation time.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PrehashedKeys;
-
-impl std::hash::BuildHasher for PrehashedKeys {
-    type Hasher = PrehashedHasher;
-
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
-/// Passes a `u64` key through as its own hash.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PrehashedHasher(u64);
-
-impl std::hash::Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `u64` keys; fold anything else in.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-impl fmt::Debug for dyn TokenCounter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenCounter")
-    }
-}
-
-/// A 64-bit content hash of an example, the same in every run and on every
-/// machine (XXH3: hashing is a large share of validation time, and SipHash
-/// was a third of it).
-pub(crate) fn example_hash(seed: u64, prompt: &str, completion: &str, system: Option<&str>) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
-    for part in [Some(prompt), Some(completion), system] {
-        match part {
-            // Lengths keep ("ab", "c") and ("a", "bc") apart.
-            Some(text) => {
-                h.update(&(text.len() as u64).to_le_bytes());
-                h.update(text.as_bytes());
-            }
-            None => h.update(&u64::MAX.to_le_bytes()),
-        }
-    }
-    h.digest()
 }
 
 impl Validator {
@@ -565,7 +311,7 @@ impl Validator {
     /// The report and the statistics.
     pub fn finish(mut self) -> (ValidationReport, Statistics) {
         self.resolve_duplicates(false);
-        let rows = self.prompt.count;
+        let rows = self.prompt.count();
         // A file that could not be read says so already; "too few rows" on
         // top of it would only be noise.
         if !self.fatal && (self.records < self.options.min_rows || rows == 0) {
@@ -608,12 +354,13 @@ pub fn validate(
     options: ValidationOptions,
 ) -> Result<(ValidationReport, Statistics), DataError> {
     let dataset = crate::LocalDataset::local(source)?;
-    run(&dataset, Validator::new(source.location.to_string(), options)).map(Validator::finish)
+    validate_with(&dataset, Validator::new(source.location.to_string(), options))
+        .map(Validator::finish)
 }
 
 /// Reads `dataset` through `validator` and hands the validator back, so
 /// callers can take its [`Validator::take_index`] before finishing it.
-pub fn run(
+pub fn validate_with(
     dataset: &crate::LocalDataset,
     mut validator: Validator,
 ) -> Result<Validator, DataError> {
@@ -642,6 +389,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::{CharsPerToken, LengthStats};
 
     fn validate_text(text: &str, options: ValidationOptions) -> (ValidationReport, Statistics) {
         let reader = crate::JsonlReader::new(text.as_bytes(), "t.jsonl", Default::default());

@@ -12,7 +12,7 @@ use std::time::Duration;
 use finetune_core::DatasetSource;
 use finetune_core::testing::{PeerProcess, free_loopback_port, wait_for_port};
 use finetune_data::{
-    DataError, ObjectStores, ProblemKind, ValidationOptions, Validator, localize, run,
+    DataError, ObjectStores, ProblemKind, ValidationOptions, Validator, localize, validate_with,
 };
 use object_store::memory::InMemory;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -27,7 +27,7 @@ async fn validate_url(
     let source = DatasetSource::new(url).unwrap();
     let local = localize(&source, stores).await?;
     let validator = Validator::new(local.name(), ValidationOptions::default());
-    Ok(run(&local, validator)?.finish().0)
+    Ok(validate_with(&local, validator)?.finish().0)
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ struct Located {
 
 /// The tensors of a checkpoint directory, indexed by name.
 #[derive(Debug)]
-pub struct Checkpoint {
+pub struct SafetensorsFiles {
     dir: PathBuf,
     files: Vec<(PathBuf, u64)>,
     /// Open handles, one per file, opened on first use.
@@ -39,7 +39,7 @@ pub struct Checkpoint {
     buffer: Vec<u8>,
 }
 
-impl Checkpoint {
+impl SafetensorsFiles {
     /// Indexes `dir/model.safetensors`, or the shards listed in
     /// `dir/model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {

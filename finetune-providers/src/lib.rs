@@ -37,7 +37,7 @@ pub mod http;
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 mod metrics_csv;
 #[cfg(any(feature = "openai", feature = "azure"))]
-mod openai_compatible;
+pub mod openai_compatible;
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
 mod prepare;
 

@@ -8,17 +8,17 @@ use super::{ForwardInput, KvCache};
 use crate::config::{Rope, RopeScaling};
 use crate::error::{LocalError, Result};
 use crate::lora::Lora;
-use crate::weights::Checkpoint;
+use crate::weights::SafetensorsFiles;
 
 /// Reads weights from a checkpoint into a var store under their HF names.
 pub(crate) struct Loader<'a> {
-    checkpoint: &'a mut Checkpoint,
+    checkpoint: &'a mut SafetensorsFiles,
     vs: &'a VarStore,
     kind: Kind,
 }
 
 impl<'a> Loader<'a> {
-    pub(crate) fn new(checkpoint: &'a mut Checkpoint, vs: &'a VarStore, kind: Kind) -> Self {
+    pub(crate) fn new(checkpoint: &'a mut SafetensorsFiles, vs: &'a VarStore, kind: Kind) -> Self {
         Self { checkpoint, vs, kind }
     }
 

@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{LocalError, Result};
 use crate::lora::{Lora, LoraConfig};
-use crate::weights::Checkpoint;
+use crate::weights::SafetensorsFiles;
 
 /// What the model reads for one forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +159,7 @@ impl CausalLm {
     /// Weights come in frozen; unfreeze the [`VarStore`] to train them all.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
-        let mut checkpoint = Checkpoint::open(dir)?;
+        let mut checkpoint = SafetensorsFiles::open(dir)?;
         let kind = options.resolved_dtype();
         let mut vs = VarStore::new(options.device);
         let body = {
@@ -325,7 +325,7 @@ impl CausalLm {
             use_rslora: v.get("use_rslora").and_then(serde_json::Value::as_bool).unwrap_or(false),
         };
         self.add_lora(&config)?;
-        let mut checkpoint = Checkpoint::open_file(&dir.join("adapter_model.safetensors"))?;
+        let mut checkpoint = SafetensorsFiles::open_file(&dir.join("adapter_model.safetensors"))?;
         if let Some((store, _)) = &self.adapters {
             for (name, mut var) in store.variables() {
                 let stored = format!("base_model.model.{name}");

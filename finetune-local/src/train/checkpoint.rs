@@ -11,7 +11,7 @@ use tch::Tensor;
 
 use super::optim::AdamW;
 use crate::error::{LocalError, Result};
-use crate::weights::{Checkpoint, write_safetensors};
+use crate::weights::{SafetensorsFiles, write_safetensors};
 
 const PREFIX: &str = "step-";
 const PARTIAL: &str = ".partial";
@@ -153,8 +153,8 @@ pub(crate) fn load(path: &Path, optimizer: &mut AdamW) -> Result<TrainerState> {
     let text = std::fs::read_to_string(&state_path).map_err(|e| LocalError::io(&state_path, e))?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| resume_error(format!("{STATE}: line {}: {e}", e.line())))?;
-    let mut params = Checkpoint::open_file(&path.join("trainable.safetensors"))?;
-    let mut moments = Checkpoint::open_file(&path.join("optimizer.safetensors"))?;
+    let mut params = SafetensorsFiles::open_file(&path.join("trainable.safetensors"))?;
+    let mut moments = SafetensorsFiles::open_file(&path.join("optimizer.safetensors"))?;
     tch::no_grad(|| -> Result<()> {
         for slot in &mut optimizer.slots {
             let size = slot.param.size();

@@ -19,227 +19,29 @@
 //! runs are reproducible when one training at a time draws from it.
 
 mod checkpoint;
+mod config;
+mod metrics;
 pub mod optim;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use finetune_core::{LossCurve, LossPoint};
-use serde::{Deserialize, Serialize};
+use finetune_core::LossCurve;
 use tch::{Kind, Tensor};
 
+pub use config::{Method, TrainConfig};
+use metrics::rewrite_metrics;
+pub use metrics::{EvalRecord, MetricsLine, StepRecord, read_metrics, save_loss_graph};
 pub use optim::{AdamWConfig, Schedule};
 
 use crate::error::{LocalError, Result};
 use crate::generate::SplitMix64;
-use crate::lora::LoraConfig;
 use crate::models::{CausalLm, ForwardInput};
 use crate::sft::{self, Batch, IGNORE, TokenizedExample};
-
-/// What is trained.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Method {
-    /// LoRA adapters on a frozen base.
-    Lora(LoraConfig),
-    /// Every weight.
-    Full,
-}
-
-impl Default for Method {
-    fn default() -> Self {
-        Self::Lora(LoraConfig::default())
-    }
-}
-
-/// Training settings. The defaults are those of a typical LoRA run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainConfig {
-    /// LoRA or full fine-tuning.
-    pub method: Method,
-    /// Passes over the training examples.
-    pub epochs: usize,
-    /// Examples per optimizer step.
-    pub batch_size: usize,
-    /// Examples (padded) or packed rows (packing) per forward pass; the
-    /// step's examples are accumulated over as many passes as needed.
-    pub micro_batch_size: usize,
-    /// The peak learning rate.
-    pub learning_rate: f64,
-    /// AdamW's betas, epsilon and weight decay.
-    pub optimizer: AdamWConfig,
-    /// How the learning rate moves after warmup.
-    pub schedule: Schedule,
-    /// Steps of linear warmup from zero.
-    pub warmup_steps: usize,
-    /// Clip the global gradient norm to this; `None` does not clip.
-    pub max_grad_norm: Option<f64>,
-    /// Stop after this many optimizer steps in all, if fewer than the epochs
-    /// make.
-    pub max_steps: Option<usize>,
-    /// Pack several examples into rows of the model's `max_length` tokens
-    /// (no attention across examples) instead of padding each.
-    pub packing: bool,
-    /// The row length for packing, in tokens.
-    pub max_length: usize,
-    /// Seed of the data order and of dropout.
-    pub seed: u64,
-    /// Evaluate every this many steps (and always at each epoch's end).
-    pub eval_every: Option<usize>,
-    /// Stop when the validation loss has not improved for this many
-    /// evaluations.
-    pub early_stopping_patience: Option<usize>,
-    /// Write a checkpoint every this many steps (needs an output folder).
-    pub checkpoint_every: Option<usize>,
-    /// Checkpoints kept; older ones are deleted.
-    pub keep_checkpoints: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            method: Method::default(),
-            epochs: 3,
-            batch_size: 8,
-            micro_batch_size: 8,
-            learning_rate: 2e-4,
-            optimizer: AdamWConfig::default(),
-            schedule: Schedule::Linear,
-            warmup_steps: 0,
-            max_grad_norm: Some(1.0),
-            max_steps: None,
-            packing: false,
-            max_length: 1024,
-            seed: 42,
-            eval_every: None,
-            early_stopping_patience: None,
-            checkpoint_every: None,
-            keep_checkpoints: 2,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Refuses settings that cannot train (zero epochs, a non-positive
-    /// learning rate, …).
-    pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(LocalError::InvalidArgument(m));
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1".into());
-        }
-        if self.batch_size == 0 || self.micro_batch_size == 0 {
-            return bad("batch_size and micro_batch_size must be at least 1".into());
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return bad(format!("learning rate must be positive, got {}", self.learning_rate));
-        }
-        if let Some(n) = self.max_grad_norm
-            && !(n.is_finite() && n > 0.0)
-        {
-            return bad(format!("max_grad_norm must be positive, got {n}"));
-        }
-        if self.eval_every == Some(0) || self.checkpoint_every == Some(0) {
-            return bad("eval_every and checkpoint_every must be at least 1".into());
-        }
-        if self.keep_checkpoints == 0 {
-            return bad("keep_checkpoints must be at least 1".into());
-        }
-        if self.max_length < 2 {
-            return bad("max_length must be at least 2".into());
-        }
-        Ok(())
-    }
-
-    /// What must match for a checkpoint to be resumed by this config.
-    fn fingerprint(&self) -> String {
-        // Everything but the bookkeeping of evaluation and checkpoints.
-        let mut c = self.clone();
-        c.eval_every = None;
-        c.early_stopping_patience = None;
-        c.checkpoint_every = None;
-        c.keep_checkpoints = 1;
-        format!("{c:?}")
-    }
-}
-
-/// The metrics of one optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepRecord {
-    /// The step, from 1.
-    pub step: usize,
-    /// Epochs done, fractional.
-    pub epoch: f64,
-    /// The step's mean loss per trained token.
-    pub loss: f64,
-    /// The learning rate the step used.
-    pub learning_rate: f64,
-    /// The gradient's global norm before clipping.
-    pub grad_norm: f64,
-    /// Tokens that took a loss.
-    pub trained_tokens: u64,
-    /// Real (non-padding) tokens read.
-    pub tokens: u64,
-    /// Real (non-padding) tokens per second through forward and backward.
-    pub tokens_per_second: f64,
-    /// Seconds since training began (across resumes).
-    pub elapsed_seconds: f64,
-}
-
-/// The metrics of one evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalRecord {
-    /// The step after which it ran.
-    pub step: usize,
-    /// Epochs done, fractional.
-    pub epoch: f64,
-    /// Mean loss per completion token of the validation set.
-    pub validation_loss: f64,
-    /// Fraction of completion tokens predicted exactly (argmax).
-    pub validation_token_accuracy: f64,
-    /// Completion tokens evaluated.
-    pub validation_tokens: u64,
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum MetricsLine {
-    /// A training step.
-    Train(StepRecord),
-    /// An evaluation.
-    Eval(EvalRecord),
-}
-
-impl MetricsLine {
-    fn step(&self) -> usize {
-        match self {
-            Self::Train(r) => r.step,
-            Self::Eval(r) => r.step,
-        }
-    }
-
-    fn point(&self) -> LossPoint {
-        match self {
-            Self::Train(r) => LossPoint {
-                step: r.step as u64,
-                epoch: Some(r.epoch),
-                train_loss: Some(r.loss),
-                learning_rate: Some(r.learning_rate),
-                ..LossPoint::default()
-            },
-            Self::Eval(r) => LossPoint {
-                step: r.step as u64,
-                epoch: Some(r.epoch),
-                validation_loss: Some(r.validation_loss),
-                validation_token_accuracy: Some(r.validation_token_accuracy),
-                ..LossPoint::default()
-            },
-        }
-    }
-}
 
 /// What the trainer reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -652,58 +454,6 @@ impl<'a> Trainer<'a> {
         let n = tokens.max(1) as f64;
         Ok((loss / n, correct as f64 / n, tokens as u64))
     }
-}
-
-/// Writes `loss.svg` and `loss.png` into `dir`.
-pub fn save_loss_graph(curve: &LossCurve, dir: &Path) -> Result<()> {
-    let title =
-        if curve.has_validation() { "Training and validation loss" } else { "Training loss" };
-    let options = finetune_core::PlotOptions::titled(title);
-    curve.save_plot(dir.join("loss.svg"), &options)?;
-    curve.save_plot(dir.join("loss.png"), &options)?;
-    Ok(())
-}
-
-/// Reads `metrics.jsonl`.
-pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
-    let file = File::open(path).map_err(|e| LocalError::io(path, e))?;
-    let mut lines = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| LocalError::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        // A run killed mid-write can leave a torn last line: stop there.
-        match serde_json::from_str::<MetricsLine>(&line) {
-            Ok(l) => lines.push(l),
-            Err(e) => {
-                tracing::warn!("{}: line {}: {e}; ignoring the rest", path.display(), i + 1);
-                break;
-            }
-        }
-    }
-    Ok(lines)
-}
-
-/// Keeps the lines up to `step` (what a resumed run continues from) and
-/// rewrites the file atomically; a fresh run starts an empty file.
-fn rewrite_metrics(path: &Path, step: usize) -> Result<Vec<MetricsLine>> {
-    let kept: Vec<MetricsLine> = if step > 0 && path.exists() {
-        read_metrics(path)?.into_iter().filter(|l| l.step() <= step).collect()
-    } else {
-        Vec::new()
-    };
-    let mut text = String::new();
-    for line in &kept {
-        let json = serde_json::to_string(line)
-            .map_err(|e| LocalError::InvalidArgument(format!("metrics: {e}")))?;
-        text.push_str(&json);
-        text.push('\n');
-    }
-    let partial = path.with_extension("jsonl.partial");
-    std::fs::write(&partial, text).map_err(|e| LocalError::io(&partial, e))?;
-    std::fs::rename(&partial, path).map_err(|e| LocalError::io(path, e))?;
-    Ok(kept)
 }
 
 /// The example order of `epoch`: a Fisher–Yates shuffle seeded by the seed

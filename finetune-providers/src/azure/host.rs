@@ -11,7 +11,7 @@ use crate::openai_compatible::{CreateRequest, Host, checked_id, learning_rate_js
 /// time), the 2024-10-21 API takes numeric hyperparameters only, suffixes
 /// are at most 40 characters of `a-z A-Z 0-9 - _`.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Azure;
+pub struct Azure;
 
 impl Host for Azure {
     fn name(&self) -> &'static str {

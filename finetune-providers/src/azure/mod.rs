@@ -7,18 +7,17 @@ mod host;
 
 use async_trait::async_trait;
 use finetune_core::{
-    Capabilities, Connection, DatasetSource, FineTuneProvider, Job, JobId, JobSpec, JobState,
-    ListJobs, LossCurve, Page, Result,
+    Capabilities, Connection, FineTuneProvider, Job, JobId, JobSpec, JobState, ListJobs, LossCurve,
+    Page, Result,
 };
 use finetune_data::ObjectStores;
 
 pub use self::builder::{AzureOpenAiConfig, DEFAULT_API_VERSION};
 pub use self::credential::{AzureCredential, COGNITIVE_SERVICES_SCOPE};
-pub(crate) use self::host::Azure;
+pub use self::host::Azure;
 use crate::chat::{ChatCompletion, ChatMessage};
 use crate::http::{Api, Auth};
 use crate::openai_compatible::FineTuningClient;
-use crate::openai_compatible::types::{JobCheckpoint, JobEvent, UploadedFile};
 
 /// The Azure OpenAI fine-tuning provider.
 ///
@@ -72,42 +71,6 @@ impl AzureOpenAiProvider {
         self
     }
 
-    /// Retries made since this provider was built.
-    pub fn retries(&self) -> u64 {
-        self.client.api.retries()
-    }
-
-    /// Files this provider uploaded (reused ones not counted).
-    pub fn uploads(&self) -> u64 {
-        self.client.uploads()
-    }
-
-    /// Validates a dataset, writes it as chat JSONL and uploads it (or
-    /// reuses an identical file already uploaded).
-    pub async fn upload(&self, dataset: &DatasetSource) -> Result<UploadedFile> {
-        self.client.prepare_file(dataset, "training").await
-    }
-
-    /// Every event of a job, newest first.
-    pub async fn events(&self, id: &JobId) -> Result<Vec<JobEvent>> {
-        self.client.events(id).await
-    }
-
-    /// One page of a job's events, newest first.
-    pub async fn events_page(
-        &self,
-        id: &JobId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Page<JobEvent>> {
-        self.client.events_page(id, after, limit).await
-    }
-
-    /// The checkpoints a job kept.
-    pub async fn checkpoints(&self, id: &JobId) -> Result<Vec<JobCheckpoint>> {
-        self.client.checkpoints(id).await
-    }
-
     /// A chat completion from a **deployment** of a model (Azure serves
     /// models only through deployments).
     pub async fn chat(
@@ -117,6 +80,16 @@ impl AzureOpenAiProvider {
         max_tokens: Option<u32>,
     ) -> Result<ChatCompletion> {
         self.client.chat(deployment, messages, max_tokens).await
+    }
+}
+
+impl std::ops::Deref for AzureOpenAiProvider {
+    type Target = FineTuningClient<Azure>;
+
+    /// The shared client: uploads, events, checkpoints, retry and upload
+    /// counts.
+    fn deref(&self) -> &Self::Target {
+        &self.client
     }
 }
 

@@ -10,7 +10,7 @@ use crate::openai_compatible::{CreateRequest, Host, learning_rate_json};
 /// OpenAI: models are called by id, jobs keep metadata (which carries the
 /// request id a lost create is found by), hyperparameters may be `auto`.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct OpenAi;
+pub struct OpenAi;
 
 impl Host for OpenAi {
     fn name(&self) -> &'static str {

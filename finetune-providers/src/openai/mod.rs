@@ -6,17 +6,16 @@ mod host;
 
 use async_trait::async_trait;
 use finetune_core::{
-    Capabilities, Connection, DatasetSource, FineTuneProvider, Job, JobId, JobSpec, JobState,
-    ListJobs, LossCurve, Page, Result,
+    Capabilities, Connection, FineTuneProvider, Job, JobId, JobSpec, JobState, ListJobs, LossCurve,
+    Page, Result,
 };
 use finetune_data::ObjectStores;
 
 pub use self::builder::{DEFAULT_BASE_URL, OpenAiConfig};
-pub(crate) use self::host::OpenAi;
+pub use self::host::OpenAi;
 use crate::chat::{ChatCompletion, ChatMessage};
 use crate::http::{Api, Auth};
 use crate::openai_compatible::FineTuningClient;
-use crate::openai_compatible::types::{JobCheckpoint, JobEvent, UploadedFile};
 
 /// The OpenAI fine-tuning provider.
 ///
@@ -60,27 +59,6 @@ impl OpenAiProvider {
         self
     }
 
-    /// The API root requests go to.
-    pub fn base_url(&self) -> &str {
-        self.client.api.base()
-    }
-
-    /// Retries made since this provider was built.
-    pub fn retries(&self) -> u64 {
-        self.client.api.retries()
-    }
-
-    /// Files this provider uploaded (reused ones not counted).
-    pub fn uploads(&self) -> u64 {
-        self.client.uploads()
-    }
-
-    /// Validates a dataset, writes it as chat JSONL and uploads it (or
-    /// reuses an identical file already uploaded).
-    pub async fn upload(&self, dataset: &DatasetSource) -> Result<UploadedFile> {
-        self.client.prepare_file(dataset, "training").await
-    }
-
     /// Pauses a running job.
     pub async fn pause(&self, id: &JobId) -> Result<JobState> {
         Ok(self.client.to_job(self.client.action(id, "pause").await?).await?.state)
@@ -91,26 +69,6 @@ impl OpenAiProvider {
         Ok(self.client.to_job(self.client.action(id, "resume").await?).await?.state)
     }
 
-    /// Every event of a job, newest first.
-    pub async fn events(&self, id: &JobId) -> Result<Vec<JobEvent>> {
-        self.client.events(id).await
-    }
-
-    /// One page of a job's events, newest first.
-    pub async fn events_page(
-        &self,
-        id: &JobId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Page<JobEvent>> {
-        self.client.events_page(id, after, limit).await
-    }
-
-    /// The checkpoints a job kept.
-    pub async fn checkpoints(&self, id: &JobId) -> Result<Vec<JobCheckpoint>> {
-        self.client.checkpoints(id).await
-    }
-
     /// A chat completion from `model` (a fine-tuned model id or any other).
     pub async fn chat(
         &self,
@@ -119,6 +77,16 @@ impl OpenAiProvider {
         max_tokens: Option<u32>,
     ) -> Result<ChatCompletion> {
         self.client.chat(model, messages, max_tokens).await
+    }
+}
+
+impl std::ops::Deref for OpenAiProvider {
+    type Target = FineTuningClient<OpenAi>;
+
+    /// The shared client: uploads, events, checkpoints, retry and upload
+    /// counts.
+    fn deref(&self) -> &Self::Target {
+        &self.client
     }
 }
 

@@ -109,8 +109,10 @@ pub(crate) fn checked_id<'a>(what: &str, id: &'a str) -> Result<&'a str> {
     }
 }
 
-/// Runs every flow of the OpenAI fine-tuning API against one host.
-pub(crate) struct FineTuningClient<H> {
+/// Runs every flow of the OpenAI fine-tuning API against one host. The
+/// providers hold one and hand out its shared methods (uploads, events,
+/// checkpoints, retry and upload counts) through `Deref`.
+pub struct FineTuningClient<H> {
     pub(crate) api: Api,
     pub(crate) host: H,
     pub(crate) stores: ObjectStores,
@@ -121,6 +123,7 @@ pub(crate) struct FineTuningClient<H> {
     pub(crate) file_import_timeout: Duration,
 }
 
+#[allow(private_bounds)]
 impl<H: Host> fmt::Debug for FineTuningClient<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FineTuningClient")
@@ -130,6 +133,8 @@ impl<H: Host> fmt::Debug for FineTuningClient<H> {
     }
 }
 
+// `Host` stays crate-private: hosts are ours; users call the methods.
+#[allow(private_bounds)]
 impl<H: Host> FineTuningClient<H> {
     pub(crate) fn new(api: Api, host: H) -> Self {
         Self {
@@ -152,8 +157,24 @@ impl<H: Host> FineTuningClient<H> {
             .with_min_training_rows(MIN_TRAINING_ROWS)
     }
 
-    /// Files this engine uploaded (not counting reused ones).
-    pub(crate) fn uploads(&self) -> u64 {
+    /// Validates a dataset, writes it as chat JSONL and uploads it (or
+    /// reuses an identical file already uploaded).
+    pub async fn upload(&self, dataset: &finetune_core::DatasetSource) -> Result<UploadedFile> {
+        self.prepare_file(dataset, "training").await
+    }
+
+    /// Retries made since this provider was built.
+    pub fn retries(&self) -> u64 {
+        self.api.retries()
+    }
+
+    /// The API root requests go to.
+    pub fn base_url(&self) -> &str {
+        self.api.base()
+    }
+
+    /// Files this provider uploaded (reused ones not counted).
+    pub fn uploads(&self) -> u64 {
         self.uploads.load(Ordering::Relaxed)
     }
 
@@ -481,7 +502,19 @@ impl<H: Host> FineTuningClient<H> {
                 "required: deploy this model before calling it (billed while deployed)".into(),
             );
         }
-        Ok(FineTunedModel {
+        let curve = self.curve(wire).await?;
+        Ok(self.fine_tuned_model(wire, model_id, curve, metadata))
+    }
+
+    /// The model a succeeded job made, called by `model_id`.
+    fn fine_tuned_model(
+        &self,
+        wire: &WireJob,
+        model_id: String,
+        loss_curve: LossCurve,
+        metadata: BTreeMap<String, String>,
+    ) -> FineTunedModel {
+        FineTunedModel {
             provider: self.name().to_owned(),
             model_id: model_id.clone(),
             base_model: wire.model.clone().unwrap_or_default(),
@@ -491,9 +524,9 @@ impl<H: Host> FineTuningClient<H> {
                 .unwrap_or_else(Utc::now),
             requires_deployment: self.host.requires_deployment(),
             artifacts: ModelArtifacts::Remote { id: model_id },
-            loss_curve: self.curve(wire).await?,
+            loss_curve,
             metadata,
-        })
+        }
     }
 
     /// The loss curve: metrics events, completed by the result file of a
@@ -525,7 +558,8 @@ impl<H: Host> FineTuningClient<H> {
         Ok(curve)
     }
 
-    pub(crate) async fn events_page(
+    /// One page of a job's events, newest first.
+    pub async fn events_page(
         &self,
         id: &JobId,
         after: Option<&str>,
@@ -545,9 +579,9 @@ impl<H: Host> FineTuningClient<H> {
         Ok(Page { items, next })
     }
 
-    /// Every event, newest first, following the pages (and stopping if a
-    /// server repeats a cursor).
-    pub(crate) async fn events(&self, id: &JobId) -> Result<Vec<JobEvent>> {
+    /// Every event of a job, newest first, following the pages (and
+    /// stopping if a server repeats a cursor).
+    pub async fn events(&self, id: &JobId) -> Result<Vec<JobEvent>> {
         collect_pages("events", 10_000, RepeatedCursor::Stop, |after| async move {
             self.events_page(id, after.as_deref(), 100).await
         })
@@ -555,7 +589,7 @@ impl<H: Host> FineTuningClient<H> {
     }
 
     /// Every checkpoint a job kept, following the pages.
-    pub(crate) async fn checkpoints(&self, id: &JobId) -> Result<Vec<JobCheckpoint>> {
+    pub async fn checkpoints(&self, id: &JobId) -> Result<Vec<JobCheckpoint>> {
         let path = format!("/fine_tuning/jobs/{}/checkpoints", checked_id("job id", id.as_str())?);
         collect_pages("checkpoints", 1000, RepeatedCursor::Stop, |after| {
             let path = &path;
@@ -604,19 +638,12 @@ impl<H: Host> FineTuningClient<H> {
         let state = match wire.status.as_deref().unwrap_or("unknown") {
             "succeeded" => match wire.fine_tuned_model.clone().filter(|m| !m.is_empty()) {
                 Some(model_id) => JobState::Succeeded {
-                    model: Box::new(FineTunedModel {
-                        provider: self.name().to_owned(),
-                        model_id: model_id.clone(),
-                        base_model: wire.model.clone().unwrap_or_default(),
-                        job_id: Some(JobId::new(wire.id.clone())),
-                        created_at: from_unix_seconds(wire.finished_at)
-                            .or(from_unix_seconds(wire.created_at))
-                            .unwrap_or_else(Utc::now),
-                        requires_deployment: self.host.requires_deployment(),
-                        artifacts: ModelArtifacts::Remote { id: model_id },
-                        loss_curve: LossCurve::new(),
-                        metadata: BTreeMap::new(),
-                    }),
+                    model: Box::new(self.fine_tuned_model(
+                        &wire,
+                        model_id,
+                        LossCurve::new(),
+                        BTreeMap::new(),
+                    )),
                 },
                 None => JobState::Unknown { name: "succeeded".into() },
             },
