@@ -2,10 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{LocalError, Result};
+pub use crate::models::gpt2::Gpt2Config;
+pub use crate::models::llama::LlamaConfig;
+pub use crate::models::mistral::MistralConfig;
+pub use crate::models::qwen2::Qwen2Config;
+pub use crate::models::qwen3::Qwen3Config;
 
 /// The model types this crate implements.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gpt2"];
@@ -121,13 +126,6 @@ pub struct ModelConfig {
     pub path: PathBuf,
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    model_type: Option<String>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, Value>,
-}
-
 impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
@@ -136,238 +134,132 @@ impl ModelConfig {
         Self::parse(&text, &path)
     }
 
-    /// Parses the text of a `config.json` (`path` is for messages).
+    /// Parses the text of a `config.json` (`path` is for messages): each
+    /// architecture's own `Config` (in its model file) reads the fields,
+    /// and says what they mean for the shared decoder.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let raw: Raw = serde_json::from_str(text).map_err(|e| {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
             LocalError::invalid(path, None, format!("line {} column {}: {e}", e.line(), e.column()))
         })?;
-        let model_type = raw.model_type.clone().unwrap_or_default();
-        let architecture = match model_type.as_str() {
-            "llama" => Architecture::Llama,
-            "mistral" => Architecture::Mistral,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            "gpt2" => Architecture::Gpt2,
-            _ => {
-                return Err(LocalError::UnsupportedArchitecture {
-                    model_type,
-                    path: path.to_path_buf(),
-                    supported: SUPPORTED_MODEL_TYPES.to_vec(),
-                });
-            }
-        };
-        let f = Fields { map: &raw.rest, path };
-        if architecture == Architecture::Gpt2 {
-            return gpt2(&f, path);
+        let model_type = value.get("model_type").and_then(Value::as_str).unwrap_or_default();
+        match model_type {
+            "llama" => read::<LlamaConfig>(value, path)?.model_config(Architecture::Llama, path),
+            "mistral" => read_decoder::<MistralConfig>(value, path)?.model_config(path),
+            "qwen2" => read_decoder::<Qwen2Config>(value, path)?.model_config(path),
+            "qwen3" => read_decoder::<Qwen3Config>(value, path)?.model_config(path),
+            "gpt2" => read::<Gpt2Config>(value, path)?.model_config(path),
+            _ => Err(LocalError::UnsupportedArchitecture {
+                model_type: model_type.to_owned(),
+                path: path.to_path_buf(),
+                supported: SUPPORTED_MODEL_TYPES.to_vec(),
+            }),
         }
-        let hidden_size = f.int("hidden_size")?;
-        let num_heads = f.int("num_attention_heads")?;
-        let num_kv_heads = f.opt_int("num_key_value_heads")?.unwrap_or(num_heads);
-        let head_dim = f.opt_int("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
-        if num_heads <= 0 || num_kv_heads <= 0 || num_heads % num_kv_heads != 0 {
-            return Err(LocalError::invalid(
-                path,
-                Some("num_key_value_heads"),
-                format!("{num_kv_heads} key/value heads do not divide {num_heads} heads"),
-            ));
-        }
-        let attention_bias = f.opt_bool("attention_bias")?.unwrap_or(false);
-        let qkv_bias = match architecture {
-            Architecture::Qwen2 => true,
-            _ => attention_bias,
-        };
-        let o_bias = match architecture {
-            Architecture::Qwen2 => false,
-            _ => attention_bias,
-        };
-        let sliding_window = match architecture {
-            Architecture::Mistral => f.opt_int("sliding_window")?,
-            Architecture::Qwen2 | Architecture::Qwen3
-                if f.opt_bool("use_sliding_window")?.unwrap_or(false) =>
-            {
-                return Err(LocalError::invalid(
-                    path,
-                    Some("use_sliding_window"),
-                    "per-layer sliding windows (max_window_layers) are not implemented",
-                ));
-            }
-            _ => None,
-        };
-        Ok(Self {
-            architecture,
-            vocab_size: f.int("vocab_size")?,
-            hidden_size,
-            intermediate_size: f.int("intermediate_size")?,
-            num_layers: f.int("num_hidden_layers")?,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            norm_eps: f.opt_float("rms_norm_eps")?.unwrap_or(1e-6),
-            hidden_act: f.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into()),
-            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            qkv_bias,
-            o_bias,
-            mlp_bias: f.opt_bool("mlp_bias")?.unwrap_or(false),
-            qk_norm: architecture == Architecture::Qwen3,
-            rope: Some(rope(&f, path)?),
-            max_position_embeddings: f.opt_int("max_position_embeddings")?.unwrap_or(2048),
-            sliding_window,
-            bos_token_id: f.opt_int("bos_token_id")?,
-            eos_token_ids: f.ids("eos_token_id")?,
-            torch_dtype: f.opt_str("dtype")?.or(f.opt_str("torch_dtype")?),
-            path: path.to_path_buf(),
-        })
     }
 }
 
-fn gpt2(f: &Fields<'_>, path: &Path) -> Result<ModelConfig> {
-    let hidden_size = f.int("n_embd")?;
-    let num_heads = f.int("n_head")?;
-    for flag in
-        ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"]
-    {
-        if f.opt_bool(flag)?.unwrap_or(false) {
-            return Err(LocalError::invalid(path, Some(flag), "is not implemented"));
+/// Deserializes an architecture's config, naming the field an error is
+/// about (`hidden_size`, `rope_scaling.factor`).
+fn read<T: DeserializeOwned>(value: Value, path: &Path) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde names a missing field in its message, at the parent's path.
+        if let Some(name) =
+            message.strip_prefix("missing field `").and_then(|m| m.split('`').next())
+        {
+            let field = if at == "." { name.to_owned() } else { format!("{at}.{name}") };
+            return LocalError::invalid(path, Some(&field), "is missing");
         }
-    }
-    if !f.opt_bool("scale_attn_weights")?.unwrap_or(true) {
-        return Err(LocalError::invalid(
-            path,
-            Some("scale_attn_weights"),
-            "false is not implemented",
-        ));
-    }
-    Ok(ModelConfig {
-        architecture: Architecture::Gpt2,
-        vocab_size: f.int("vocab_size")?,
-        hidden_size,
-        intermediate_size: f.opt_int("n_inner")?.unwrap_or(4 * hidden_size),
-        num_layers: f.int("n_layer")?,
-        num_heads,
-        num_kv_heads: num_heads,
-        head_dim: hidden_size / num_heads.max(1),
-        norm_eps: f.opt_float("layer_norm_epsilon")?.unwrap_or(1e-5),
-        hidden_act: f.opt_str("activation_function")?.unwrap_or_else(|| "gelu_new".into()),
-        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        qk_norm: false,
-        rope: None,
-        max_position_embeddings: f.int("n_positions")?,
-        sliding_window: None,
-        bos_token_id: f.opt_int("bos_token_id")?,
-        eos_token_ids: f.ids("eos_token_id")?,
-        torch_dtype: f.opt_str("dtype")?.or(f.opt_str("torch_dtype")?),
-        path: path.to_path_buf(),
+        LocalError::invalid(path, (at != ".").then_some(at.as_str()), message)
     })
 }
 
-/// RoPE from either the classic `rope_theta` + `rope_scaling` fields or the
-/// newer `rope_parameters` object (transformers ≥ 5).
-fn rope(f: &Fields<'_>, path: &Path) -> Result<Rope> {
-    let params = match f.map.get("rope_parameters") {
-        Some(Value::Object(p)) => Some(p),
-        Some(Value::Null) | None => None,
-        Some(_) => {
-            return Err(LocalError::invalid(path, Some("rope_parameters"), "is not an object"));
-        }
-    };
-    let scaling = match f.map.get("rope_scaling") {
-        Some(Value::Object(s)) => Some(s),
-        Some(Value::Null) | None => None,
-        Some(_) => return Err(LocalError::invalid(path, Some("rope_scaling"), "is not an object")),
-    };
-    let (theta, spec, field) = match (params, scaling) {
-        (Some(p), _) => {
-            let pf = Fields { map: p, path };
-            let theta = pf.opt_float("rope_theta")?.or(f.opt_float("rope_theta")?);
-            (theta, Some(p), "rope_parameters")
-        }
-        (None, s) => (f.opt_float("rope_theta")?, s, "rope_scaling"),
-    };
-    let theta = theta.unwrap_or(10_000.0);
-    let Some(spec) = spec else { return Ok(Rope { theta, scaling: RopeScaling::Default }) };
-    let sf = Fields { map: spec, path };
-    let kind = sf.opt_str("rope_type")?.or(sf.opt_str("type")?).unwrap_or_else(|| "default".into());
-    let scaling = match kind.as_str() {
-        "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear { factor: sf.float("factor")? },
-        "llama3" => RopeScaling::Llama3 {
-            factor: sf.float("factor")?,
-            low_freq_factor: sf.float("low_freq_factor")?,
-            high_freq_factor: sf.float("high_freq_factor")?,
-            original_max_position_embeddings: sf.float("original_max_position_embeddings")?,
-        },
-        other => {
-            return Err(LocalError::invalid(
-                path,
-                Some(field),
-                format!("rope type `{other}` is not implemented (default, linear, llama3 are)"),
-            ));
-        }
-    };
-    Ok(Rope { theta, scaling })
+/// Deserializes a config that flattens [`LlamaConfig`] into its own. serde
+/// loses the field's name inside a flattened struct, so Llama's fields are
+/// read (and their errors named) first.
+fn read_decoder<T: DeserializeOwned>(value: Value, path: &Path) -> Result<T> {
+    read::<LlamaConfig>(value.clone(), path)?;
+    read(value, path)
 }
 
-struct Fields<'a> {
-    map: &'a serde_json::Map<String, Value>,
-    path: &'a Path,
+/// Field readers for the architectures' `Config`s, with the messages a
+/// user sees next to the field's name.
+pub(crate) mod field {
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error};
+    use serde_json::Value;
+
+    fn value<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+
+    /// A required positive integer (null counts as missing).
+    pub(crate) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        match value(d)? {
+            Value::Null => Err(D::Error::custom("is missing")),
+            v => match v.as_i64() {
+                Some(n) if n > 0 => Ok(n),
+                Some(_) => Err(D::Error::custom("must be positive")),
+                None => Err(D::Error::custom("is not an integer")),
+            },
+        }
+    }
+
+    /// An optional integer.
+    pub(crate) fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match value(d)? {
+            Value::Null => Ok(None),
+            v => v.as_i64().map(Some).ok_or_else(|| D::Error::custom("is not an integer")),
+        }
+    }
+
+    /// An optional number.
+    pub(crate) fn float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match value(d)? {
+            Value::Null => Ok(None),
+            v => v.as_f64().map(Some).ok_or_else(|| D::Error::custom("is not a number")),
+        }
+    }
+
+    /// An optional boolean.
+    pub(crate) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match value(d)? {
+            Value::Null => Ok(None),
+            v => v.as_bool().map(Some).ok_or_else(|| D::Error::custom("is not a boolean")),
+        }
+    }
+
+    /// An optional string.
+    pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match value(d)? {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            _ => Err(D::Error::custom("is not a string")),
+        }
+    }
+
+    /// A token id or a list of them (none when null).
+    pub(crate) fn token_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        super::token_ids(Some(&value(d)?))
+            .ok_or_else(|| D::Error::custom("is not a token id or a list of them"))
+    }
+
+    /// An optional JSON object.
+    pub(crate) fn object<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<serde_json::Map<String, Value>>, D::Error> {
+        match value(d)? {
+            Value::Null => Ok(None),
+            Value::Object(m) => Ok(Some(m)),
+            _ => Err(D::Error::custom("is not an object")),
+        }
+    }
 }
 
-impl Fields<'_> {
-    fn err(&self, key: &str, message: &str) -> LocalError {
-        LocalError::invalid(self.path, Some(key), message)
-    }
-
-    fn opt_int(&self, key: &str) -> Result<Option<i64>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.err(key, "is not an integer")),
-        }
-    }
-
-    fn int(&self, key: &str) -> Result<i64> {
-        let v = self.opt_int(key)?.ok_or_else(|| self.err(key, "is missing"))?;
-        if v <= 0 {
-            return Err(self.err(key, "must be positive"));
-        }
-        Ok(v)
-    }
-
-    fn opt_float(&self, key: &str) -> Result<Option<f64>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, "is not a number")),
-        }
-    }
-
-    fn float(&self, key: &str) -> Result<f64> {
-        self.opt_float(key)?.ok_or_else(|| self.err(key, "is missing"))
-    }
-
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.err(key, "is not a boolean")),
-        }
-    }
-
-    fn opt_str(&self, key: &str) -> Result<Option<String>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_owned()))
-                .ok_or_else(|| self.err(key, "is not a string")),
-        }
-    }
-
-    /// A token id or a list of them.
-    fn ids(&self, key: &str) -> Result<Vec<i64>> {
-        token_ids(self.map.get(key))
-            .ok_or_else(|| self.err(key, "is not a token id or a list of them"))
-    }
+/// The dtype a checkpoint was saved in: `dtype` (transformers ≥ 5) or
+/// `torch_dtype`.
+pub(crate) fn saved_dtype(dtype: &Option<String>, torch_dtype: &Option<String>) -> Option<String> {
+    dtype.clone().or_else(|| torch_dtype.clone())
 }
 
 /// Reads a token id field that may be null, one integer or a list.
@@ -441,5 +333,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("yarn") && e.contains("rope_scaling"), "{e}");
+    }
+
+    #[test]
+    fn each_architecture_names_its_bad_or_missing_fields() {
+        let e = parse(r#"{"model_type":"mistral","hidden_size":true}"#).unwrap_err().to_string();
+        assert!(e.contains("`hidden_size`") && e.contains("not an integer"), "{e}");
+        let e = parse(
+            r#"{"model_type":"qwen2","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"use_sliding_window":true}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`use_sliding_window`"), "{e}");
+        let e = parse(
+            r#"{"model_type":"gpt2","vocab_size":10,"n_head":2,"n_layer":1,"n_positions":8}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`n_embd`") && e.contains("is missing"), "{e}");
+        let e = parse(
+            r#"{"model_type":"qwen3","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":0}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`num_key_value_heads`"), "{e}");
     }
 }

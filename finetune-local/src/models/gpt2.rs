@@ -2,12 +2,118 @@
 //! (tanh approximation), and `Conv1D` layers whose weights are stored
 //! `[in, out]`, the transpose of `nn.Linear`. The LM head is tied to `wte`.
 
+use std::path::Path;
+
+use serde::Deserialize;
 use tch::Tensor;
 
 use super::layers::{self, Linear, Loader};
 use super::{ForwardInput, KvCache};
-use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::config::{Architecture, ModelConfig, field, saved_dtype};
+use crate::error::{LocalError, Result};
+
+/// GPT-2's `config.json`, field for field (with transformers' defaults).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    #[serde(deserialize_with = "field::positive")]
+    pub vocab_size: i64,
+    /// Width of the residual stream.
+    #[serde(deserialize_with = "field::positive")]
+    pub n_embd: i64,
+    /// Attention heads.
+    #[serde(deserialize_with = "field::positive")]
+    pub n_head: i64,
+    /// Layers.
+    #[serde(deserialize_with = "field::positive")]
+    pub n_layer: i64,
+    /// Learned positions (the longest sequence).
+    #[serde(deserialize_with = "field::positive")]
+    pub n_positions: i64,
+    /// Width of the MLP; `4 * n_embd` when absent.
+    #[serde(default, deserialize_with = "field::int")]
+    pub n_inner: Option<i64>,
+    /// LayerNorm epsilon; 1e-5 when absent.
+    #[serde(default, deserialize_with = "field::float")]
+    pub layer_norm_epsilon: Option<f64>,
+    /// The MLP activation; `gelu_new` when absent.
+    #[serde(default, deserialize_with = "field::string")]
+    pub activation_function: Option<String>,
+    /// Whether the LM head shares `wte`; true when absent.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub tie_word_embeddings: Option<bool>,
+    /// Must be true (the default).
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub scale_attn_weights: Option<bool>,
+    /// Not implemented: refused when true.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub scale_attn_by_inverse_layer_idx: Option<bool>,
+    /// Not implemented: refused when true.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub reorder_and_upcast_attn: Option<bool>,
+    /// Not implemented: refused when true.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub add_cross_attention: Option<bool>,
+    /// The BOS token.
+    #[serde(default, deserialize_with = "field::int")]
+    pub bos_token_id: Option<i64>,
+    /// The EOS token or tokens.
+    #[serde(default, deserialize_with = "field::token_ids")]
+    pub eos_token_id: Vec<i64>,
+    /// The saved dtype (transformers ≥ 5).
+    #[serde(default, deserialize_with = "field::string")]
+    pub dtype: Option<String>,
+    /// The saved dtype (transformers 4).
+    #[serde(default, deserialize_with = "field::string")]
+    pub torch_dtype: Option<String>,
+}
+
+impl Gpt2Config {
+    /// The model's settings, refusing the variants not implemented.
+    pub(crate) fn model_config(&self, path: &Path) -> Result<ModelConfig> {
+        for (flag, set) in [
+            ("scale_attn_by_inverse_layer_idx", self.scale_attn_by_inverse_layer_idx),
+            ("reorder_and_upcast_attn", self.reorder_and_upcast_attn),
+            ("add_cross_attention", self.add_cross_attention),
+        ] {
+            if set.unwrap_or(false) {
+                return Err(LocalError::invalid(path, Some(flag), "is not implemented"));
+            }
+        }
+        if !self.scale_attn_weights.unwrap_or(true) {
+            return Err(LocalError::invalid(
+                path,
+                Some("scale_attn_weights"),
+                "false is not implemented",
+            ));
+        }
+        let hidden_size = self.n_embd;
+        Ok(ModelConfig {
+            architecture: Architecture::Gpt2,
+            vocab_size: self.vocab_size,
+            hidden_size,
+            intermediate_size: self.n_inner.unwrap_or(4 * hidden_size),
+            num_layers: self.n_layer,
+            num_heads: self.n_head,
+            num_kv_heads: self.n_head,
+            head_dim: hidden_size / self.n_head,
+            norm_eps: self.layer_norm_epsilon.unwrap_or(1e-5),
+            hidden_act: self.activation_function.clone().unwrap_or_else(|| "gelu_new".into()),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            qk_norm: false,
+            rope: None,
+            max_position_embeddings: self.n_positions,
+            sliding_window: None,
+            bos_token_id: self.bos_token_id,
+            eos_token_ids: self.eos_token_id.clone(),
+            torch_dtype: saved_dtype(&self.dtype, &self.torch_dtype),
+            path: path.to_path_buf(),
+        })
+    }
+}
 
 /// HF's `Conv1D`: `y = x W + b` with `W` of `[in, out]`.
 fn conv1d(l: &mut Loader<'_>, p: &str, in_dim: i64, out_dim: i64) -> Result<Linear> {

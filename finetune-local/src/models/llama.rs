@@ -3,12 +3,213 @@
 //! MLP. Mistral, Qwen2 and Qwen3 are this decoder with a few switches, as in
 //! transformers' own modular definitions.
 
+use std::path::Path;
+
+use serde::Deserialize;
 use tch::Tensor;
 
 use super::layers::{self, Linear, Loader, Mask, RmsNorm};
 use super::{ForwardInput, KvCache};
-use crate::config::ModelConfig;
+use crate::config::{Architecture, ModelConfig, Rope, RopeScaling, field, saved_dtype};
 use crate::error::{LocalError, Result};
+
+/// Llama's `config.json`, field for field (with transformers' defaults);
+/// Mistral's, Qwen2's and Qwen3's add to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size (rows of the embedding).
+    #[serde(deserialize_with = "field::positive")]
+    pub vocab_size: i64,
+    /// Width of the residual stream.
+    #[serde(deserialize_with = "field::positive")]
+    pub hidden_size: i64,
+    /// Width of the MLP.
+    #[serde(deserialize_with = "field::positive")]
+    pub intermediate_size: i64,
+    /// Decoder layers.
+    #[serde(deserialize_with = "field::positive")]
+    pub num_hidden_layers: i64,
+    /// Query heads.
+    #[serde(deserialize_with = "field::positive")]
+    pub num_attention_heads: i64,
+    /// Key/value heads; `num_attention_heads` when absent.
+    #[serde(default, deserialize_with = "field::int")]
+    pub num_key_value_heads: Option<i64>,
+    /// Width of one head; `hidden_size / num_attention_heads` when absent.
+    #[serde(default, deserialize_with = "field::int")]
+    pub head_dim: Option<i64>,
+    /// RMSNorm epsilon; 1e-6 when absent.
+    #[serde(default, deserialize_with = "field::float")]
+    pub rms_norm_eps: Option<f64>,
+    /// The MLP activation; `silu` when absent.
+    #[serde(default, deserialize_with = "field::string")]
+    pub hidden_act: Option<String>,
+    /// Whether the LM head shares the embedding; false when absent.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub tie_word_embeddings: Option<bool>,
+    /// Bias on the attention projections.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub attention_bias: Option<bool>,
+    /// Bias on the MLP projections.
+    #[serde(default, deserialize_with = "field::boolean")]
+    pub mlp_bias: Option<bool>,
+    /// RoPE base (classic form); 10,000 when absent.
+    #[serde(default, deserialize_with = "field::float")]
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (classic form).
+    #[serde(default, deserialize_with = "field::object")]
+    pub rope_scaling: Option<serde_json::Map<String, serde_json::Value>>,
+    /// RoPE base and scaling (transformers ≥ 5).
+    #[serde(default, deserialize_with = "field::object")]
+    pub rope_parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The longest sequence; 2048 when absent.
+    #[serde(default, deserialize_with = "field::int")]
+    pub max_position_embeddings: Option<i64>,
+    /// The BOS token.
+    #[serde(default, deserialize_with = "field::int")]
+    pub bos_token_id: Option<i64>,
+    /// The EOS token or tokens.
+    #[serde(default, deserialize_with = "field::token_ids")]
+    pub eos_token_id: Vec<i64>,
+    /// The saved dtype (transformers ≥ 5).
+    #[serde(default, deserialize_with = "field::string")]
+    pub dtype: Option<String>,
+    /// The saved dtype (transformers 4).
+    #[serde(default, deserialize_with = "field::string")]
+    pub torch_dtype: Option<String>,
+}
+
+/// Qwen2's and Qwen3's `use_sliding_window` (windows on some layers only)
+/// is not implemented: refused when true.
+pub(crate) fn refuse_per_layer_windows(
+    use_sliding_window: Option<bool>,
+    path: &Path,
+) -> Result<()> {
+    if use_sliding_window.unwrap_or(false) {
+        return Err(LocalError::invalid(
+            path,
+            Some("use_sliding_window"),
+            "per-layer sliding windows (max_window_layers) are not implemented",
+        ));
+    }
+    Ok(())
+}
+
+/// The rope fields of a `rope_scaling` or `rope_parameters` object.
+#[derive(Debug, Deserialize)]
+struct RopeSpec {
+    #[serde(default, deserialize_with = "field::float")]
+    rope_theta: Option<f64>,
+    #[serde(default, deserialize_with = "field::string")]
+    rope_type: Option<String>,
+    #[serde(default, rename = "type", deserialize_with = "field::string")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "field::float")]
+    factor: Option<f64>,
+    #[serde(default, deserialize_with = "field::float")]
+    low_freq_factor: Option<f64>,
+    #[serde(default, deserialize_with = "field::float")]
+    high_freq_factor: Option<f64>,
+    #[serde(default, deserialize_with = "field::float")]
+    original_max_position_embeddings: Option<f64>,
+}
+
+impl LlamaConfig {
+    /// The shared decoder's settings for `architecture`, with Llama's
+    /// attention biases; the other architectures adjust what differs.
+    pub(crate) fn model_config(
+        &self,
+        architecture: Architecture,
+        path: &Path,
+    ) -> Result<ModelConfig> {
+        let num_heads = self.num_attention_heads;
+        let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
+        if num_kv_heads <= 0 || num_heads % num_kv_heads != 0 {
+            return Err(LocalError::invalid(
+                path,
+                Some("num_key_value_heads"),
+                format!("{num_kv_heads} key/value heads do not divide {num_heads} heads"),
+            ));
+        }
+        let attention_bias = self.attention_bias.unwrap_or(false);
+        Ok(ModelConfig {
+            architecture,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim: self.head_dim.unwrap_or(self.hidden_size / num_heads),
+            norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            hidden_act: self.hidden_act.clone().unwrap_or_else(|| "silu".into()),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: attention_bias,
+            o_bias: attention_bias,
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            qk_norm: false,
+            rope: Some(self.rope(path)?),
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            sliding_window: None,
+            bos_token_id: self.bos_token_id,
+            eos_token_ids: self.eos_token_id.clone(),
+            torch_dtype: saved_dtype(&self.dtype, &self.torch_dtype),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// RoPE from either the classic `rope_theta` + `rope_scaling` fields or
+    /// the newer `rope_parameters` object (transformers ≥ 5).
+    fn rope(&self, path: &Path) -> Result<Rope> {
+        let (spec, field) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) => (Some(p), "rope_parameters"),
+            (None, s) => (s.as_ref(), "rope_scaling"),
+        };
+        let spec: Option<RopeSpec> = match spec {
+            Some(map) => Some(
+                serde_path_to_error::deserialize(serde_json::Value::Object(map.clone())).map_err(
+                    |e| {
+                        let at = format!("{field}.{}", e.path());
+                        LocalError::invalid(path, Some(&at), e.into_inner().to_string())
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let theta = spec
+            .as_ref()
+            .filter(|_| field == "rope_parameters")
+            .and_then(|s| s.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0);
+        let Some(spec) = spec else { return Ok(Rope { theta, scaling: RopeScaling::Default }) };
+        let need = |v: Option<f64>, name: &str| {
+            v.ok_or_else(|| LocalError::invalid(path, Some(name), "is missing"))
+        };
+        let kind = spec.rope_type.clone().or(spec.kind.clone()).unwrap_or_else(|| "default".into());
+        let scaling = match kind.as_str() {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear { factor: need(spec.factor, "factor")? },
+            "llama3" => RopeScaling::Llama3 {
+                factor: need(spec.factor, "factor")?,
+                low_freq_factor: need(spec.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(spec.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: need(
+                    spec.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            },
+            other => {
+                return Err(LocalError::invalid(
+                    path,
+                    Some(field),
+                    format!("rope type `{other}` is not implemented (default, linear, llama3 are)"),
+                ));
+            }
+        };
+        Ok(Rope { theta, scaling })
+    }
+}
 
 /// `LlamaAttention` (with Qwen2's q/k/v bias and Qwen3's q/k norm when the
 /// config asks for them).
