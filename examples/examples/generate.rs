@@ -12,7 +12,7 @@ use std::time::Instant;
 use finetune_examples::args::{Args, usage_error};
 use finetune_local::generate::{FinishReason, GenerationOptions, generate};
 use finetune_local::tch::{Device, Kind};
-use finetune_local::{CausalLm, LoadOptions, Message, ModelCache, Tokenizer, locate};
+use finetune_local::{CausalLm, ChatMessage, LoadOptions, ModelCache, Tokenizer, locate};
 
 const USAGE: &str = "usage: generate --model <DIR_OR_ID> --prompt TEXT [--system TEXT] [--chat]
                 [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
@@ -76,9 +76,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let prompt_tokens = if args.switch("chat") {
         let mut messages = Vec::new();
         if let Some(system) = args.value("system") {
-            messages.push(Message::system(system));
+            messages.push(ChatMessage::system(system));
         }
-        messages.push(Message::user(prompt));
+        messages.push(ChatMessage::user(prompt));
         let text = tokenizer.apply_chat_template(&messages, true)?;
         tokenizer.encode(&text, false)?
     } else {

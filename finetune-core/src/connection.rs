@@ -119,6 +119,236 @@ pub enum AzureAuth {
         #[serde(default)]
         client_id: Option<String>,
     },
+    /// An Entra ID bearer token obtained elsewhere (a platform's token
+    /// service, a script, a test), sent as it is for every scope until it
+    /// expires. Short-lived by nature: prefer the variants above.
+    StaticToken {
+        /// The bearer token.
+        token: Secret,
+    },
+}
+
+/// An OpenAI connection (or an OpenAI-compatible gateway's).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct OpenAiSettings {
+    /// Base URL; `https://api.openai.com/v1` when absent.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The API key.
+    pub api_key: Secret,
+    /// `OpenAI-Organization` header.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// `OpenAI-Project` header.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+impl OpenAiSettings {
+    /// Settings with this key and OpenAI's endpoint.
+    pub fn new(api_key: Secret) -> Self {
+        Self { base_url: None, api_key, organization: None, project: None }
+    }
+
+    /// Sets the base URL (a gateway, a test server).
+    pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+}
+
+/// An Azure OpenAI connection: the resource's endpoint and credential for
+/// fine-tuning and chat, and where the resource sits in Azure Resource
+/// Manager for deployments (the specification's "AzureML connection").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct AzureOpenAiSettings {
+    /// `https://{resource}.openai.azure.com`.
+    pub endpoint: String,
+    /// The authoring API version; the crate's default when absent.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// How to authenticate. Deployments go through ARM, which takes only an
+    /// Entra credential: an api key fine-tunes and chats, but cannot deploy.
+    pub auth: AzureAuth,
+    /// The subscription holding the resource (deployments).
+    #[serde(default)]
+    pub subscription_id: Option<String>,
+    /// The resource group holding the resource (deployments).
+    #[serde(default)]
+    pub resource_group: Option<String>,
+    /// The Azure OpenAI (Cognitive Services) account name; the endpoint's
+    /// host name when absent.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// ARM's root; the public cloud's when absent (sovereign clouds, tests).
+    #[serde(default)]
+    pub arm_endpoint: Option<String>,
+}
+
+impl AzureOpenAiSettings {
+    /// Settings for the resource at `endpoint`.
+    pub fn new(endpoint: impl Into<String>, auth: AzureAuth) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            api_version: None,
+            auth,
+            subscription_id: None,
+            resource_group: None,
+            account: None,
+            arm_endpoint: None,
+        }
+    }
+
+    /// Where the resource sits in ARM, for deployments.
+    pub fn with_resource(
+        mut self,
+        subscription_id: impl Into<String>,
+        resource_group: impl Into<String>,
+        account: impl Into<String>,
+    ) -> Self {
+        self.subscription_id = Some(subscription_id.into());
+        self.resource_group = Some(resource_group.into());
+        self.account = Some(account.into());
+        self
+    }
+
+    /// Sets ARM's root.
+    pub fn with_arm_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.arm_endpoint = Some(url.into());
+        self
+    }
+
+    /// The account name: the configured one, else the endpoint's first host
+    /// label (`https://contoso.openai.azure.com` is `contoso`).
+    pub fn account_name(&self) -> Option<String> {
+        self.account.clone().or_else(|| {
+            let host = self.endpoint.split("://").nth(1)?.split(['/', ':']).next()?;
+            let label = host.split('.').next()?;
+            (!label.is_empty()).then(|| label.to_owned())
+        })
+    }
+}
+
+/// An AWS Bedrock connection, with the S3 location its data goes through
+/// (the specification's "S3 connection"). Credentials are the standard AWS
+/// chain's unless a static key pair is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct BedrockSettings {
+    /// AWS region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// IAM role Bedrock assumes to read and write the S3 data.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// `s3://bucket/prefix` where training data and outputs go.
+    #[serde(default)]
+    pub s3_prefix: Option<String>,
+    /// Bedrock endpoint override (VPC endpoints, tests); also the runtime's
+    /// unless `runtime_endpoint_url` is set.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// bedrock-runtime endpoint override.
+    #[serde(default)]
+    pub runtime_endpoint_url: Option<String>,
+    /// S3 endpoint override.
+    #[serde(default)]
+    pub s3_endpoint_url: Option<String>,
+    /// A static access key id (with `secret_access_key`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// A static secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+}
+
+impl BedrockSettings {
+    /// Settings in `region` with the role and S3 prefix fine-tuning needs.
+    pub fn new(
+        region: impl Into<String>,
+        role_arn: impl Into<String>,
+        s3_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            region: Some(region.into()),
+            role_arn: Some(role_arn.into()),
+            s3_prefix: Some(s3_prefix.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sends Bedrock, bedrock-runtime and S3 calls to these endpoints.
+    pub fn with_endpoints(
+        mut self,
+        bedrock: impl Into<String>,
+        runtime: impl Into<String>,
+        s3: impl Into<String>,
+    ) -> Self {
+        self.endpoint_url = Some(bedrock.into());
+        self.runtime_endpoint_url = Some(runtime.into());
+        self.s3_endpoint_url = Some(s3.into());
+        self
+    }
+
+    /// Uses a static key pair instead of the credential chain.
+    pub fn with_static_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: Secret,
+    ) -> Self {
+        self.access_key_id = Some(access_key_id.into());
+        self.secret_access_key = Some(secret_access_key);
+        self
+    }
+}
+
+/// A local HuggingFace model trained with libtorch: the runtime settings a
+/// container configuration would hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct LocalHfSettings {
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (the first GPU when there is one).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// CPU threads for libtorch.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// `fp32`, `bf16` or `fp16`; fp32 on CPU and bf16 on CUDA when absent.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Where job folders (and trained models) are written.
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// The model cache (HF hub layout) model ids resolve in.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl LocalHfSettings {
+    /// Settings writing jobs under `output_dir`.
+    pub fn new(output_dir: impl Into<PathBuf>) -> Self {
+        Self { output_dir: Some(output_dir.into()), ..Self::default() }
+    }
+
+    /// Sets the model cache.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the device (`cpu`, `cuda`, `cuda:N`, `auto`).
+    pub fn with_device(mut self, device: impl Into<String>) -> Self {
+        self.device = Some(device.into());
+        self
+    }
+
+    /// Sets libtorch's CPU threads.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
 }
 
 /// Provider-specific settings of a connection.
@@ -128,64 +358,14 @@ pub enum AzureAuth {
 pub enum ConnectionSettings {
     /// OpenAI or an OpenAI-compatible gateway.
     #[serde(rename = "openai")]
-    OpenAi {
-        /// Base URL; `https://api.openai.com/v1` when absent.
-        #[serde(default)]
-        base_url: Option<String>,
-        /// The API key.
-        api_key: Secret,
-        /// `OpenAI-Organization` header.
-        #[serde(default)]
-        organization: Option<String>,
-        /// `OpenAI-Project` header.
-        #[serde(default)]
-        project: Option<String>,
-    },
+    OpenAi(OpenAiSettings),
     /// Azure OpenAI.
     #[serde(rename = "azure_openai")]
-    AzureOpenAi {
-        /// `https://{resource}.openai.azure.com`.
-        endpoint: String,
-        /// The authoring API version; the crate's default when absent.
-        #[serde(default)]
-        api_version: Option<String>,
-        /// How to authenticate.
-        auth: AzureAuth,
-    },
-    /// AWS Bedrock. Credentials come from the standard AWS chain.
-    Bedrock {
-        /// AWS region.
-        #[serde(default)]
-        region: Option<String>,
-        /// IAM role Bedrock assumes to read and write the S3 data.
-        #[serde(default)]
-        role_arn: Option<String>,
-        /// `s3://bucket/prefix` where training data and outputs go.
-        #[serde(default)]
-        s3_prefix: Option<String>,
-        /// Endpoint override (tests, VPC endpoints).
-        #[serde(default)]
-        endpoint_url: Option<String>,
-    },
-    /// A local HuggingFace model trained with libtorch; the runtime settings
-    /// a container configuration would hold.
-    LocalHf {
-        /// `cpu`, `cuda`, `cuda:N` or `auto`.
-        #[serde(default)]
-        device: Option<String>,
-        /// CPU threads for libtorch.
-        #[serde(default)]
-        threads: Option<usize>,
-        /// `fp32`, `bf16` or `fp16`.
-        #[serde(default)]
-        dtype: Option<String>,
-        /// Where trained models are written.
-        #[serde(default)]
-        output_dir: Option<PathBuf>,
-        /// The HF hub cache to resolve model ids from.
-        #[serde(default)]
-        cache_dir: Option<PathBuf>,
-    },
+    AzureOpenAi(AzureOpenAiSettings),
+    /// AWS Bedrock.
+    Bedrock(BedrockSettings),
+    /// A local HuggingFace model trained with libtorch.
+    LocalHf(LocalHfSettings),
     /// A third-party provider's free-form settings.
     Other {
         /// The provider's name.
@@ -203,10 +383,10 @@ impl ConnectionSettings {
     /// The provider these settings are for.
     pub fn provider(&self) -> ProviderKind {
         match self {
-            Self::OpenAi { .. } => ProviderKind::OpenAi,
-            Self::AzureOpenAi { .. } => ProviderKind::AzureOpenAi,
-            Self::Bedrock { .. } => ProviderKind::Bedrock,
-            Self::LocalHf { .. } => ProviderKind::LocalHf,
+            Self::OpenAi(_) => ProviderKind::OpenAi,
+            Self::AzureOpenAi(_) => ProviderKind::AzureOpenAi,
+            Self::Bedrock(_) => ProviderKind::Bedrock,
+            Self::LocalHf(_) => ProviderKind::LocalHf,
             Self::Other { name, .. } => ProviderKind::Other(name.clone()),
         }
     }
@@ -263,12 +443,10 @@ mod tests {
     fn secrets_never_show() {
         let conn = Connection::new(
             "prod-openai",
-            ConnectionSettings::OpenAi {
-                base_url: None,
-                api_key: Secret::new("sk-live-very-secret"),
+            ConnectionSettings::OpenAi(OpenAiSettings {
                 organization: Some("org-1".into()),
-                project: None,
-            },
+                ..OpenAiSettings::new(Secret::new("sk-live-very-secret"))
+            }),
         );
         let debug = format!("{conn:?}");
         assert!(!debug.contains("sk-live-very-secret"), "{debug}");
@@ -287,6 +465,22 @@ mod tests {
         assert!(conn.fine_tuning_enabled);
         assert_eq!(conn.provider(), ProviderKind::AzureOpenAi);
         assert!(!format!("{conn:?}").contains("hunter2"));
+        let ConnectionSettings::AzureOpenAi(azure) = &conn.settings else { unreachable!() };
+        assert_eq!(azure.account_name().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn bedrock_static_keys_never_show() {
+        let json = r#"{"name":"aws","settings":{"provider":"bedrock","region":"eu-west-1",
+            "access_key_id":"AKIA1","secret_access_key":"wJalrXUtnFEMI"}}"#;
+        let conn: Connection = serde_json::from_str(json).unwrap();
+        assert!(!format!("{conn:?}").contains("wJalrXUtnFEMI"));
+        let json = r#"{"name":"local","settings":{"provider":"local_hf","device":"auto"}}"#;
+        let conn: Connection = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            conn.settings,
+            ConnectionSettings::LocalHf(LocalHfSettings::default().with_device("auto"))
+        );
     }
 
     #[test]

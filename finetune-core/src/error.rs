@@ -128,6 +128,17 @@ pub enum Error {
         what: String,
     },
 
+    /// The model serves requests only through a deployment, and none was
+    /// given.
+    #[error(
+        "model `{model}` must be deployed before it can answer: deploy it first (its provider \
+         serves fine-tuned models only through billed deployments)"
+    )]
+    NotDeployed {
+        /// The fine-tuned model's id.
+        model: String,
+    },
+
     /// The provider asked us to slow down.
     #[error("rate limited{}: {message}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
     RateLimited {

@@ -36,9 +36,11 @@
 //! # Ok::<(), finetune_core::Error>(())
 //! ```
 
+mod chat;
 mod connection;
 mod dataset;
 mod error;
+mod factory;
 mod hyper;
 mod job;
 mod metrics;
@@ -55,9 +57,17 @@ pub use async_trait::async_trait;
 pub use chrono;
 pub use serde_json;
 
-pub use connection::{AzureAuth, Connection, ConnectionSettings, ProviderKind, Secret};
+pub use chat::{
+    ChatMessage, ChatModel, ChatRequest, ChatResponse, FinishReason, MAX_STOP_SEQUENCES, Role,
+    Usage,
+};
+pub use connection::{
+    AzureAuth, AzureOpenAiSettings, BedrockSettings, Connection, ConnectionSettings,
+    LocalHfSettings, OpenAiSettings, ProviderKind, Secret,
+};
 pub use dataset::{ColumnMapping, DatasetFormat, DatasetLocation, DatasetSource};
 pub use error::{Error, Location, Result};
+pub use factory::{EnabledConnection, ProviderFactory, Providers, expect_kind, require_deployment};
 pub use hyper::{Hyperparameters, LearningRate, Setting};
 pub use job::{Job, JobId, JobSpec, JobState, ListJobs, Page, Progress};
 #[cfg(feature = "plot")]

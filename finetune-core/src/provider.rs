@@ -142,6 +142,41 @@ pub trait FineTuneProvider: Send + Sync + Debug {
     async fn list_jobs(&self, query: &ListJobs) -> Result<Page<Job>>;
 }
 
+#[async_trait]
+impl<P: FineTuneProvider + ?Sized> FineTuneProvider for std::sync::Arc<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+
+    async fn validate(&self, spec: &JobSpec) -> Result<()> {
+        (**self).validate(spec).await
+    }
+
+    async fn submit(&self, spec: &JobSpec) -> Result<Job> {
+        (**self).submit(spec).await
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Job> {
+        (**self).job(id).await
+    }
+
+    async fn metrics(&self, id: &JobId) -> Result<LossCurve> {
+        (**self).metrics(id).await
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<JobState> {
+        (**self).cancel(id).await
+    }
+
+    async fn list_jobs(&self, query: &ListJobs) -> Result<Page<Job>> {
+        (**self).list_jobs(query).await
+    }
+}
+
 /// How often [`wait_for_job`] polls, and for how long.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollPolicy {

@@ -218,3 +218,74 @@ async fn the_connection_switch_gates_submission() {
     enabled.submit(&spec).await.unwrap();
     assert_eq!(enabled.inner().uploads(), 2);
 }
+
+/// What the memory factory's harness needs: the shared provider's uploads
+/// stand for its requests.
+struct MemoryFactoryHarness(finetune_core::testing::MemoryFactory);
+
+#[async_trait::async_trait]
+impl finetune_core::testing::FactoryHarness for MemoryFactoryHarness {
+    fn factory(&self) -> std::sync::Arc<dyn finetune_core::ProviderFactory> {
+        std::sync::Arc::new(self.0.clone())
+    }
+
+    fn connection(&self) -> finetune_core::Connection {
+        finetune_core::Connection::new("lab", finetune_core::testing::MemoryFactory::settings())
+            .with_fine_tuning_enabled(true)
+    }
+
+    fn valid_spec(&self) -> finetune_core::JobSpec {
+        use finetune_core::testing::ConformanceHarness;
+        MemoryHarness::default().valid_spec()
+    }
+
+    async fn requests(&self) -> u64 {
+        self.0.provider.uploads()
+    }
+
+    fn poll_policy(&self) -> finetune_core::PollPolicy {
+        finetune_core::PollPolicy::fixed(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(5),
+        )
+    }
+}
+
+#[tokio::test]
+async fn the_memory_factory_passes_the_factory_checks() {
+    let harness = MemoryFactoryHarness(finetune_core::testing::MemoryFactory::default());
+    let report = finetune_core::testing::run_factory_conformance(&harness).await.unwrap();
+    assert_eq!(
+        report.passed,
+        ["factory_connects", "disabled_connection_refused", "finished_model_answers"]
+    );
+    // The model answers as its backend says, through the shared interface.
+    let connection = finetune_core::testing::FactoryHarness::connection(&harness);
+    let providers = finetune_core::Providers::new().with(harness.0.clone());
+    let unknown = finetune_core::FineTunedModel {
+        provider: "memory".into(),
+        model_id: "memory-small:never:trained".into(),
+        base_model: "memory-small".into(),
+        job_id: None,
+        created_at: finetune_core::chrono::Utc::now(),
+        requires_deployment: false,
+        artifacts: finetune_core::ModelArtifacts::Remote { id: "x".into() },
+        loss_curve: Default::default(),
+        metadata: Default::default(),
+    };
+    let err = providers.chat_model(&connection, &unknown, None).await.unwrap_err();
+    assert!(matches!(err, finetune_core::Error::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_set_without_the_kind_says_what_it_links() {
+    let providers =
+        finetune_core::Providers::new().with(finetune_core::testing::MemoryFactory::default());
+    let connection = finetune_core::Connection::new(
+        "prod",
+        finetune_core::ConnectionSettings::Bedrock(finetune_core::BedrockSettings::default()),
+    )
+    .with_fine_tuning_enabled(true);
+    let err = providers.connect(&connection).await.unwrap_err().to_string();
+    assert!(err.contains("bedrock") && err.contains("memory"), "{err}");
+}

@@ -163,6 +163,11 @@ impl LocalDataset {
         &self.name
     }
 
+    /// The local file (the user's, or the temporary copy).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Streams the dataset's batches.
     pub fn open(&self) -> Result<BatchIter, DataError> {
         crate::read::open_path(&self.source, &self.path, &self.name)

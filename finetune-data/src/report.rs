@@ -169,6 +169,30 @@ impl ValidationReport {
         self.counts.get(&kind).copied().unwrap_or(0) > 0
     }
 
+    /// `Ok` for a valid report; else the refusal a provider answers: an
+    /// invalid-input error at the first problem's file, row, line and
+    /// column, with the count of all.
+    pub fn ensure_valid(&self, role: &str) -> finetune_core::Result<()> {
+        if self.valid {
+            return Ok(());
+        }
+        let first = self.errors.first();
+        let location = first.map(|p| finetune_core::Location {
+            file: p.file.clone(),
+            row: p.row,
+            line: p.line,
+            column: p.column.clone(),
+        });
+        let count: u64 = self.counts.values().sum();
+        let message = match first {
+            Some(p) => {
+                format!("the {role} dataset has {count} problem(s); the first: {}", p.message)
+            }
+            None => format!("the {role} dataset is not valid"),
+        };
+        Err(finetune_core::Error::InvalidInput { message, location })
+    }
+
     /// The listed problems of `kind`, errors then warnings.
     pub fn problems(&self, kind: ProblemKind) -> impl Iterator<Item = &Problem> {
         self.errors.iter().chain(&self.warnings).filter(move |p| p.kind == kind)

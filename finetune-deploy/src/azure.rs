@@ -264,6 +264,10 @@ impl Deployer for AzureDeployer {
         "azure_openai"
     }
 
+    fn serves(&self, provider: &str) -> bool {
+        provider == "azure_openai"
+    }
+
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
         spec.check()?;
         let body = serde_json::json!({

@@ -253,6 +253,14 @@ impl Deployer for BedrockDeployer {
         "bedrock"
     }
 
+    fn default_sku(&self) -> &str {
+        ON_DEMAND
+    }
+
+    fn serves(&self, provider: &str) -> bool {
+        provider == "bedrock"
+    }
+
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
         spec.check()?;
         let kind = kind_of_sku(&spec.sku)?;

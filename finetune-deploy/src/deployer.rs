@@ -151,6 +151,21 @@ pub trait Deployer: Send + Sync + fmt::Debug {
     /// The platform's name (`azure_openai`, `bedrock`, …).
     fn name(&self) -> &str;
 
+    /// The sku a deployment gets when the caller names none: one this
+    /// platform accepts (Azure's `Standard`; Bedrock's `on-demand`).
+    fn default_sku(&self) -> &str {
+        "Standard"
+    }
+
+    /// Whether models fine-tuned by `provider` (a `FineTunedModel::provider`)
+    /// are deployed on this platform. Reconciling and the idle limit leave
+    /// other platforms' models alone, so that one registry can hold models
+    /// of several. Every provider by default.
+    fn serves(&self, provider: &str) -> bool {
+        let _ = provider;
+        true
+    }
+
     /// Starts creating a deployment; returns it as it stands (usually
     /// [`DeploymentState::Creating`]).
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment>;
@@ -174,6 +189,14 @@ impl<D: Deployer + ?Sized> Deployer for std::sync::Arc<D> {
         (**self).name()
     }
 
+    fn default_sku(&self) -> &str {
+        (**self).default_sku()
+    }
+
+    fn serves(&self, provider: &str) -> bool {
+        (**self).serves(provider)
+    }
+
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
         (**self).create(spec).await
     }
@@ -188,5 +211,44 @@ impl<D: Deployer + ?Sized> Deployer for std::sync::Arc<D> {
 
     async fn list_managed(&self) -> Result<Vec<Deployment>> {
         (**self).list_managed().await
+    }
+}
+
+/// The deployer of platforms that serve fine-tuned models without a
+/// deployment (OpenAI, local models): it holds none, lists none, and
+/// refuses to create one. A [`crate::Lifecycle`] over it never calls
+/// `create` for such versions; a call would be a bug, and fails loudly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDeployments;
+
+#[async_trait]
+impl Deployer for NoDeployments {
+    fn name(&self) -> &str {
+        "none"
+    }
+
+    fn serves(&self, _provider: &str) -> bool {
+        false
+    }
+
+    async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
+        Err(Error::Unsupported {
+            message: format!(
+                "model `{}` is served without a deployment on this platform; nothing to deploy",
+                spec.model_id
+            ),
+        })
+    }
+
+    async fn get(&self, _id: &str) -> Result<Option<Deployment>> {
+        Ok(None)
+    }
+
+    async fn delete(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<Deployment>> {
+        Ok(Vec::new())
     }
 }

@@ -40,11 +40,14 @@
 pub mod azure;
 #[cfg(feature = "bedrock")]
 pub mod bedrock;
+mod connect;
 mod deployer;
 mod lifecycle;
 mod plan;
+mod recipe;
 mod registry;
 mod retry;
+mod summary;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -61,14 +64,19 @@ pub use object_store;
 pub use azure::{ArmCredential, AzureDeployer, AzureDeployerConfig};
 #[cfg(feature = "bedrock")]
 pub use bedrock::BedrockDeployer;
-pub use deployer::{Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG, MODEL_TAG};
+pub use connect::deployer_for;
+pub use deployer::{
+    Deployer, Deployment, DeploymentSpec, DeploymentState, MANAGED_TAG, MODEL_TAG, NoDeployments,
+};
 pub use finetune_core::{FineTunedModel, ModelArtifacts};
 pub use lifecycle::{
     IdleDeployment, Lifecycle, LifecycleEvent, ReconcileReport, WaitPolicy, deployment_name,
 };
 pub use plan::{Plan, PlannedDeployment, PriceTable};
+pub use recipe::{RECIPE_LABEL, Recipe, RecipeEvent, RecipeOutcome};
 pub use registry::{
-    DeploymentRecord, Intent, LifecyclePolicy, ModelHead, NewVersion, Origin, Registry,
-    VersionRecord, check_model_name,
+    DatasetRecord, DeploymentRecord, Intent, LifecyclePolicy, ModelHead, NewVersion, Origin,
+    PendingJob, Provenance, Registry, VersionRecord, check_model_name,
 };
 pub use retry::RetryingDeployer;
+pub use summary::{DeploymentSummary, VersionSummary};

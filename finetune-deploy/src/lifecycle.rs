@@ -249,6 +249,29 @@ impl Lifecycle {
         &self.registry
     }
 
+    /// The deployer.
+    pub fn deployer(&self) -> &Arc<dyn Deployer> {
+        &self.deployer
+    }
+
+    /// The price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+
+    /// A lifecycle over `registry` for the models of `connection`'s
+    /// platform: its deployer ([`crate::deployer_for`]), or
+    /// [`crate::NoDeployments`] where models need none.
+    pub async fn for_connection(
+        registry: Registry,
+        connection: &finetune_core::Connection,
+    ) -> Result<Self> {
+        let deployer = crate::deployer_for(connection)
+            .await?
+            .unwrap_or_else(|| Arc::new(crate::NoDeployments));
+        Ok(Self::new(registry, deployer))
+    }
+
     fn emit(&self, event: LifecycleEvent) {
         tracing::info!(%event, "lifecycle");
         if let Some(observer) = &self.observer {
@@ -262,14 +285,16 @@ impl Lifecycle {
     }
 
     /// Registers a version. The first version of a model becomes active (and
-    /// is deployed under auto-deploy); later ones wait for [`Self::activate`].
+    /// is deployed under auto-deploy), and so does every new one under the
+    /// policy's `activate_new_versions`; others wait for [`Self::activate`].
     pub async fn register_version(&self, model: &str, new: NewVersion) -> Result<VersionRecord> {
         let record = self.registry.add_version(model, new).await?;
         self.emit(LifecycleEvent::VersionRegistered {
             model: model.into(),
             version: record.version,
         });
-        if self.registry.head(model).await?.active_version.is_none() {
+        let head = self.registry.head(model).await?;
+        if head.active_version.is_none() || head.policy.activate_new_versions {
             self.activate(model, record.version).await?;
         }
         Ok(record)
@@ -312,6 +337,15 @@ impl Lifecycle {
         }
     }
 
+    /// The policy's sku, or the deployer's default when it names none.
+    fn sku(&self, policy: &LifecyclePolicy) -> String {
+        if policy.sku.trim().is_empty() {
+            self.deployer.default_sku().to_owned()
+        } else {
+            policy.sku.clone()
+        }
+    }
+
     fn check_budget(&self, plan: &Plan) -> Result<()> {
         match (self.max_hourly_cost, plan.hourly_cost_after) {
             (Some(limit), Some(cost)) if cost > limit && plan.create.is_some() => {
@@ -329,7 +363,15 @@ impl Lifecycle {
     /// Brings a model's deployments in line with its policy.
     async fn converge(&self, model: &str) -> Result<ModelHead> {
         let head = self.registry.head(model).await?;
-        if let (true, Some(version)) = (head.policy.auto_deploy, head.active_version) {
+        let needs_deployment = match head.active_version {
+            // Versions served without a deployment (OpenAI, local) are never
+            // sent to a deployer.
+            Some(version) => self.registry.version(model, version).await?.model.requires_deployment,
+            None => false,
+        };
+        if let (true, true, Some(version)) =
+            (head.policy.auto_deploy, needs_deployment, head.active_version)
+        {
             let id = match self.ready_deployment_of(&head, version).await? {
                 Some(id) => Some(id),
                 None => match self.deploy_version(model, version).await {
@@ -423,7 +465,7 @@ impl Lifecycle {
         let spec = DeploymentSpec {
             name: name.clone(),
             model_id: record.model.model_id.clone(),
-            sku: head.policy.sku.clone(),
+            sku: self.sku(&head.policy),
             capacity: head.policy.capacity,
             tags,
         };
@@ -646,7 +688,9 @@ impl Lifecycle {
     pub async fn plan_activate(&self, model: &str, version: u64) -> Result<Plan> {
         let head = self.registry.head(model).await?;
         let mut plan = self.plan_base(&head, version).await?;
-        if !head.policy.auto_deploy {
+        let served_without =
+            !self.registry.version(model, version).await?.model.requires_deployment;
+        if !head.policy.auto_deploy || served_without {
             plan.create = None;
             plan.delete.clear();
         }
@@ -677,7 +721,7 @@ impl Lifecycle {
             None => Some(PlannedDeployment {
                 name: deployment_name(&head.name, version),
                 version,
-                sku: head.policy.sku.clone(),
+                sku: self.sku(&head.policy),
                 capacity: head.policy.capacity,
                 hourly_cost: None,
             }),
@@ -718,6 +762,9 @@ impl Lifecycle {
         let now = chrono::Utc::now();
         let mut idle = Vec::new();
         for model in self.registry.models().await? {
+            if !self.owns(&model).await? {
+                continue;
+            }
             let head = self.registry.head(&model).await?;
             for d in &head.deployments {
                 if head.active_deployment.as_deref() == Some(d.id.as_str()) {
@@ -746,6 +793,14 @@ impl Lifecycle {
         Ok(idle)
     }
 
+    /// Whether `model` is deployed on this lifecycle's platform: its newest
+    /// version's provider is one the deployer serves. A model without a
+    /// version has nothing deployed and is skipped.
+    async fn owns(&self, model: &str) -> Result<bool> {
+        let versions = self.registry.versions(model).await?;
+        Ok(versions.last().is_some_and(|v| self.deployer.serves(&v.model.provider)))
+    }
+
     /// Finishes or rolls back every interrupted step, brings each model in
     /// line with its policy, and reports deployments carrying our tag that
     /// no model references (deleting them when `delete_orphans`).
@@ -753,6 +808,11 @@ impl Lifecycle {
         let mut report = ReconcileReport::default();
         let managed = self.deployer.list_managed().await?;
         for model in self.registry.models().await? {
+            // Another platform's model: its deployments are not ours to
+            // look up (they would look vanished) or to change.
+            if !self.owns(&model).await? {
+                continue;
+            }
             let head = self.registry.head(&model).await?;
             for intent in &head.intents {
                 match intent {

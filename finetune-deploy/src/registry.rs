@@ -32,17 +32,95 @@ pub struct LifecyclePolicy {
     /// Once the new deployment is ready and active, delete the deployments
     /// this library created for other versions.
     pub delete_previous: bool,
-    /// SKU or throughput kind of new deployments.
+    /// SKU or throughput kind of new deployments; empty takes the
+    /// deployer's own default ([`crate::Deployer::default_sku`]), which is
+    /// valid on its platform.
+    #[serde(default)]
     pub sku: String,
     /// Capacity (or model units) of new deployments.
     pub capacity: u32,
+    /// Make each newly registered version active (and so deployed, under
+    /// auto-deploy). Without it only the first version becomes active by
+    /// itself; later ones wait for [`crate::Lifecycle::activate`].
+    #[serde(default)]
+    pub activate_new_versions: bool,
 }
 
 impl Default for LifecyclePolicy {
-    /// Auto-deploy, delete the previous deployment, `Standard` with capacity 1.
+    /// Auto-deploy, delete the previous deployment, the deployer's default
+    /// sku with capacity 1; new versions wait to be activated.
     fn default() -> Self {
-        Self { auto_deploy: true, delete_previous: true, sku: "Standard".into(), capacity: 1 }
+        Self {
+            auto_deploy: true,
+            delete_previous: true,
+            sku: String::new(),
+            capacity: 1,
+            activate_new_versions: false,
+        }
     }
+}
+
+impl LifecyclePolicy {
+    /// Makes every new version active as it is registered.
+    pub fn activating_new_versions(mut self) -> Self {
+        self.activate_new_versions = true;
+        self
+    }
+}
+
+/// A fine-tuning job a recipe submitted for a model and has not yet turned
+/// into a version: recorded before the recipe waits, so a rerun after a
+/// crash re-attaches to it instead of submitting (and paying for) another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingJob {
+    /// The recipe's fingerprint (connection, base model, settings, data).
+    pub recipe: String,
+    /// The connection it went through.
+    pub connection: String,
+    /// The provider's job id; `None` between the intent and the answer.
+    pub job_id: Option<finetune_core::JobId>,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+}
+
+/// A dataset a version was trained or validated on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    /// `training` or `validation`.
+    pub role: String,
+    /// Where it was read from.
+    pub location: String,
+    /// SHA-256 of its content, hex.
+    pub sha256: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Tokens, where counted (estimated with the validator's tokenizer).
+    #[serde(default)]
+    pub tokens: Option<u64>,
+}
+
+/// How a version was made: what a recipe records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The connection's name.
+    pub connection: String,
+    /// The provider (`openai`, `azure_openai`, `bedrock`, `local_hf`, …).
+    pub provider: String,
+    /// The provider's job id.
+    pub job_id: finetune_core::JobId,
+    /// The base model.
+    pub base_model: String,
+    /// The hyperparameters as submitted (`auto` where the provider chose).
+    pub hyperparameters: Hyperparameters,
+    /// Provider settings beyond them, as submitted.
+    #[serde(default)]
+    pub extras: serde_json::Map<String, serde_json::Value>,
+    /// The datasets.
+    pub datasets: Vec<DatasetRecord>,
+    /// When the job was submitted.
+    pub submitted_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
 }
 
 /// Where a deployment of a saved model came from.
@@ -111,6 +189,9 @@ pub struct ModelHead {
     pub deployments: Vec<DeploymentRecord>,
     /// Steps announced and not yet finished.
     pub intents: Vec<Intent>,
+    /// Jobs submitted for it that are not yet versions.
+    #[serde(default)]
+    pub pending_jobs: Vec<PendingJob>,
     /// When this revision was written.
     pub updated_at: DateTime<Utc>,
 }
@@ -152,6 +233,9 @@ pub struct VersionRecord {
     /// Fingerprints of the datasets (e.g. content hashes), by role.
     #[serde(default)]
     pub dataset_fingerprints: BTreeMap<String, String>,
+    /// How it was made, when a recipe made it.
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
 }
@@ -167,6 +251,8 @@ pub struct NewVersion {
     pub hyperparameters: Hyperparameters,
     /// Fingerprints of its datasets.
     pub dataset_fingerprints: BTreeMap<String, String>,
+    /// How it was made.
+    pub provenance: Option<Provenance>,
 }
 
 impl NewVersion {
@@ -177,6 +263,23 @@ impl NewVersion {
             connection: None,
             hyperparameters: Hyperparameters::default(),
             dataset_fingerprints: BTreeMap::new(),
+            provenance: None,
+        }
+    }
+
+    /// A version made as `provenance` says: connection, hyperparameters and
+    /// dataset fingerprints are taken from it.
+    pub fn made(model: FineTunedModel, provenance: Provenance) -> Self {
+        Self {
+            model,
+            connection: Some(provenance.connection.clone()),
+            hyperparameters: provenance.hyperparameters,
+            dataset_fingerprints: provenance
+                .datasets
+                .iter()
+                .map(|d| (d.role.clone(), d.sha256.clone()))
+                .collect(),
+            provenance: Some(provenance),
         }
     }
 }
@@ -309,6 +412,7 @@ impl Registry {
             active_deployment: None,
             deployments: Vec::new(),
             intents: Vec::new(),
+            pending_jobs: Vec::new(),
             updated_at: Utc::now(),
         };
         if self
@@ -375,6 +479,7 @@ impl Registry {
                 connection: new.connection.clone(),
                 hyperparameters: new.hyperparameters,
                 dataset_fingerprints: new.dataset_fingerprints.clone(),
+                provenance: new.provenance.clone(),
                 created_at: Utc::now(),
             };
             if self.create(&folder.clone().join(format!("{next:010}.json")), &record).await? {

@@ -65,6 +65,14 @@ impl<D: Deployer> Deployer for RetryingDeployer<D> {
         self.inner.name()
     }
 
+    fn default_sku(&self) -> &str {
+        self.inner.default_sku()
+    }
+
+    fn serves(&self, provider: &str) -> bool {
+        self.inner.serves(provider)
+    }
+
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
         self.retry(|| self.inner.create(spec)).await
     }

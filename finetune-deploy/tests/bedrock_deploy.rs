@@ -18,7 +18,7 @@ use finetune_deploy::{
     MANAGED_TAG, NewVersion, Registry, WaitPolicy,
 };
 use finetune_providers::testing::{FakeBedrock, Fault, Method, Moto};
-use finetune_providers::{BedrockConfig, BedrockProvider, ChatMessage};
+use finetune_providers::{BedrockConfig, BedrockProvider, ChatRequest};
 
 fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
@@ -27,7 +27,7 @@ fn moto() -> &'static Moto {
 
 struct World {
     fake: FakeBedrock,
-    provider: BedrockProvider,
+    provider: Arc<BedrockProvider>,
     deployer: Arc<BedrockDeployer>,
     _dir: tempfile::TempDir,
 }
@@ -43,7 +43,7 @@ async fn world(bucket: &str) -> World {
             .with_endpoint_url(fake.url())
             .with_s3_endpoint_url(moto.endpoint())
             .with_retries(8, Duration::from_millis(5));
-    let provider = BedrockProvider::new(config).await.unwrap();
+    let provider = Arc::new(BedrockProvider::new(config).await.unwrap());
     let deployer = Arc::new(BedrockDeployer::new(provider.control_client().clone()));
     World { fake, provider, deployer, _dir: tempfile::tempdir().unwrap() }
 }
@@ -104,10 +104,10 @@ async fn both_kinds_provision_fail_and_delete() {
     assert!(pt.is_managed());
 
     // Both answer through Converse once ready.
-    let ask = [ChatMessage::user("ab cd")];
-    let answer = w.provider.converse(&on_demand.id, &ask, None).await.unwrap();
-    assert_eq!(answer.content, "[kinds-od] dc ba");
-    assert_eq!(w.provider.converse(&pt.id, &ask, None).await.unwrap().content, "[kinds-pt] dc ba");
+    let ask = ChatRequest::user("ab cd");
+    let answer = w.provider.chat_model(&on_demand.id).chat(&ask).await.unwrap();
+    assert_eq!(answer.text, "[kinds-od] dc ba");
+    assert_eq!(w.provider.chat_model(&pt.id).chat(&ask).await.unwrap().text, "[kinds-pt] dc ba");
 
     let mut managed: Vec<String> =
         d.list_managed().await.unwrap().into_iter().map(|d| d.id).collect();

@@ -14,40 +14,12 @@ use std::sync::OnceLock;
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{LocalError, Result};
 
-/// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// `system`, `user` or `assistant` (templates may accept others).
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-impl Message {
-    /// A message with `role`.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
-    }
-
-    /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
-        Self::new("system", content)
-    }
-
-    /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
-        Self::new("user", content)
-    }
-
-    /// An assistant message.
-    pub fn assistant(content: impl Into<String>) -> Self {
-        Self::new("assistant", content)
-    }
-}
+/// The workspace's one message type: datasets become these, templates
+/// render them, chat models answer them.
+pub use finetune_core::{ChatMessage, Role};
 
 /// The special tokens a template may refer to (`bos_token`, `eos_token`, …).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,7 +77,7 @@ impl ChatTemplate {
     /// appends the opening of an assistant turn.
     pub fn render(
         &self,
-        messages: &[Message],
+        messages: &[ChatMessage],
         add_generation_prompt: bool,
         special: &SpecialTokens,
     ) -> Result<String> {
@@ -127,10 +99,10 @@ impl ChatTemplate {
 /// The format used when a tokenizer has no chat template: each message on
 /// its own lines as `### {Role}:` followed by the text, then `### Assistant:`
 /// when a generation prompt is asked for.
-pub fn plain_chat_format(messages: &[Message], add_generation_prompt: bool) -> String {
+pub fn plain_chat_format(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
     let mut out = String::new();
     for m in messages {
-        let _ = write!(out, "### {}:\n{}\n\n", capitalize(&m.role), m.content);
+        let _ = write!(out, "### {}:\n{}\n\n", capitalize(m.role.as_str()), m.content);
     }
     if add_generation_prompt {
         out.push_str("### Assistant:\n");
@@ -390,7 +362,8 @@ mod tests {
 
     #[test]
     fn plain_format_without_template() {
-        let text = plain_chat_format(&[Message::system("Be brief."), Message::user("Hi")], true);
+        let text =
+            plain_chat_format(&[ChatMessage::system("Be brief."), ChatMessage::user("Hi")], true);
         assert_eq!(text, "### System:\nBe brief.\n\n### User:\nHi\n\n### Assistant:\n");
     }
 }

@@ -17,7 +17,11 @@
 //!   trainer (AdamW, schedules, accumulation, clipping, evaluation, early
 //!   stopping, metrics, checkpoints and exact resume);
 //! - [`job`] and [`provider`]: a whole job into one output folder, and
-//!   [`LocalProvider`], the trainer behind `FineTuneProvider`;
+//!   [`LocalProvider`], the trainer behind `FineTuneProvider`, whose jobs
+//!   outlive the process ([`job_folder`]);
+//! - [`chat_model`] and [`factory`]: [`LocalChatModel`], a model (base +
+//!   adapter, or merged) behind `ChatModel`, and [`LocalFactory`], which
+//!   opens both from a `local_hf` connection;
 //! - [`data`]: datasets of the canonical schema as examples;
 //!   [`builtin`]: small models made here (the quickstart's).
 //!
@@ -51,12 +55,15 @@ use std::fmt;
 
 pub mod builtin;
 pub mod chat;
+pub mod chat_model;
 pub mod config;
 pub mod data;
 mod error;
+pub mod factory;
 pub mod generate;
 pub mod hub;
 pub mod job;
+pub mod job_folder;
 pub mod lora;
 pub mod models;
 pub mod provider;
@@ -65,9 +72,12 @@ pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
-pub use chat::{ChatTemplate, Message};
+pub use chat::ChatTemplate;
+pub use chat_model::LocalChatModel;
 pub use config::{Architecture, ModelConfig};
 pub use error::{LocalError, Result};
+pub use factory::LocalFactory;
+pub use finetune_core::{ChatMessage, ChatModel, ChatRequest, ChatResponse, Role};
 pub use hub::{ModelCache, ModelId, locate};
 pub use job::{JobReport, LocalJob, Outputs, Runtime, run_job};
 pub use models::{CausalLm, ForwardInput, KvCache, LoadOptions};

@@ -2,6 +2,18 @@
 //! each job training on its own thread, its state and loss curve shared
 //! with the caller, cancel honoured before the next step.
 //!
+//! Jobs outlive the process: each job's folder under the runtime's output
+//! root records its spec, its validated data and its state (see
+//! [`crate::job_folder`]'s layout), so a provider in a new process over the
+//! same output root lists earlier jobs, reports their final state and
+//! model, and — when asked for an interrupted job with [`FineTuneProvider::job`]
+//! — takes it over and resumes it from its newest checkpoint (set
+//! `checkpoint_every` to bound what an interruption costs). Listings show
+//! an interrupted job as `paused` until then. `submit` validates the
+//! datasets first, as the cloud providers do: a row without a completion is
+//! refused, naming file, row and column. Jobs on one device run one after
+//! the other (queued until the device is free), across processes too.
+//!
 //! A spec's `base_model` is a model directory or an HF id in the runtime's
 //! model cache; the learning rate is absolute. Settings beyond the common
 //! hyperparameters go into [`JobSpec::extras`]:
@@ -22,19 +34,24 @@
 //! | `merge` | also write the merged model | false |
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use finetune_core::{
-    Capabilities, Error, FineTuneProvider, FineTunedModel, Job, JobId, JobSpec, JobState,
-    LearningRate, LearningRateKind, ListJobs, Location, LossCurve, ModelArtifacts, Page, Progress,
+    Capabilities, DatasetSource, Error, FineTuneProvider, FineTunedModel, Job, JobId, JobSpec,
+    JobState, LearningRate, LearningRateKind, ListJobs, Location, LossCurve, ModelArtifacts, Page,
+    Progress,
 };
-use finetune_data::{LocalDataset, ObjectStores};
+use finetune_data::{ConvertOptions, LocalDataset, ObjectStores, OutputFormat};
 
 use crate::job::{LocalJob, Outputs, Runtime, run_job};
+use crate::job_folder::{JobFolder, Record, device_lock_path, try_lock};
 use crate::lora::LoraConfig;
 use crate::sft::Truncation;
 use crate::train::{Method, Schedule, TrainConfig, TrainEvent};
@@ -42,8 +59,12 @@ use crate::train::{Method, Schedule, TrainConfig, TrainEvent};
 /// The provider's name in jobs and models.
 pub const NAME: &str = "local_hf";
 
+/// Held by the job training in this process.
+static TRAINING: Mutex<()> = Mutex::new(());
+
+/// A job trained by this process.
 struct Entry {
-    job: Job,
+    id: JobId,
     state: Arc<Mutex<JobState>>,
     curve: Arc<Mutex<LossCurve>>,
     cancel: Arc<AtomicBool>,
@@ -54,7 +75,6 @@ pub struct LocalProvider {
     runtime: Runtime,
     stores: ObjectStores,
     jobs: Mutex<Vec<Entry>>,
-    next: AtomicU64,
     datasets_read: Arc<AtomicU64>,
 }
 
@@ -65,13 +85,13 @@ impl std::fmt::Debug for LocalProvider {
 }
 
 impl LocalProvider {
-    /// A provider running jobs with `runtime`.
+    /// A provider running jobs with `runtime`; jobs already in its output
+    /// root are its jobs too.
     pub fn new(runtime: Runtime) -> Self {
         Self {
             runtime,
             stores: ObjectStores::new(),
             jobs: Mutex::new(Vec::new()),
-            next: AtomicU64::new(1),
             datasets_read: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -82,23 +102,32 @@ impl LocalProvider {
         self
     }
 
+    /// The runtime jobs run with.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// Datasets fetched or opened so far (the local counterpart of uploads).
     pub fn datasets_read(&self) -> u64 {
         self.datasets_read.load(Ordering::Relaxed)
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
-        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.jobs)
     }
 
-    fn snapshot(entry: &Entry) -> Job {
-        let mut job = entry.job.clone();
-        job.state = lock(&entry.state).clone();
-        job
+    fn folder(&self, id: &JobId) -> finetune_core::Result<JobFolder> {
+        JobFolder::of(&self.runtime.output_root, id)
     }
 
     fn not_found(id: &JobId) -> Error {
         Error::NotFound { what: format!("local job {id}") }
+    }
+
+    /// The live state of a job this process trains.
+    fn live(&self, id: &JobId) -> Option<(JobState, LossCurve)> {
+        let jobs = self.entries();
+        jobs.iter().find(|e| &e.id == id).map(|e| (lock(&e.state).clone(), lock(&e.curve).clone()))
     }
 
     /// Everything `validate` checks, returning the parsed job settings.
@@ -139,6 +168,117 @@ impl LocalProvider {
         }
         Ok(settings)
     }
+
+    /// Validates `source` and writes it, in the canonical schema, into the
+    /// job's folder: the job then reads the same rows whatever happens to
+    /// the original, and a resumed job finds them.
+    async fn stage(
+        &self,
+        source: &DatasetSource,
+        role: &'static str,
+        folder: &JobFolder,
+    ) -> finetune_core::Result<PathBuf> {
+        let dataset = finetune_data::localize(source, &self.stores).await?;
+        self.datasets_read.fetch_add(1, Ordering::Relaxed);
+        let data = folder.dir.join("data");
+        std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
+        let path = data.join(format!("{role}.parquet"));
+        let out = path.clone();
+        let (report, _rows) = tokio::task::spawn_blocking(move || {
+            finetune_data::convert(
+                &dataset,
+                &out,
+                OutputFormat::Parquet,
+                &ConvertOptions::default(),
+            )
+        })
+        .await
+        .map_err(|e| Error::other("validating the dataset", e))??;
+        report.ensure_valid(role)?;
+        Ok(path)
+    }
+
+    /// Starts training `record`'s job on its own thread, owning it through
+    /// `owner` (the job's lock).
+    fn start(&self, record: Record, owner: File, resume: bool) -> finetune_core::Result<()> {
+        let folder = self.folder(&record.job.id)?;
+        let settings = Settings::from_spec(&record.spec)?;
+        let mut settings = settings;
+        if let Method::Lora(lora) = &mut settings.config.method
+            && !record.spec.extras.contains_key("target_modules")
+            && let Ok(dir) = crate::locate(&record.spec.base_model, &self.runtime.cache)
+            && crate::ModelConfig::from_dir(&dir)
+                .is_ok_and(|c| c.architecture == crate::Architecture::Gpt2)
+        {
+            lora.target_modules = vec!["c_attn".into()];
+        }
+        let entry = Entry {
+            id: record.job.id.clone(),
+            state: Arc::new(Mutex::new(record.job.state.clone())),
+            curve: Arc::new(Mutex::new(LossCurve::new())),
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        let worker = Worker {
+            record: Mutex::new(record),
+            folder,
+            settings,
+            resume,
+            runtime: self.runtime.clone(),
+            state: Arc::clone(&entry.state),
+            curve: Arc::clone(&entry.curve),
+            cancel: Arc::clone(&entry.cancel),
+            _owner: owner,
+        };
+        let name = format!("finetune-{}", entry.id);
+        {
+            let mut jobs = self.entries();
+            jobs.retain(|e| e.id != entry.id);
+            jobs.push(entry);
+        }
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || worker.run())
+            .map_err(|e| Error::other("starting the training thread failed", e))?;
+        Ok(())
+    }
+
+    /// A job from its folder: taken over and resumed when it was
+    /// interrupted (`take_over`), else as recorded.
+    fn from_folder(&self, id: &JobId, take_over: bool) -> finetune_core::Result<Job> {
+        let folder = self.folder(id)?;
+        let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        if record.job.state.is_terminal() {
+            return Ok(record.job);
+        }
+        let Some(owner) = folder.try_own()? else {
+            // Another process trains it; its record is the news.
+            return Ok(record.job);
+        };
+        if !take_over {
+            let mut job = record.job;
+            job.state = JobState::Paused;
+            return Ok(job);
+        }
+        if folder.cancel_requested() {
+            let mut record = record;
+            record.job.state = JobState::Cancelled;
+            folder.write(&record)?;
+            return Ok(record.job);
+        }
+        tracing::info!(job = %id, "resuming an interrupted local job from its newest checkpoint");
+        let mut record = record;
+        record.resumed += 1;
+        record.job.state = JobState::Queued;
+        folder.write(&record)?;
+        let job = record.job.clone();
+        self.start(record, owner, true)?;
+        Ok(job)
+    }
+}
+
+fn new_job_id() -> JobId {
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    JobId::new(format!("local-{}-{:08x}", Utc::now().format("%Y%m%d%H%M%S"), random as u32))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -295,15 +435,35 @@ impl FineTuneProvider for LocalProvider {
     }
 
     async fn submit(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
-        let settings = self.prepare(spec)?;
-        let training = finetune_data::localize(&spec.training, &self.stores).await?;
-        let validation = match &spec.validation {
-            Some(v) => Some(finetune_data::localize(v, &self.stores).await?),
-            None => None,
+        self.prepare(spec)?;
+        let root = &self.runtime.output_root;
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let (id, folder) = loop {
+            let id = new_job_id();
+            let folder = self.folder(&id)?;
+            match std::fs::create_dir(&folder.dir) {
+                Ok(()) => break (id, folder),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&folder.dir, e)),
+            }
         };
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = JobId::new(format!("local-{}-{n}", Utc::now().format("%Y%m%d%H%M%S")));
-        let output_dir = self.runtime.output_root.join(id.as_str());
+        let staged = async {
+            let training = self.stage(&spec.training, "training", &folder).await?;
+            let validation = match &spec.validation {
+                Some(v) => Some(self.stage(v, "validation", &folder).await?),
+                None => None,
+            };
+            Ok::<_, Error>((training, validation))
+        }
+        .await;
+        let (training, validation) = match staged {
+            Ok(paths) => paths,
+            Err(e) => {
+                // A refused job leaves nothing behind.
+                let _ = std::fs::remove_dir_all(&folder.dir);
+                return Err(e);
+            }
+        };
         let job = Job {
             id: id.clone(),
             provider: NAME.into(),
@@ -312,101 +472,161 @@ impl FineTuneProvider for LocalProvider {
             created_at: Utc::now(),
             metadata: spec.metadata.clone(),
         };
-        let entry = Entry {
-            job: job.clone(),
-            state: Arc::new(Mutex::new(JobState::Queued)),
-            curve: Arc::new(Mutex::new(LossCurve::new())),
-            cancel: Arc::new(AtomicBool::new(false)),
-        };
-        let worker = Worker {
-            id,
-            base_model: spec.base_model.clone(),
-            settings,
-            training,
-            validation,
-            output_dir,
-            runtime: self.runtime.clone(),
-            state: Arc::clone(&entry.state),
-            curve: Arc::clone(&entry.curve),
-            cancel: Arc::clone(&entry.cancel),
-            datasets_read: Arc::clone(&self.datasets_read),
-        };
-        std::thread::Builder::new()
-            .name(format!("finetune-{}", job.id))
-            .spawn(move || worker.run())
-            .map_err(|e| Error::other("starting the training thread failed", e))?;
-        self.entries().push(entry);
+        let record =
+            Record { job: job.clone(), spec: spec.clone(), training, validation, resumed: 0 };
+        folder.write(&record)?;
+        let owner = folder
+            .try_own()?
+            .ok_or_else(|| Error::invalid(format!("job {id} is already owned")))?;
+        self.start(record, owner, false)?;
         Ok(job)
     }
 
     async fn job(&self, id: &JobId) -> finetune_core::Result<Job> {
-        let jobs = self.entries();
-        jobs.iter().find(|e| &e.job.id == id).map(Self::snapshot).ok_or_else(|| Self::not_found(id))
+        if let Some((state, _)) = self.live(id) {
+            let record = self.folder(id)?.read()?.ok_or_else(|| Self::not_found(id))?;
+            return Ok(Job { state, ..record.job });
+        }
+        self.from_folder(id, true)
     }
 
     async fn metrics(&self, id: &JobId) -> finetune_core::Result<LossCurve> {
-        let jobs = self.entries();
-        let entry = jobs.iter().find(|e| &e.job.id == id).ok_or_else(|| Self::not_found(id))?;
-        Ok(lock(&entry.curve).clone())
+        if let Some((_, curve)) = self.live(id) {
+            return Ok(curve);
+        }
+        let folder = self.folder(id)?;
+        let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        let path = folder.dir.join("metrics.jsonl");
+        if path.is_file() {
+            let mut curve = LossCurve::new();
+            for line in crate::train::read_metrics(&path)? {
+                curve.upsert(line.point());
+            }
+            return Ok(curve);
+        }
+        Ok(match record.job.state {
+            JobState::Succeeded { model } => model.loss_curve,
+            _ => LossCurve::new(),
+        })
     }
 
     async fn cancel(&self, id: &JobId) -> finetune_core::Result<JobState> {
-        let jobs = self.entries();
-        let entry = jobs.iter().find(|e| &e.job.id == id).ok_or_else(|| Self::not_found(id))?;
-        let mut state = lock(&entry.state);
-        if state.is_terminal() {
-            return match &*state {
-                JobState::Cancelled => Ok(JobState::Cancelled),
-                other => Err(Error::invalid(format!("job {id} has already {}", other.name()))),
-            };
+        let already = |state: &JobState| match state {
+            JobState::Cancelled => Ok(JobState::Cancelled),
+            other => Err(Error::invalid(format!("job {id} has already {}", other.name()))),
+        };
+        {
+            let jobs = self.entries();
+            if let Some(entry) = jobs.iter().find(|e| &e.id == id) {
+                let mut state = lock(&entry.state);
+                if state.is_terminal() {
+                    return already(&state);
+                }
+                entry.cancel.store(true, Ordering::Relaxed);
+                *state = JobState::Cancelling;
+                return Ok(JobState::Cancelling);
+            }
         }
-        entry.cancel.store(true, Ordering::Relaxed);
-        *state = JobState::Cancelling;
-        Ok(JobState::Cancelling)
+        let folder = self.folder(id)?;
+        let mut record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        if record.job.state.is_terminal() {
+            return already(&record.job.state);
+        }
+        folder.request_cancel()?;
+        match folder.try_own()? {
+            // Interrupted: nobody will resume it now.
+            Some(_owner) => {
+                record.job.state = JobState::Cancelled;
+                folder.write(&record)?;
+                Ok(JobState::Cancelled)
+            }
+            // Another process trains it and stops at its next step.
+            None => Ok(JobState::Cancelling),
+        }
     }
 
     async fn list_jobs(&self, query: &ListJobs) -> finetune_core::Result<Page<Job>> {
-        let jobs = self.entries();
-        let newest_first: Vec<&Entry> = jobs.iter().rev().collect();
-        let start = match &query.after {
-            Some(after) => {
-                newest_first.iter().position(|e| e.job.id.as_str() == after).map_or(0, |i| i + 1)
+        let root = &self.runtime.output_root;
+        let mut jobs = Vec::new();
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Page { items: Vec::new(), next: None });
             }
+            Err(e) => return Err(Error::io(root, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(root, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let id = JobId::new(name);
+            let Ok(folder) = self.folder(&id) else { continue };
+            if !folder.dir.join("job.json").is_file() {
+                continue;
+            }
+            let job = match self.live(&id) {
+                Some((state, _)) => match folder.read()? {
+                    Some(record) => Job { state, ..record.job },
+                    None => continue,
+                },
+                None => self.from_folder(&id, false)?,
+            };
+            jobs.push(job);
+        }
+        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        let start = match &query.after {
+            Some(after) => jobs.iter().position(|j| j.id.as_str() == after).map_or(0, |i| i + 1),
             None => 0,
         };
         let limit = query.limit.unwrap_or(20).max(1) as usize;
-        let items: Vec<Job> =
-            newest_first.iter().skip(start).take(limit).map(|e| Self::snapshot(e)).collect();
-        let next = (start + items.len() < newest_first.len())
+        let items: Vec<Job> = jobs.iter().skip(start).take(limit).cloned().collect();
+        let next = (start + items.len() < jobs.len())
             .then(|| items.last().map(|j| j.id.to_string()))
             .flatten();
         Ok(Page { items, next })
     }
 }
 
-/// One job's training thread.
+/// One job's training thread. It owns the job (its folder's lock) while it
+/// lives.
 struct Worker {
-    id: JobId,
-    base_model: String,
+    record: Mutex<Record>,
+    folder: JobFolder,
     settings: Settings,
-    training: LocalDataset,
-    validation: Option<LocalDataset>,
-    output_dir: PathBuf,
+    resume: bool,
     runtime: Runtime,
     state: Arc<Mutex<JobState>>,
     curve: Arc<Mutex<LossCurve>>,
     cancel: Arc<AtomicBool>,
-    datasets_read: Arc<AtomicU64>,
+    _owner: File,
 }
 
 impl Worker {
+    fn id(&self) -> JobId {
+        lock(&self.record).job.id.clone()
+    }
+
+    /// Publishes a state, to this process and to the folder.
+    /// The folder is written first: whoever sees a state here finds it
+    /// (or a newer one) in the folder too.
     fn set(&self, new: JobState) {
         let mut state = lock(&self.state);
         // A cancel request stays visible until training notices it.
         if *state == JobState::Cancelling && !new.is_terminal() {
             return;
         }
+        let mut record = lock(&self.record);
+        record.job.state = new.clone();
+        if let Err(e) = self.folder.write(&record) {
+            tracing::warn!(job = %record.job.id, error = %e, "could not record the job's state");
+        }
         *state = new;
+    }
+
+    fn cancelled(&self) -> bool {
+        if self.folder.cancel_requested() {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+        self.cancel.load(Ordering::Relaxed)
     }
 
     fn run(self) {
@@ -416,34 +636,63 @@ impl Worker {
             Ok(Err(e)) => JobState::Failed { reason: e.to_string(), code: None },
             Err(_) => JobState::Failed { reason: "the trainer panicked".into(), code: None },
         };
-        tracing::info!(job = %self.id, state = %end, "local job finished");
+        tracing::info!(job = %self.id(), state = %end, "local job finished");
         self.set(end);
     }
 
+    /// Waits for the device, then trains. The device's lock is held until
+    /// training ends.
     fn train(&self) -> finetune_core::Result<JobState> {
-        if self.cancel.load(Ordering::Relaxed) {
+        let device = self.runtime.resolved_device();
+        let lock_path = device_lock_path(&self.runtime.output_root, device);
+        let (_process, _device) = loop {
+            if self.cancelled() {
+                return Ok(JobState::Cancelled);
+            }
+            // libtorch's random generator is one per process: two trainings
+            // in one process would reseed each other's dropout, so they
+            // take turns whatever their devices; the file lock makes jobs
+            // of other processes on the same device wait too.
+            let process = match TRAINING.try_lock() {
+                Ok(guard) => Some(guard),
+                // A panicked training left no state behind the lock.
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(process) = process
+                && let Some(device) = try_lock(&lock_path)?
+            {
+                break (process, device);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if self.cancelled() {
             return Ok(JobState::Cancelled);
         }
         self.set(JobState::Validating);
-        let read = |d: &LocalDataset| -> finetune_core::Result<Vec<crate::sft::Example>> {
-            self.datasets_read.fetch_add(1, Ordering::Relaxed);
-            Ok(crate::data::examples_from(d.open()?)?)
+        let (spec, training, validation) = {
+            let r = lock(&self.record);
+            (r.spec.clone(), r.training.clone(), r.validation.clone())
         };
-        let train = read(&self.training)?;
-        let validation = match &self.validation {
+        let read = |path: &PathBuf| -> finetune_core::Result<Vec<crate::sft::Example>> {
+            let source = DatasetSource::new(&path.display().to_string())?;
+            Ok(crate::data::examples_from(LocalDataset::local(&source)?.open()?)?)
+        };
+        let train = read(&training)?;
+        let validation = match &validation {
             Some(v) => read(v)?,
             None => Vec::new(),
         };
         let job = LocalJob {
-            model: self.base_model.clone(),
+            model: spec.base_model.clone(),
             train,
             validation,
             config: self.settings.config.clone(),
             format: None,
             truncation: Truncation::KeepEnd,
             outputs: self.settings.outputs,
-            output_dir: self.output_dir.clone(),
-            resume: false,
+            output_dir: self.folder.dir.clone(),
+            resume: self.resume,
         };
         let total = std::cell::Cell::new(0u64);
         let (report, outcome) =
@@ -473,6 +722,9 @@ impl Worker {
                             epoch: Some(r.epoch),
                         },
                     });
+                    // A cancel asked for through the folder (another
+                    // process) is seen here.
+                    self.cancelled();
                 }
                 TrainEvent::Eval(r) => lock(&self.curve).upsert(finetune_core::LossPoint {
                     step: r.step as u64,
@@ -485,11 +737,13 @@ impl Worker {
         if report.stop == "cancelled" {
             return Ok(JobState::Cancelled);
         }
+        let id = self.id();
         let model_dir = report.merged_dir.clone().or(report.adapter_dir.clone());
         let mut metadata = BTreeMap::new();
         metadata.insert("steps".into(), report.steps.to_string());
         metadata.insert("stop".into(), report.stop.into());
-        metadata.insert("output_dir".into(), self.output_dir.display().to_string());
+        metadata.insert("output_dir".into(), self.folder.dir.display().to_string());
+        metadata.insert("base_model_dir".into(), report.model_dir.display().to_string());
         if let Some(dir) = &report.adapter_dir {
             metadata.insert("adapter_dir".into(), dir.display().to_string());
         }
@@ -500,17 +754,32 @@ impl Worker {
             metadata.insert("best_step".into(), step.to_string());
             metadata.insert("best_validation_loss".into(), loss.to_string());
         }
+        let resumed = lock(&self.record).resumed;
+        if resumed > 0 {
+            metadata.insert("resumed".into(), resumed.to_string());
+        }
+        // The whole curve, including steps before a resume, is in the
+        // folder's metrics.
+        let mut curve = LossCurve::new();
+        let metrics = self.folder.dir.join("metrics.jsonl");
+        if metrics.is_file() {
+            for line in crate::train::read_metrics(&metrics)? {
+                curve.upsert(line.point());
+            }
+        } else {
+            curve = outcome.curve;
+        }
         let model = FineTunedModel {
             provider: NAME.into(),
-            model_id: self.id.to_string(),
-            base_model: self.base_model.clone(),
-            job_id: Some(self.id.clone()),
+            model_id: id.to_string(),
+            base_model: spec.base_model.clone(),
+            job_id: Some(id),
             created_at: Utc::now(),
             requires_deployment: false,
             artifacts: ModelArtifacts::LocalDir {
-                path: model_dir.unwrap_or_else(|| self.output_dir.clone()),
+                path: model_dir.unwrap_or_else(|| self.folder.dir.clone()),
             },
-            loss_curve: outcome.curve,
+            loss_curve: curve,
             metadata,
         };
         Ok(JobState::Succeeded { model: Box::new(model) })

@@ -10,7 +10,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::chat::Message;
+use crate::chat::ChatMessage;
 use crate::error::{LocalError, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -105,11 +105,11 @@ pub fn tokenize_example(
         PromptFormat::Chat => {
             let mut messages = Vec::with_capacity(3);
             if let Some(system) = &example.system {
-                messages.push(Message::system(system.clone()));
+                messages.push(ChatMessage::system(system.clone()));
             }
-            messages.push(Message::user(example.prompt.clone()));
+            messages.push(ChatMessage::user(example.prompt.clone()));
             let prompt_text = tokenizer.apply_chat_template(&messages, true)?;
-            messages.push(Message::assistant(example.completion.clone()));
+            messages.push(ChatMessage::assistant(example.completion.clone()));
             let full_text = tokenizer.apply_chat_template(&messages, false)?;
             let prompt = tokenizer.encode(&prompt_text, false)?;
             let full = tokenizer.encode(&full_text, false)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::chat::{ChatTemplate, Message, SpecialTokens, plain_chat_format};
+use crate::chat::{ChatMessage, ChatTemplate, SpecialTokens, plain_chat_format};
 use crate::error::{LocalError, Result};
 
 /// A model's tokenizer with its special tokens and chat template.
@@ -179,7 +179,7 @@ impl Tokenizer {
     /// [`plain_chat_format`] when the tokenizer has none.
     pub fn apply_chat_template(
         &self,
-        messages: &[Message],
+        messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
         match &self.chat_template {

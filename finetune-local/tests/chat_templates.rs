@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use finetune_local::chat::{ChatTemplate, Message, SpecialTokens};
+use finetune_local::chat::{ChatMessage, ChatTemplate, SpecialTokens};
 use finetune_local::{LocalError, Tokenizer};
 use serde::Deserialize;
 
@@ -18,7 +18,7 @@ struct TemplateReference {
 
 #[derive(Deserialize)]
 struct Case {
-    messages: Vec<Message>,
+    messages: Vec<ChatMessage>,
     add_generation_prompt: bool,
     rendered: Option<String>,
     error: Option<String>,
@@ -65,7 +65,8 @@ fn templates_render_like_transformers() {
 #[test]
 fn tokenizers_load_their_templates_and_fall_back_to_plain_text() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    let conversation = [Message::system("Be brief."), Message::user("Spell backwards: lantern")];
+    let conversation =
+        [ChatMessage::system("Be brief."), ChatMessage::user("Spell backwards: lantern")];
     let llama = Tokenizer::from_dir(&models.join("llama")).unwrap();
     let text = llama.apply_chat_template(&conversation, true).unwrap();
     assert!(text.starts_with(
@@ -92,6 +93,6 @@ fn template_errors_are_reported_not_panics() {
     let e = ChatTemplate::new("{% for m in messages %}{{ m.content }").unwrap_err();
     assert!(matches!(e, LocalError::Template { .. }), "{e}");
     let t = ChatTemplate::new("{{ raise_exception('no system messages, please') }}").unwrap();
-    let e = t.render(&[Message::user("hi")], false, &SpecialTokens::default()).unwrap_err();
+    let e = t.render(&[ChatMessage::user("hi")], false, &SpecialTokens::default()).unwrap_err();
     assert_eq!(e.to_string(), "chat template: no system messages, please");
 }

@@ -30,8 +30,6 @@
 //! # Ok(()) }
 //! ```
 
-#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
-mod chat;
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub mod http;
 #[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
@@ -71,12 +69,13 @@ pub use azure_identity;
 pub use object_store;
 
 #[cfg(feature = "azure")]
-pub use azure::{AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider};
+pub use azure::{AzureCredential, AzureOpenAiConfig, AzureOpenAiFactory, AzureOpenAiProvider};
 #[cfg(feature = "bedrock")]
-pub use bedrock::{BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockProvider, CustomModel};
-#[cfg(any(feature = "openai", feature = "azure", feature = "bedrock"))]
-pub use chat::{ChatCompletion, ChatMessage};
-pub use finetune_core::FineTuneProvider;
+pub use bedrock::{
+    BaseModelRules, BedrockConfig, BedrockDataFormat, BedrockFactory, BedrockProvider,
+    ConverseChat, CustomModel,
+};
+pub use finetune_core::{ChatMessage, ChatModel, ChatRequest, ChatResponse, FineTuneProvider};
 
 /// The label (OpenAI job metadata key, Bedrock job tag) under which a job
 /// carries the id of the request that created it, so that a retried create
@@ -87,7 +86,9 @@ pub const REQUEST_ID_LABEL: &str = "finetune_request_id";
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub use http::{Api, Auth, HttpSettings, RetryPolicy};
 #[cfg(feature = "openai")]
-pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use openai::{OpenAiConfig, OpenAiFactory, OpenAiProvider};
+#[cfg(any(feature = "openai", feature = "azure"))]
+pub use openai_compatible::CompletionsChat;
 #[cfg(any(feature = "openai", feature = "azure"))]
 pub use openai_compatible::MIN_TRAINING_ROWS;
 #[cfg(any(feature = "openai", feature = "azure"))]

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use finetune_core::{DatasetSource, Error, Location, Result};
+use finetune_core::{DatasetSource, Error, Result};
 use finetune_data::{ConvertOptions, ObjectStores, OutputFormat, ValidationOptions};
 use sha2::Digest;
 
@@ -45,23 +45,7 @@ pub(crate) async fn convert_for_upload(
     })
     .await
     .map_err(|e| Error::other("converting the dataset", e))??;
-    if !report.valid {
-        let first = report.errors.first();
-        let location = first.map(|p| Location {
-            file: p.file.clone(),
-            row: p.row,
-            line: p.line,
-            column: p.column.clone(),
-        });
-        let count: u64 = report.counts.values().sum();
-        let message = match first {
-            Some(p) => {
-                format!("the {role} dataset has {count} problem(s); the first: {}", p.message)
-            }
-            None => format!("the {role} dataset is not valid"),
-        };
-        return Err(Error::InvalidInput { message, location });
-    }
+    report.ensure_valid(role)?;
     let hashed = path.clone();
     let (sha256, bytes) = tokio::task::spawn_blocking(move || hash_file(&hashed))
         .await

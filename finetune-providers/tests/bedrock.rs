@@ -20,7 +20,7 @@ use finetune_core::{
     ListJobs, PollPolicy, Setting, wait_for_job,
 };
 use finetune_providers::testing::{FakeBedrock, Fault, Method, Moto};
-use finetune_providers::{BedrockConfig, BedrockProvider, ChatMessage};
+use finetune_providers::{BedrockConfig, BedrockProvider, ChatRequest};
 use object_store::ObjectStoreExt;
 use support::write_dataset;
 
@@ -359,8 +359,9 @@ async fn nova_trains_on_conversations_and_answers_once_deployed() {
 
     let done = wait_for_job(&provider, &job.id, &poll(), |_| {}).await.unwrap();
     let JobState::Succeeded { model } = done.state else { panic!("{:?}", done.state) };
-    let ask = [ChatMessage::system("Be brief."), ChatMessage::user("one two three")];
-    let err = provider.converse(&model.model_id, &ask, Some(32)).await.unwrap_err();
+    let ask = ChatRequest::user("one two three").with_system("Be brief.").with_max_tokens(32);
+    let provider = std::sync::Arc::new(provider);
+    let err = provider.chat_model(&model.model_id).chat(&ask).await.unwrap_err();
     assert!(err.to_string().contains("deployed"), "{err}");
 
     let control = provider.control_client();
@@ -384,9 +385,10 @@ async fn nova_trains_on_conversations_and_answers_once_deployed() {
             break;
         }
     }
-    let answer = provider.converse(&arn, &ask, Some(32)).await.unwrap();
-    assert_eq!(answer.content, "[numbers] eerht owt eno");
-    assert_eq!(answer.finish_reason.as_deref(), Some("end_turn"));
+    let answer = provider.chat_model(&arn).chat(&ask).await.unwrap();
+    assert_eq!(answer.text, "[numbers] eerht owt eno");
+    assert_eq!(answer.finish_reason, finetune_core::FinishReason::Stop);
+    assert_eq!((answer.usage.prompt_tokens, answer.usage.completion_tokens), (3, 4));
 }
 
 struct Harness {

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use finetune_core::testing::{ConformanceHarness, run_conformance};
 use finetune_core::{
-    DatasetSource, Error, FineTuneProvider, Hyperparameters, JobId, JobSpec, JobState,
-    LearningRate, ListJobs, PollPolicy, Secret, Setting, wait_for_job,
+    DatasetSource, Error, FineTuneProvider, FinishReason, Hyperparameters, JobId, JobSpec,
+    JobState, LearningRate, ListJobs, PollPolicy, Secret, Setting, wait_for_job,
 };
 use finetune_providers::testing::{CutProxy, FakeFlavor, FakeOpenAi, Fault, Method};
 use finetune_providers::{
-    AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider, ChatMessage, HttpSettings,
+    AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider, ChatRequest, HttpSettings,
     OpenAiConfig, OpenAiProvider, RetryPolicy,
 };
 use support::write_dataset;
@@ -110,13 +110,22 @@ async fn openai_lifecycle_with_validation_ends_with_a_usable_model() {
     let checkpoints = provider.checkpoints(&job.id).await.unwrap();
     assert_eq!(checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(), vec![4, 2]);
 
-    // The model answers like any other LLM.
-    let answer = provider
-        .chat(&model.model_id, &[ChatMessage::user("What is 2 plus one?")], Some(16))
+    // The model answers like any other LLM, its request and usage in the
+    // shared shape, cut at its token limit.
+    let provider = std::sync::Arc::new(provider);
+    let chat = provider.chat_model(model.model_id.clone());
+    let answer = chat
+        .chat(&ChatRequest::user("What is 2 plus one?").with_system("Be brief.").with_seed(3))
         .await
         .unwrap();
-    assert_eq!(answer.content, format!("{} says: What is 2 plus one?", model.model_id));
-    let err = provider.chat("ft:unknown", &[ChatMessage::user("hi")], None).await.unwrap_err();
+    assert_eq!(answer.text, format!("{} says: What is 2 plus one?", model.model_id));
+    assert_eq!(answer.finish_reason, FinishReason::Stop);
+    assert_eq!((answer.usage.prompt_tokens, answer.usage.completion_tokens), (7, 7));
+    let cut = chat.chat(&ChatRequest::user("one two three").with_max_tokens(3)).await.unwrap();
+    assert_eq!((cut.text.split(' ').count(), cut.finish_reason), (3, FinishReason::Length));
+    let body = fake.last_chat_body().unwrap();
+    assert_eq!(body["max_completion_tokens"], 3);
+    let err = provider.chat_model("ft:unknown").chat(&ChatRequest::user("hi")).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert_eq!(provider.retries(), 0);
 }
@@ -361,9 +370,15 @@ async fn azure_lifecycle_with_its_differences() {
     assert!(model.requires_deployment);
     assert!(model.metadata["deployment"].starts_with("required"));
     assert_eq!(model.loss_curve.validation_series().len(), 2);
-    let answer =
-        provider.chat("my-deployment", &[ChatMessage::user("hello")], Some(8)).await.unwrap();
-    assert_eq!(answer.content, "my-deployment says: hello");
+    let provider = std::sync::Arc::new(provider);
+    let answer = provider
+        .chat_model("my-deployment")
+        .chat(&ChatRequest::user("hello").with_max_tokens(8).with_stop("END"))
+        .await
+        .unwrap();
+    assert_eq!(answer.text, "my-deployment says: hello");
+    let body = fake.last_chat_body().unwrap();
+    assert_eq!((body["max_tokens"].as_u64(), body["stop"][0].as_str()), (Some(8), Some("END")));
     let bad = spec.clone().with_suffix("has space");
     assert!(matches!(provider.validate(&bad).await.unwrap_err(), Error::InvalidInput { .. }));
     // A wrong api-version is refused by the service, with its param.

@@ -15,7 +15,7 @@ use finetune_core::{
 };
 use finetune_providers::testing::{CutProxy, Prism};
 use finetune_providers::{
-    AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider, ChatMessage, HttpSettings,
+    AzureCredential, AzureOpenAiConfig, AzureOpenAiProvider, ChatRequest, HttpSettings,
     OpenAiConfig, OpenAiProvider, RetryPolicy,
 };
 
@@ -118,14 +118,15 @@ async fn openai_requests_satisfy_the_official_spec() {
     provider.cancel(&id).await.unwrap();
     provider.pause(&id).await.unwrap();
     provider.resume(&id).await.unwrap();
-    provider
-        .chat(
-            "ft:gpt-4o-mini:org:contract:abc",
-            &[ChatMessage::system("Be brief."), ChatMessage::user("1 + 1?")],
-            Some(8),
-        )
-        .await
-        .unwrap();
+    let request = ChatRequest::user("1 + 1?")
+        .with_system("Be brief.")
+        .with_max_tokens(8)
+        .with_temperature(0.2)
+        .with_top_p(0.9)
+        .with_stop("\n\n")
+        .with_seed(7);
+    let provider = std::sync::Arc::new(provider);
+    provider.chat_model("ft:gpt-4o-mini:org:contract:abc").chat(&request).await.unwrap();
 
     assert_no_violation(&prism);
     // Prism answers 401 to a request without credentials: the check is live.

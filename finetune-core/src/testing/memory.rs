@@ -6,14 +6,17 @@
 //! deterministic without sleeping.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::Utc;
 
 use super::ConformanceHarness;
+use crate::chat::{ChatModel, ChatRequest, ChatResponse, FinishReason, Role, Usage};
+use crate::connection::{Connection, ConnectionSettings, ProviderKind};
 use crate::error::{Error, Location, Result};
+use crate::factory::{EnabledConnection, ProviderFactory, expect_kind};
 use crate::job::{Job, JobId, JobSpec, JobState, ListJobs, Page, Progress};
 use crate::metrics::{LossCurve, LossPoint};
 use crate::model::{FineTunedModel, ModelArtifacts};
@@ -351,5 +354,100 @@ impl ConformanceHarness for MemoryHarness {
             std::time::Duration::from_millis(1),
             std::time::Duration::from_millis(500),
         )
+    }
+}
+
+/// The [`ProviderFactory`] of the [`MemoryProvider`]: connections of kind
+/// `memory` (settings [`MemoryFactory::settings`]) all reach one shared
+/// provider, as connections to one account reach one backend.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFactory {
+    /// The backend every connection reaches.
+    pub provider: Arc<MemoryProvider>,
+}
+
+impl MemoryFactory {
+    /// The kind it serves.
+    pub const KIND: &'static str = "memory";
+
+    /// A factory over `provider`.
+    pub fn new(provider: MemoryProvider) -> Self {
+        Self { provider: Arc::new(provider) }
+    }
+
+    /// Connection settings of its kind.
+    pub fn settings() -> ConnectionSettings {
+        ConnectionSettings::Other {
+            name: Self::KIND.to_owned(),
+            options: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProviderFactory for MemoryFactory {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Other(Self::KIND.to_owned())
+    }
+
+    async fn connect(
+        &self,
+        connection: EnabledConnection<'_>,
+    ) -> Result<Arc<dyn FineTuneProvider>> {
+        expect_kind(&connection, &self.kind())?;
+        Ok(Arc::clone(&self.provider) as Arc<dyn FineTuneProvider>)
+    }
+
+    async fn chat_model(
+        &self,
+        connection: &Connection,
+        model: &FineTunedModel,
+        _deployment: Option<&str>,
+    ) -> Result<Arc<dyn ChatModel>> {
+        expect_kind(connection, &self.kind())?;
+        let trained = self.provider.jobs().values().any(|j| {
+            matches!(&j.state, JobState::Succeeded { model: m } if m.model_id == model.model_id)
+        });
+        if !trained {
+            return Err(Error::NotFound { what: format!("model {}", model.model_id) });
+        }
+        Ok(Arc::new(MemoryChatModel { model_id: model.model_id.clone() }))
+    }
+}
+
+/// A fine-tuned memory model: it answers with the last user message
+/// reversed word by word, counting words as tokens.
+#[derive(Debug)]
+pub struct MemoryChatModel {
+    model_id: String,
+}
+
+#[async_trait]
+impl ChatModel for MemoryChatModel {
+    fn target(&self) -> &str {
+        &self.model_id
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
+        request.check()?;
+        let prompt_tokens: usize =
+            request.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
+        let last = request.messages.iter().rev().find(|m| m.role == Role::User);
+        let mut words: Vec<&str> =
+            last.map(|m| m.content.split_whitespace().rev().collect()).unwrap_or_default();
+        let max = request.max_tokens.map_or(usize::MAX, |n| n as usize);
+        let finish_reason =
+            if words.len() > max { FinishReason::Length } else { FinishReason::Stop };
+        words.truncate(max);
+        Ok(ChatResponse {
+            text: words.join(" "),
+            finish_reason,
+            usage: Usage {
+                prompt_tokens: prompt_tokens as u64,
+                completion_tokens: words.len() as u64,
+            },
+            model: self.model_id.clone(),
+        })
     }
 }

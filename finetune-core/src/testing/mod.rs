@@ -14,6 +14,12 @@
 //! * **invalid spec → invalid-input error before any upload**;
 //! * an unknown job id is `NotFound`.
 //!
+//! A provider crate's [`ProviderFactory`] proves itself with
+//! [`run_factory_conformance`] over a [`FactoryHarness`]: it connects from a
+//! [`Connection`], a disabled connection is refused before any request is
+//! sent, and the chat model of a finished job (deployed first where the
+//! provider requires) answers a request.
+//!
 //! ```
 //! use finetune_core::testing::{run_conformance, MemoryHarness};
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -30,11 +36,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use memory::{Fault, MemoryHarness, MemoryProvider};
+pub use memory::{Fault, MemoryChatModel, MemoryFactory, MemoryHarness, MemoryProvider};
 pub use peer::{PeerProcess, free_loopback_port, wait_for_port};
 
+use std::sync::Arc;
+
+use crate::chat::ChatRequest;
+use crate::connection::Connection;
 use crate::error::Error;
+use crate::factory::{ProviderFactory, Providers};
 use crate::job::{JobId, JobSpec, JobState, ListJobs};
+use crate::model::FineTunedModel;
 use crate::provider::{FineTuneProvider, PollPolicy, wait_for_job};
 
 /// What the suite needs from a provider's test setup.
@@ -336,4 +348,143 @@ async fn find_in_listing(provider: &dyn FineTuneProvider, id: &JobId) -> Result<
         }
     }
     Err(format!("the submitted job {id} is not in the job listing"))
+}
+
+/// What the factory checks need from a provider crate's test setup.
+#[async_trait]
+pub trait FactoryHarness: Send + Sync {
+    /// The factory under test.
+    fn factory(&self) -> Arc<dyn ProviderFactory>;
+
+    /// A connection of the factory's kind, with fine-tuning enabled, that
+    /// reaches the test backend.
+    fn connection(&self) -> Connection;
+
+    /// A spec the backend accepts and completes.
+    fn valid_spec(&self) -> JobSpec;
+
+    /// Requests the backend has received so far.
+    async fn requests(&self) -> u64;
+
+    /// Deploys a finished model whose provider requires deployments and
+    /// returns what its chat model is opened with (a deployment name or
+    /// ARN). Providers without deployments keep the default.
+    async fn deploy(&self, model: &FineTunedModel) -> crate::Result<Option<String>> {
+        let _ = model;
+        Ok(None)
+    }
+
+    /// The request the finished model must answer.
+    fn chat_request(&self) -> ChatRequest {
+        ChatRequest::user("Reply with a short greeting.").with_max_tokens(16)
+    }
+
+    /// How the suite polls the job.
+    fn poll_policy(&self) -> PollPolicy {
+        PollPolicy::fixed(Duration::from_millis(10), Duration::from_secs(120))
+    }
+}
+
+const CONNECTS: &str = "factory_connects";
+const DISABLED: &str = "disabled_connection_refused";
+const CHAT: &str = "finished_model_answers";
+
+/// Runs the factory checks, stopping at the first failure.
+pub async fn run_factory_conformance(
+    harness: &dyn FactoryHarness,
+) -> Result<ConformanceReport, ConformanceFailure> {
+    let factory = harness.factory();
+    let connection = harness.connection();
+    if factory.kind() != connection.provider() {
+        return Err(fail(
+            CONNECTS,
+            format!(
+                "the factory serves `{}` but the harness's connection is `{}`",
+                factory.kind(),
+                connection.provider()
+            ),
+        ));
+    }
+    let providers = Providers::new().with_shared(Arc::clone(&factory));
+    let provider = providers
+        .connect(&connection)
+        .await
+        .map_err(|e| fail(CONNECTS, format!("connecting `{}` failed: {e}", connection.name)))?;
+    if provider.name() != factory.kind().to_string() {
+        return Err(fail(
+            CONNECTS,
+            format!("the provider is named `{}`, its kind `{}`", provider.name(), factory.kind()),
+        ));
+    }
+    let mut passed = vec![CONNECTS];
+
+    let mut disabled = connection.clone().with_fine_tuning_enabled(false);
+    disabled.name = format!("{}-disabled", connection.name);
+    let before = harness.requests().await;
+    match providers.connect(&disabled).await {
+        Err(Error::FineTuningDisabled { connection: name }) if name == disabled.name => {}
+        Err(e) => return Err(fail(DISABLED, format!("expected fine-tuning disabled, got {e}"))),
+        Ok(_) => return Err(fail(DISABLED, "a disabled connection was connected")),
+    }
+    let after = harness.requests().await;
+    if after != before {
+        return Err(fail(DISABLED, format!("{} request(s) were sent", after - before)));
+    }
+    passed.push(DISABLED);
+
+    let spec = harness.valid_spec();
+    let job = provider
+        .submit(&spec)
+        .await
+        .map_err(|e| fail(CHAT, format!("submitting a valid spec failed: {e}")))?;
+    let done = wait_for_job(&*provider, &job.id, &harness.poll_policy(), |_| {})
+        .await
+        .map_err(|e| fail(CHAT, format!("following the job failed: {e}")))?;
+    let JobState::Succeeded { model } = &done.state else {
+        return Err(fail(CHAT, format!("the job ended {}, expected succeeded", done.state)));
+    };
+    let deployment = if model.requires_deployment {
+        match providers.chat_model(&connection, model, None).await {
+            Err(Error::NotDeployed { model: named }) if named == model.model_id => {}
+            Err(e) => {
+                return Err(fail(
+                    CHAT,
+                    format!("a model without its deployment gave {e}, expected not deployed"),
+                ));
+            }
+            Ok(_) => return Err(fail(CHAT, "a model that needs a deployment opened without one")),
+        }
+        let deployed = harness
+            .deploy(model)
+            .await
+            .map_err(|e| fail(CHAT, format!("deploying the model failed: {e}")))?;
+        Some(deployed.ok_or_else(|| {
+            fail(CHAT, "the model requires a deployment but the harness made none")
+        })?)
+    } else {
+        None
+    };
+    let chat = providers
+        .chat_model(&connection, model, deployment.as_deref())
+        .await
+        .map_err(|e| fail(CHAT, format!("opening the model's chat failed: {e}")))?;
+    let request = harness.chat_request();
+    let answer =
+        chat.chat(&request).await.map_err(|e| fail(CHAT, format!("the chat failed: {e}")))?;
+    if answer.text.trim().is_empty() {
+        return Err(fail(CHAT, format!("the answer is empty ({answer:?})")));
+    }
+    if answer.usage.completion_tokens == 0 || answer.usage.prompt_tokens == 0 {
+        return Err(fail(CHAT, format!("the answer's usage is not counted: {:?}", answer.usage)));
+    }
+    if let Some(max) = request.max_tokens
+        && answer.usage.completion_tokens > u64::from(max)
+    {
+        return Err(fail(
+            CHAT,
+            format!("{} tokens answered, max_tokens was {max}", answer.usage.completion_tokens),
+        ));
+    }
+    passed.push(CHAT);
+    Ok(ConformanceReport { passed })
 }

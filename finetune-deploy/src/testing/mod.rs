@@ -218,6 +218,14 @@ impl<D: Deployer> Deployer for CrashingDeployer<D> {
         self.inner.name()
     }
 
+    fn default_sku(&self) -> &str {
+        self.inner.default_sku()
+    }
+
+    fn serves(&self, provider: &str) -> bool {
+        self.inner.serves(provider)
+    }
+
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {
         self.guard(self.inner.create(spec)).await
     }
@@ -255,6 +263,14 @@ impl<D: Deployer> LeakingDeployer<D> {
 impl<D: Deployer> Deployer for LeakingDeployer<D> {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn default_sku(&self) -> &str {
+        self.inner.default_sku()
+    }
+
+    fn serves(&self, provider: &str) -> bool {
+        self.inner.serves(provider)
     }
 
     async fn create(&self, spec: &DeploymentSpec) -> Result<Deployment> {

@@ -66,7 +66,8 @@ impl MetricsLine {
         }
     }
 
-    pub(super) fn point(&self) -> LossPoint {
+    /// The loss-curve point this line gives.
+    pub fn point(&self) -> LossPoint {
         match self {
             Self::Train(r) => LossPoint {
                 step: r.step as u64,

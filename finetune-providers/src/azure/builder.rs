@@ -75,9 +75,10 @@ impl AzureOpenAiConfig {
     /// From a connection's Azure OpenAI settings.
     pub fn from_connection(connection: &Connection) -> Result<Self> {
         match &connection.settings {
-            ConnectionSettings::AzureOpenAi { endpoint, api_version, auth } => {
-                let mut config = Self::new(endpoint.clone(), AzureCredential::from_auth(auth)?);
-                if let Some(v) = api_version {
+            ConnectionSettings::AzureOpenAi(s) => {
+                let mut config =
+                    Self::new(s.endpoint.clone(), AzureCredential::from_auth(&s.auth)?);
+                if let Some(v) = &s.api_version {
                     config.api_version = v.clone();
                 }
                 Ok(config)

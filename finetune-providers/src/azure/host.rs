@@ -2,7 +2,6 @@
 
 use finetune_core::{Error, JobSpec, Location, Result};
 
-use crate::chat::ChatMessage;
 use crate::openai_compatible::wire::WireJob;
 use crate::openai_compatible::{CreateRequest, Host, checked_id, learning_rate_json};
 
@@ -82,12 +81,11 @@ impl Host for Azure {
     fn chat_request(
         &self,
         target: &str,
-        messages: &[ChatMessage],
-        max_tokens: Option<u32>,
+        request: &finetune_core::ChatRequest,
     ) -> Result<(String, serde_json::Value)> {
         let path = format!("/deployments/{}/chat/completions", checked_id("deployment", target)?);
-        let mut body = serde_json::json!({ "messages": messages });
-        if let Some(n) = max_tokens {
+        let mut body = crate::openai_compatible::chat_body(request);
+        if let Some(n) = request.max_tokens {
             body["max_tokens"] = n.into();
         }
         Ok((path, body))

@@ -5,19 +5,22 @@ mod builder;
 mod credential;
 mod host;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use finetune_core::{
-    Capabilities, Connection, FineTuneProvider, Job, JobId, JobSpec, JobState, ListJobs, LossCurve,
-    Page, Result,
+    Capabilities, ChatModel, Connection, EnabledConnection, FineTuneProvider, FineTunedModel, Job,
+    JobId, JobSpec, JobState, ListJobs, LossCurve, Page, ProviderFactory, ProviderKind, Result,
+    require_deployment,
 };
 use finetune_data::ObjectStores;
 
 pub use self::builder::{AzureOpenAiConfig, DEFAULT_API_VERSION};
-pub use self::credential::{AzureCredential, COGNITIVE_SERVICES_SCOPE};
+pub use self::credential::{AzureCredential, COGNITIVE_SERVICES_SCOPE, StaticTokenCredential};
 pub use self::host::Azure;
-use crate::chat::{ChatCompletion, ChatMessage};
+use crate::http::HttpSettings;
 use crate::http::{Api, Auth};
-use crate::openai_compatible::FineTuningClient;
+use crate::openai_compatible::{CompletionsChat, FineTuningClient};
 
 /// The Azure OpenAI fine-tuning provider.
 ///
@@ -71,15 +74,77 @@ impl AzureOpenAiProvider {
         self
     }
 
-    /// A chat completion from a **deployment** of a model (Azure serves
-    /// models only through deployments).
-    pub async fn chat(
+    /// A **deployment** of a model as a chat model (Azure serves models
+    /// only through deployments).
+    pub fn chat_model(self: &Arc<Self>, deployment: impl Into<String>) -> Arc<dyn ChatModel> {
+        Arc::new(CompletionsChat::new(Arc::clone(self), deployment))
+    }
+}
+
+/// Connects [`finetune_core::ConnectionSettings::AzureOpenAi`] connections.
+#[derive(Debug, Clone, Default)]
+pub struct AzureOpenAiFactory {
+    http: Option<HttpSettings>,
+    stores: ObjectStores,
+    file_import_timeout: Option<std::time::Duration>,
+}
+
+impl AzureOpenAiFactory {
+    /// Timeouts and retries of the providers it makes.
+    pub fn with_http(mut self, http: HttpSettings) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Object stores the providers read remote datasets through.
+    pub fn with_object_stores(mut self, stores: ObjectStores) -> Self {
+        self.stores = stores;
+        self
+    }
+
+    /// How long `submit` waits for Azure to import an uploaded file.
+    pub fn with_file_import_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.file_import_timeout = Some(timeout);
+        self
+    }
+
+    fn provider(&self, connection: &Connection) -> Result<Arc<AzureOpenAiProvider>> {
+        let mut config = AzureOpenAiConfig::from_connection(connection)?;
+        if let Some(http) = &self.http {
+            config.http = http.clone();
+        }
+        let mut provider =
+            AzureOpenAiProvider::new(config)?.with_object_stores(self.stores.clone());
+        if let Some(t) = self.file_import_timeout {
+            provider = provider.with_file_import_timeout(t);
+        }
+        Ok(Arc::new(provider))
+    }
+}
+
+#[async_trait]
+impl ProviderFactory for AzureOpenAiFactory {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::AzureOpenAi
+    }
+
+    async fn connect(
         &self,
-        deployment: &str,
-        messages: &[ChatMessage],
-        max_tokens: Option<u32>,
-    ) -> Result<ChatCompletion> {
-        self.client.chat(deployment, messages, max_tokens).await
+        connection: EnabledConnection<'_>,
+    ) -> Result<Arc<dyn FineTuneProvider>> {
+        Ok(self.provider(&connection)?)
+    }
+
+    /// The model's deployment through chat completions; a model without
+    /// one is [`finetune_core::Error::NotDeployed`].
+    async fn chat_model(
+        &self,
+        connection: &Connection,
+        model: &FineTunedModel,
+        deployment: Option<&str>,
+    ) -> Result<Arc<dyn ChatModel>> {
+        let deployment = require_deployment(model, deployment)?;
+        Ok(self.provider(connection)?.chat_model(deployment))
     }
 }
 

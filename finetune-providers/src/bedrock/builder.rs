@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use finetune_core::{Connection, ConnectionSettings, Error, Result};
+use finetune_core::{Connection, ConnectionSettings, Error, Location, Result};
 
 use super::models::BaseModelRules;
 use super::s3::S3Uri;
@@ -108,13 +108,36 @@ impl BedrockConfig {
     /// From a connection's Bedrock settings.
     pub fn from_connection(connection: &Connection) -> Result<Self> {
         match &connection.settings {
-            ConnectionSettings::Bedrock { region, role_arn, s3_prefix, endpoint_url } => Ok(Self {
-                role_arn: role_arn.clone(),
-                s3_prefix: s3_prefix.as_deref().map(S3Uri::parse).transpose()?,
-                region: region.clone(),
-                endpoint_url: endpoint_url.clone(),
-                ..Self::default()
-            }),
+            ConnectionSettings::Bedrock(s) => {
+                let sdk_config = match (&s.access_key_id, &s.secret_access_key) {
+                    (None, None) => None,
+                    (Some(id), Some(secret)) => Some(static_sdk_config(
+                        s.region.as_deref().unwrap_or("us-east-1"),
+                        id,
+                        secret,
+                    )),
+                    _ => {
+                        return Err(Error::invalid_at(
+                            Location::column("settings.secret_access_key"),
+                            format!(
+                                "connection `{}` gives only half of a static key pair: set both \
+                                 access_key_id and secret_access_key, or neither",
+                                connection.name
+                            ),
+                        ));
+                    }
+                };
+                Ok(Self {
+                    role_arn: s.role_arn.clone(),
+                    s3_prefix: s.s3_prefix.as_deref().map(S3Uri::parse).transpose()?,
+                    region: s.region.clone(),
+                    endpoint_url: s.endpoint_url.clone(),
+                    runtime_endpoint_url: s.runtime_endpoint_url.clone(),
+                    s3_endpoint_url: s.s3_endpoint_url.clone(),
+                    sdk_config,
+                    ..Self::default()
+                })
+            }
             other => Err(Error::invalid(format!(
                 "connection `{}` is for {}, not bedrock",
                 connection.name,
@@ -176,31 +199,57 @@ impl BedrockConfig {
     }
 }
 
+/// An AWS configuration signing with a static key pair.
+fn static_sdk_config(
+    region: &str,
+    access_key_id: &str,
+    secret: &finetune_core::Secret,
+) -> SdkConfig {
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    SdkConfig::builder()
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            access_key_id,
+            secret.expose(),
+            None,
+            None,
+            "finetune-connection",
+        )))
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
+    use finetune_core::BedrockSettings;
+
     use super::*;
 
     #[test]
     fn a_connection_gives_the_config() {
-        let settings = ConnectionSettings::Bedrock {
-            region: Some("eu-central-1".into()),
-            role_arn: Some("arn:aws:iam::1:role/r".into()),
-            s3_prefix: Some("s3://bkt/pre".into()),
-            endpoint_url: Some("https://vpce.example".into()),
-        };
+        let mut settings =
+            BedrockSettings::new("eu-central-1", "arn:aws:iam::1:role/r", "s3://bkt/pre");
+        settings.endpoint_url = Some("https://vpce.example".into());
+        let settings = ConnectionSettings::Bedrock(settings);
         let config =
             BedrockConfig::from_connection(&Connection::new("aws", settings)).expect("bedrock");
         assert_eq!(config.region.as_deref(), Some("eu-central-1"));
         assert_eq!(config.role_arn.as_deref(), Some("arn:aws:iam::1:role/r"));
         assert_eq!(config.s3_prefix.as_ref().map(|u| u.join("x")), Some("s3://bkt/pre/x".into()));
         assert_eq!(config.endpoint_url.as_deref(), Some("https://vpce.example"));
-        let bad = ConnectionSettings::Bedrock {
-            region: None,
-            role_arn: None,
-            s3_prefix: Some("https://not-s3".into()),
-            endpoint_url: None,
-        };
+        let mut bad = BedrockSettings::default();
+        bad.s3_prefix = Some("https://not-s3".into());
+        let bad = ConnectionSettings::Bedrock(bad);
         assert!(BedrockConfig::from_connection(&Connection::new("aws", bad)).is_err());
+        let mut half = BedrockSettings::default();
+        half.access_key_id = Some("AKIA".into());
+        let err = BedrockConfig::from_connection(&Connection::new(
+            "aws",
+            ConnectionSettings::Bedrock(half),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("secret_access_key"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! training_loss, perplexity`) and `validation_metrics.csv`
 //! (`validation_loss`). Custom models must be deployed (an on-demand custom
 //! model deployment or provisioned throughput, see `finetune-deploy`)
-//! before [`BedrockProvider::converse`] can call them.
+//! before their [`BedrockProvider::chat_model`] can answer.
 
 mod builder;
 mod client;
@@ -58,6 +58,7 @@ pub use self::client::CustomModel;
 pub use self::error::aws_error;
 pub use self::metrics::merge_metrics_csv;
 pub use self::models::{BaseModelRules, BedrockDataFormat, Range};
+pub use self::runtime::ConverseChat;
 use self::s3::Bucket;
 pub use self::s3::{S3Uri, UploadedObject};
 use crate::REQUEST_ID_LABEL;
@@ -381,5 +382,60 @@ impl FineTuneProvider for BedrockProvider {
             })
             .collect();
         Ok(Page { items, next: out.next_token().map(str::to_owned) })
+    }
+}
+
+/// Connects [`finetune_core::ConnectionSettings::Bedrock`] connections.
+#[derive(Debug, Clone, Default)]
+pub struct BedrockFactory {
+    sdk_config: Option<SdkConfig>,
+}
+
+impl BedrockFactory {
+    /// Uses this AWS configuration for connections that carry no static
+    /// key pair, instead of loading the chain for each.
+    pub fn with_sdk_config(mut self, sdk: SdkConfig) -> Self {
+        self.sdk_config = Some(sdk);
+        self
+    }
+
+    async fn provider(
+        &self,
+        connection: &finetune_core::Connection,
+    ) -> Result<std::sync::Arc<BedrockProvider>> {
+        let mut config = BedrockConfig::from_connection(connection)?;
+        if config.sdk_config.is_none()
+            && let Some(sdk) = &self.sdk_config
+        {
+            config = config.with_sdk_config(sdk.clone());
+        }
+        Ok(std::sync::Arc::new(BedrockProvider::new(config).await?))
+    }
+}
+
+#[async_trait]
+impl finetune_core::ProviderFactory for BedrockFactory {
+    fn kind(&self) -> finetune_core::ProviderKind {
+        finetune_core::ProviderKind::Bedrock
+    }
+
+    async fn connect(
+        &self,
+        connection: finetune_core::EnabledConnection<'_>,
+    ) -> Result<std::sync::Arc<dyn FineTuneProvider>> {
+        Ok(self.provider(&connection).await?)
+    }
+
+    /// The model's on-demand deployment or provisioned throughput through
+    /// Converse; a custom model without one is
+    /// [`finetune_core::Error::NotDeployed`].
+    async fn chat_model(
+        &self,
+        connection: &finetune_core::Connection,
+        model: &FineTunedModel,
+        deployment: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn finetune_core::ChatModel>> {
+        let target = finetune_core::require_deployment(model, deployment)?;
+        Ok(self.provider(connection).await?.chat_model(target))
     }
 }

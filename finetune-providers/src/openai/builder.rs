@@ -51,11 +51,11 @@ impl OpenAiConfig {
     /// From a connection's OpenAI settings.
     pub fn from_connection(connection: &Connection) -> Result<Self> {
         match &connection.settings {
-            ConnectionSettings::OpenAi { base_url, api_key, organization, project } => Ok(Self {
-                base_url: base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
-                api_key: api_key.clone(),
-                organization: organization.clone(),
-                project: project.clone(),
+            ConnectionSettings::OpenAi(s) => Ok(Self {
+                base_url: s.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
+                api_key: s.api_key.clone(),
+                organization: s.organization.clone(),
+                project: s.project.clone(),
                 http: HttpSettings::default(),
             }),
             other => Err(Error::invalid_at(

@@ -3,7 +3,6 @@
 use finetune_core::{Error, JobSpec, Location, Result};
 
 use crate::REQUEST_ID_LABEL;
-use crate::chat::ChatMessage;
 use crate::openai_compatible::wire::WireJob;
 use crate::openai_compatible::{CreateRequest, Host, learning_rate_json};
 
@@ -86,11 +85,11 @@ impl Host for OpenAi {
     fn chat_request(
         &self,
         target: &str,
-        messages: &[ChatMessage],
-        max_tokens: Option<u32>,
+        request: &finetune_core::ChatRequest,
     ) -> Result<(String, serde_json::Value)> {
-        let mut body = serde_json::json!({ "model": target, "messages": messages });
-        if let Some(n) = max_tokens {
+        let mut body = crate::openai_compatible::chat_body(request);
+        body["model"] = target.into();
+        if let Some(n) = request.max_tokens {
             body["max_completion_tokens"] = n.into();
         }
         Ok(("/chat/completions".to_owned(), body))

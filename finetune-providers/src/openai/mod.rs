@@ -4,18 +4,20 @@
 mod builder;
 mod host;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use finetune_core::{
-    Capabilities, Connection, FineTuneProvider, Job, JobId, JobSpec, JobState, ListJobs, LossCurve,
-    Page, Result,
+    Capabilities, ChatModel, Connection, EnabledConnection, FineTuneProvider, FineTunedModel, Job,
+    JobId, JobSpec, JobState, ListJobs, LossCurve, Page, ProviderFactory, ProviderKind, Result,
 };
 use finetune_data::ObjectStores;
 
 pub use self::builder::{DEFAULT_BASE_URL, OpenAiConfig};
 pub use self::host::OpenAi;
-use crate::chat::{ChatCompletion, ChatMessage};
+use crate::http::HttpSettings;
 use crate::http::{Api, Auth};
-use crate::openai_compatible::FineTuningClient;
+use crate::openai_compatible::{CompletionsChat, FineTuningClient};
 
 /// The OpenAI fine-tuning provider.
 ///
@@ -69,14 +71,63 @@ impl OpenAiProvider {
         Ok(self.client.to_job(self.client.action(id, "resume").await?).await?.state)
     }
 
-    /// A chat completion from `model` (a fine-tuned model id or any other).
-    pub async fn chat(
+    /// `model` (a fine-tuned model id, or any other) as a chat model.
+    pub fn chat_model(self: &Arc<Self>, model: impl Into<String>) -> Arc<dyn ChatModel> {
+        Arc::new(CompletionsChat::new(Arc::clone(self), model))
+    }
+}
+
+/// Connects [`finetune_core::ConnectionSettings::OpenAi`] connections.
+#[derive(Debug, Clone, Default)]
+pub struct OpenAiFactory {
+    http: Option<HttpSettings>,
+    stores: ObjectStores,
+}
+
+impl OpenAiFactory {
+    /// Timeouts and retries of the providers it makes.
+    pub fn with_http(mut self, http: HttpSettings) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Object stores the providers read remote datasets through.
+    pub fn with_object_stores(mut self, stores: ObjectStores) -> Self {
+        self.stores = stores;
+        self
+    }
+
+    fn provider(&self, connection: &Connection) -> Result<Arc<OpenAiProvider>> {
+        let mut config = OpenAiConfig::from_connection(connection)?;
+        if let Some(http) = &self.http {
+            config.http = http.clone();
+        }
+        Ok(Arc::new(OpenAiProvider::new(config)?.with_object_stores(self.stores.clone())))
+    }
+}
+
+#[async_trait]
+impl ProviderFactory for OpenAiFactory {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::OpenAi
+    }
+
+    async fn connect(
         &self,
-        model: &str,
-        messages: &[ChatMessage],
-        max_tokens: Option<u32>,
-    ) -> Result<ChatCompletion> {
-        self.client.chat(model, messages, max_tokens).await
+        connection: EnabledConnection<'_>,
+    ) -> Result<Arc<dyn FineTuneProvider>> {
+        Ok(self.provider(&connection)?)
+    }
+
+    /// The fine-tuned model id through chat completions; OpenAI serves it
+    /// without a deployment.
+    async fn chat_model(
+        &self,
+        connection: &Connection,
+        model: &FineTunedModel,
+        _deployment: Option<&str>,
+    ) -> Result<Arc<dyn ChatModel>> {
+        Ok(self.provider(connection)?.chat_model(model.model_id.clone()))
     }
 }
 

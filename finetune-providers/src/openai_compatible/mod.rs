@@ -22,9 +22,9 @@ use std::time::Duration;
 use chrono::Utc;
 use finetune_core::pagination::{RepeatedCursor, collect_pages};
 use finetune_core::{
-    Capabilities, Error, FineTunedModel, Job, JobId, JobSpec, JobState, LearningRate,
-    LearningRateKind, ListJobs, Location, LossCurve, ModelArtifacts, Page, Progress, Result,
-    Setting,
+    Capabilities, ChatModel, ChatRequest, ChatResponse, Error, FineTunedModel, FinishReason, Job,
+    JobId, JobSpec, JobState, LearningRate, LearningRateKind, ListJobs, Location, LossCurve,
+    ModelArtifacts, Page, Progress, Result, Setting, Usage,
 };
 use finetune_data::{ObjectStores, OutputFormat};
 use reqwest::Method;
@@ -33,7 +33,6 @@ use serde::Deserialize;
 use self::curve::{curve_from_events, curve_from_result_csv, point_from_data};
 use self::types::{JobCheckpoint, JobEvent, UploadedFile};
 use self::wire::{WireCheckpoint, WireEvent, WireFile, WireJob, WireList, map_status};
-use crate::chat::{ChatCompletion, ChatMessage};
 use crate::http::{Api, Failure};
 use crate::time::from_unix_seconds;
 
@@ -84,9 +83,28 @@ pub(crate) trait Host: Send + Sync + fmt::Debug + 'static {
     fn chat_request(
         &self,
         target: &str,
-        messages: &[ChatMessage],
-        max_tokens: Option<u32>,
+        request: &ChatRequest,
     ) -> Result<(String, serde_json::Value)>;
+}
+
+/// The chat-completions body both hosts share: messages, sampling, stop
+/// sequences and seed. The host adds the model or the path, and its name
+/// for the token limit.
+pub(crate) fn chat_body(request: &ChatRequest) -> serde_json::Value {
+    let mut body = serde_json::json!({ "messages": request.messages });
+    if let Some(t) = request.temperature {
+        body["temperature"] = t.into();
+    }
+    if let Some(p) = request.top_p {
+        body["top_p"] = p.into();
+    }
+    if !request.stop.is_empty() {
+        body["stop"] = request.stop.clone().into();
+    }
+    if let Some(seed) = request.seed {
+        body["seed"] = seed.into();
+    }
+    body
 }
 
 /// A learning rate as the create body takes it: the number, or `"auto"`.
@@ -685,12 +703,7 @@ impl<H: Host> FineTuningClient<H> {
 
     /// A chat completion from `target`: a model id, or a deployment where
     /// the host serves through deployments.
-    pub(crate) async fn chat(
-        &self,
-        target: &str,
-        messages: &[ChatMessage],
-        max_tokens: Option<u32>,
-    ) -> Result<ChatCompletion> {
+    pub(crate) async fn chat(&self, target: &str, request: &ChatRequest) -> Result<ChatResponse> {
         #[derive(Deserialize)]
         struct Choice {
             #[serde(default)]
@@ -703,28 +716,78 @@ impl<H: Host> FineTuningClient<H> {
             #[serde(default)]
             content: Option<String>,
         }
+        #[derive(Deserialize, Default)]
+        struct WireUsage {
+            #[serde(default)]
+            prompt_tokens: u64,
+            #[serde(default)]
+            completion_tokens: u64,
+        }
         #[derive(Deserialize)]
         struct Answer {
-            #[serde(default)]
-            id: String,
             #[serde(default)]
             model: String,
             #[serde(default)]
             choices: Vec<Choice>,
+            #[serde(default)]
+            usage: Option<WireUsage>,
         }
-        let (path, body) = self.host.chat_request(target, messages, max_tokens)?;
+        request.check()?;
+        let (path, body) = self.host.chat_request(target, request)?;
         let answer: Answer = self.api.json(Method::POST, &path, &[], Some(&body)).await?;
         let first = answer.choices.into_iter().next();
-        Ok(ChatCompletion {
-            id: answer.id,
-            model: answer.model,
-            content: first
+        let usage = answer.usage.unwrap_or_default();
+        Ok(ChatResponse {
+            text: first
                 .as_ref()
                 .and_then(|c| c.message.as_ref())
                 .and_then(|m| m.content.clone())
                 .unwrap_or_default(),
-            finish_reason: first.and_then(|c| c.finish_reason),
+            finish_reason: first
+                .and_then(|c| c.finish_reason)
+                .map_or(FinishReason::Stop, |r| FinishReason::from_backend(&r)),
+            usage: Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+            },
+            model: if answer.model.is_empty() { target.to_owned() } else { answer.model },
         })
+    }
+}
+
+/// A model answering through an OpenAI-compatible host's chat completions:
+/// a fine-tuned OpenAI model by its id, or an Azure OpenAI deployment.
+pub struct CompletionsChat<P> {
+    provider: std::sync::Arc<P>,
+    target: String,
+}
+
+impl<P> CompletionsChat<P> {
+    /// Chats with `target` through `provider`'s client.
+    pub fn new(provider: std::sync::Arc<P>, target: impl Into<String>) -> Self {
+        Self { provider, target: target.into() }
+    }
+}
+
+impl<P> fmt::Debug for CompletionsChat<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionsChat").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+#[allow(private_bounds)]
+#[async_trait::async_trait]
+impl<P, H> ChatModel for CompletionsChat<P>
+where
+    P: std::ops::Deref<Target = FineTuningClient<H>> + Send + Sync + 'static,
+    H: Host,
+{
+    fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
+        self.provider.chat(&self.target, request).await
     }
 }
 

@@ -32,6 +32,8 @@ struct Inner {
     /// `OpenAI-Organization` and `OpenAI-Project` of the last request.
     org_project: (Option<String>, Option<String>),
     uploads: u64,
+    /// The body of the last chat completion request.
+    last_chat: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,11 @@ impl FakeOpenAi {
     /// The content of a stored file.
     pub fn file_content(&self, id: &str) -> Option<Vec<u8>> {
         self.lock().files.get(id).map(|f| f.content.clone())
+    }
+
+    /// The body of the last chat completion request, as sent.
+    pub fn last_chat_body(&self) -> Option<Value> {
+        self.lock().last_chat.clone()
     }
 
     /// The hyperparameters a job was created with, as sent.
@@ -444,8 +451,13 @@ fn list_files(fake: &FakeOpenAi, query: &BTreeMap<String, String>) -> Response {
         .filter(|f| query.get("purpose").is_none_or(|p| *p == f.purpose))
         .map(file_json)
         .collect();
-    let mut body = json!({"object": "list", "data": data});
+    let mut body = json!({"object": "list", "data": data.clone()});
     if fake.flavor == FakeFlavor::OpenAi {
+        // The spec's ListFilesResponse requires both ids (null-free: an
+        // empty list has none to give, so it sends empty strings).
+        let id = |v: Option<&Value>| v.and_then(|f| f["id"].as_str()).unwrap_or("").to_owned();
+        body["first_id"] = id(data.first()).into();
+        body["last_id"] = id(data.last()).into();
         body["has_more"] = false.into();
     }
     axum::Json(body).into_response()
@@ -706,7 +718,11 @@ fn job_json(flavor: FakeFlavor, job: &FakeJob) -> Value {
         }
         FakeFlavor::Azure => v["organisation_id"] = "org-fake".into(),
     }
-    if let Value::Object(map) = &mut v {
+    // OpenAI sends every field, null when unset (the spec requires them);
+    // Azure leaves unset ones out.
+    if flavor == FakeFlavor::Azure
+        && let Value::Object(map) = &mut v
+    {
         map.retain(|_, x| !x.is_null());
     }
     v
@@ -848,10 +864,26 @@ async fn chat(fake: &FakeOpenAi, deployment: Option<&str>, request: Request) -> 
             Some("messages"),
         );
     };
-    let content = format!("{model} says: {}", last["content"].as_str().unwrap_or_default());
+    fake.lock().last_chat = Some(body.clone());
+    // Words stand for tokens: the answer is cut at the request's limit
+    // (`max_completion_tokens` on OpenAI, `max_tokens` on Azure), as the
+    // real service cuts it, and usage counts both sides.
+    let limit = body["max_completion_tokens"].as_u64().or_else(|| body["max_tokens"].as_u64());
+    let full = format!("{model} says: {}", last["content"].as_str().unwrap_or_default());
+    let words: Vec<&str> = full.split_whitespace().collect();
+    let kept = limit.map_or(words.len(), |n| words.len().min(n as usize));
+    let finish_reason = if kept < words.len() { "length" } else { "stop" };
+    let prompt_tokens: usize = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter().map(|m| m["content"].as_str().unwrap_or("").split_whitespace().count()).sum()
+        })
+        .unwrap_or(0);
     axum::Json(json!({
         "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_750_000_000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "logprobs": null, "finish_reason": finish_reason,
+                     "message": {"role": "assistant", "content": words[..kept].join(" "), "refusal": null}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": kept, "total_tokens": prompt_tokens + kept},
     }))
     .into_response()
 }

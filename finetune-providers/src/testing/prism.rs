@@ -47,8 +47,22 @@ impl Prism {
     /// # Panics
     /// When Prism is not installed (`scripts/setup --test` installs it) or
     /// does not start within two minutes: this is test support.
-    #[allow(clippy::panic)]
     pub fn start(spec: &Path) -> Self {
+        Self::launch(spec, None)
+    }
+
+    /// Starts `prism proxy`: every request is validated against `spec`,
+    /// then forwarded to `upstream` (a stateful fake), whose answer comes
+    /// back. Violations are logged, as in [`Prism::start`].
+    ///
+    /// # Panics
+    /// As [`Prism::start`].
+    pub fn proxy(spec: &Path, upstream: &str) -> Self {
+        Self::launch(spec, Some(upstream))
+    }
+
+    #[allow(clippy::panic)]
+    fn launch(spec: &Path, upstream: Option<&str>) -> Self {
         let bin = Self::binary();
         assert!(
             bin.exists(),
@@ -60,7 +74,13 @@ impl Prism {
         let log = std::env::temp_dir().join(format!("prism-{port}.log"));
         std::fs::File::create(&log).expect("creating Prism's log");
         let mut command = std::process::Command::new(&bin);
-        command.args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()]).arg(spec);
+        match upstream {
+            None => command.args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()]).arg(spec),
+            Some(upstream) => command
+                .args(["proxy", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .arg(spec)
+                .arg(upstream),
+        };
         let process = PeerProcess::start(&command, Some(&log)).expect("starting Prism");
         let prism = Self { process, url: format!("http://127.0.0.1:{port}"), log };
         let deadline = Instant::now() + Duration::from_secs(120);
