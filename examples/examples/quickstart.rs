@@ -1,136 +1,207 @@
-//! The README's main command. With no arguments and no download, it
+//! The README's main command: the fine-tuning recipe, end to end, with no
+//! download and no network. It
 //!
 //! 1. makes a small Llama-architecture model with a byte-level tokenizer
 //!    and random weights (`finetune_local::builtin`), in the HF layout;
 //! 2. writes the built-in task — numbers to English words, `"407 ="` →
-//!    `" four hundred seven"` — as JSON Lines, a training set and a
-//!    held-out validation set, and validates them with `finetune-data`;
-//! 3. shows what the model writes for held-out numbers before training;
-//! 4. fine-tunes it on the CPU (or the GPU when there is one) with packing,
-//!    validation loss, checkpoints and the loss graph;
-//! 5. shows what the fine-tuned model writes for the same numbers.
+//!    `" four hundred seven"` — as a training and a held-out validation set;
+//! 3. asks the model about held-out numbers through `ChatModel`;
+//! 4. runs the recipe through a local connection (the same code runs it
+//!    through OpenAI, Azure OpenAI or Bedrock connections): validation
+//!    reports, a progress bar, version 1 of the saved model
+//!    `numbers-to-words` in a registry folder, its summary and loss graph;
+//! 5. asks version 1 the same questions through `ChatModel`;
+//! 6. runs the recipe again (another seed, fewer epochs) and shows version 2
+//!    become the active version.
 //!
 //! Everything lands in `quickstart-output/` (or the folder given as the
 //! only argument).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use finetune_core::DatasetSource;
-use finetune_data::{ValidationOptions, validate};
+use finetune_core::{
+    ChatModel, ChatRequest, Connection, ConnectionSettings, DatasetSource, Hyperparameters,
+    LearningRate, LocalHfSettings, PollPolicy, Providers, Setting,
+};
+use finetune_deploy::{Lifecycle, Recipe, RecipeEvent, Registry, VersionSummary};
 use finetune_examples::number_in_words;
 use finetune_local::builtin::TinyLlama;
-use finetune_local::data::read_examples;
-use finetune_local::generate::{GenerationOptions, generate};
-use finetune_local::sft::{PromptFormat, Truncation};
-use finetune_local::train::{AdamWConfig, Method, Schedule, TrainConfig, TrainEvent};
-use finetune_local::{CausalLm, LoadOptions, LocalJob, Outputs, Runtime, RuntimeInfo, Tokenizer};
+use finetune_local::{LocalChatModel, LocalFactory, Runtime, RuntimeInfo};
+use indicatif::{ProgressBar, ProgressStyle};
 
-/// Numbers shown before and after; all are in the validation set.
+/// Numbers asked about before and after; all are in the validation set.
 const SHOWN: [u32; 5] = [58, 213, 416, 640, 999];
 
+/// The saved model's name in the registry.
+const MODEL: &str = "numbers-to-words";
+
 fn main() {
-    if let Err(e) = run() {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "quickstart-output".into()));
-    let runtime = Runtime { output_root: out.clone(), ..Runtime::from_env()? };
+    // A fresh start in the folders this example owns.
+    for sub in ["model", "jobs", "registry", "graphs"] {
+        match std::fs::remove_dir_all(out.join(sub)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
     println!("== runtime\n{}", RuntimeInfo::detect());
     let started = Instant::now();
 
     let model_dir = out.join("model");
     TinyLlama::default().write(&model_dir)?;
     println!("\n== model\na built-in Llama model with random weights in {}", model_dir.display());
+    let (train, validation) = write_dataset(&out)?;
 
-    let (train_path, valid_path) = write_dataset(&out)?;
-    for path in [&train_path, &valid_path] {
-        let source = DatasetSource::new(path.to_str().ok_or("a non-UTF-8 path")?)?;
-        let (report, stats) = validate(&source, ValidationOptions::default())?;
-        if !report.valid {
-            return Err(format!("{}: {report}", path.display()).into());
-        }
-        println!("{}: {} rows, valid", path.display(), stats.rows);
-    }
-    let train = read_examples(&DatasetSource::new(train_path.to_str().ok_or("path")?)?)?;
-    let validation = read_examples(&DatasetSource::new(valid_path.to_str().ok_or("path")?)?)?;
+    // The connection an administrator would configure: a local HuggingFace
+    // model trained with libtorch on this machine (the GPU when there is one).
+    let settings = LocalHfSettings::new(out.join("jobs")).with_device("auto");
+    let connection = Connection::new("this-machine", ConnectionSettings::LocalHf(settings))
+        .with_fine_tuning_enabled(true);
+    let providers = Providers::new().with(LocalFactory::default());
+    let registry = Registry::local(out.join("registry"))?;
+    let lifecycle = Lifecycle::for_connection(registry, &connection).await?;
 
-    let device = runtime.resolved_device();
-    let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let base = CausalLm::load(&model_dir, &LoadOptions { device, dtype: runtime.dtype })?;
-    println!("\n== before fine-tuning (held-out numbers)");
-    show(&base, &tokenizer)?;
+    println!("\n== before fine-tuning (held-out numbers, through ChatModel)");
+    let base = LocalChatModel::open(&model_dir, &Runtime::from_connection(&connection)?).await?;
+    ask(&base).await?;
     drop(base);
 
-    let job = LocalJob {
-        model: model_dir.display().to_string(),
-        train,
-        validation,
-        config: TrainConfig {
-            method: Method::Full,
-            epochs: 12,
-            batch_size: 32,
-            micro_batch_size: 4,
-            learning_rate: 3e-3,
-            optimizer: AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() },
-            schedule: Schedule::Cosine,
-            warmup_steps: 20,
-            packing: true,
-            max_length: 256,
-            eval_every: Some(50),
-            checkpoint_every: Some(100),
-            seed: 7,
-            ..TrainConfig::default()
-        },
-        format: Some(PromptFormat::Base),
-        truncation: Truncation::KeepEnd,
-        outputs: Outputs { adapter: false, merged: true },
-        output_dir: out.join("run"),
-        resume: false,
+    let recipe = |seed: u64, epochs: u32| {
+        Recipe::new(MODEL, model_dir.display().to_string(), train.clone())
+            .with_validation(validation.clone())
+            .with_seed(seed)
+            .with_hyperparameters(Hyperparameters {
+                epochs: Setting::Value(epochs),
+                batch_size: Setting::Value(32),
+                learning_rate: Setting::Value(LearningRate::Absolute(3e-3)),
+            })
+            .with_extra("method", "full")
+            .with_extra("packing", true)
+            .with_extra("micro_batch_size", 4)
+            .with_extra("max_length", 256)
+            .with_extra("schedule", "cosine")
+            .with_extra("warmup_steps", 20)
+            .with_extra("weight_decay", 0.1)
+            .with_extra("eval_every", 50)
+            .with_extra("checkpoint_every", 100)
+            .with_poll(PollPolicy::fixed(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(3600),
+            ))
     };
-    println!("\n== fine-tuning ({} examples, {} held out)", job.train.len(), job.validation.len());
-    let (report, outcome) =
-        finetune_local::run_job(&job, &runtime, Arc::new(AtomicBool::new(false)), |e| match e {
-            TrainEvent::Step(r) if r.step % 25 == 0 || r.step == 1 => println!(
-                "step {:>4}  epoch {:>5.2}  loss {:.4}  lr {:.2e}  grad norm {:.3}  {:.0} tok/s",
-                r.step, r.epoch, r.loss, r.learning_rate, r.grad_norm, r.tokens_per_second
-            ),
-            TrainEvent::Eval(r) => println!(
-                "           validation loss {:.4}  token accuracy {:.1}%",
-                r.validation_loss,
-                100.0 * r.validation_token_accuracy
-            ),
-            _ => {}
-        })?;
-    let first = outcome.curve.train_series().first().map(|p| p.1).unwrap_or(f64::NAN);
+
+    println!("\n== fine-tuning version 1 (the recipe, through connection `{}`)", connection.name);
+    let v1 = run_recipe(&recipe(7, 12), &providers, &connection, &lifecycle).await?;
+    let summary = VersionSummary::of(&lifecycle, MODEL, v1).await?;
+    println!("\n== summary\n{summary}");
+    if let Some((svg, png)) = summary.save_loss_graph(&out.join("graphs"))? {
+        println!("  loss graph:  {} (and {})", svg.display(), png.display());
+    }
+
+    println!("\n== after fine-tuning (version {v1}, through ChatModel)");
+    let record = lifecycle.registry().version(MODEL, v1).await?;
+    let tuned = providers.chat_model(&connection, &record.model, None).await?;
+    ask(&*tuned).await?;
+    drop(tuned);
+
+    println!("\n== fine-tuning version 2 (another seed, 6 epochs)");
+    let v2 = run_recipe(&recipe(11, 6), &providers, &connection, &lifecycle).await?;
+    let summary = VersionSummary::of(&lifecycle, MODEL, v2).await?;
+    println!("\n== summary\n{summary}");
+    if let Some((svg, _)) = summary.save_loss_graph(&out.join("graphs"))? {
+        println!("  loss graph:  {}", svg.display());
+    }
+    let head = lifecycle.registry().head(MODEL).await?;
     println!(
-        "{} steps in {:.1} s; training loss {first:.3} → {:.3}",
-        report.steps,
-        report.train_seconds,
-        report.final_train_loss.unwrap_or(f64::NAN)
+        "\n== registry\n{MODEL}: {} version(s), active: version {}",
+        lifecycle.registry().versions(MODEL).await?.len(),
+        head.active_version.map_or_else(|| "none".to_owned(), |v| v.to_string())
     );
-
-    let merged = report.merged_dir.as_deref().ok_or("no merged model was written")?;
-    let tuned = CausalLm::load(merged, &LoadOptions { device, dtype: runtime.dtype })?;
-    println!("\n== after fine-tuning (held-out numbers)");
-    show(&tuned, &tokenizer)?;
-
-    println!("\n== outputs");
-    println!("fine-tuned model (HF layout): {}", merged.display());
-    println!("loss graph: {} and loss.png", job.output_dir.join("loss.svg").display());
-    println!("metrics: {}", job.output_dir.join("metrics.jsonl").display());
     println!("total time: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
+/// Runs a recipe with a progress bar; returns the new version's number.
+async fn run_recipe(
+    recipe: &Recipe,
+    providers: &Providers,
+    connection: &Connection,
+    lifecycle: &Lifecycle,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let bar = ProgressBar::hidden();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Above the bar on a terminal; plain lines otherwise.
+    let say = |line: String| if terminal { bar.println(line) } else { println!("{line}") };
+    let outcome = recipe
+        .run(providers, connection, lifecycle, |event| match event {
+            RecipeEvent::Validated { role, report } => {
+                print!("{role} set: {report}");
+            }
+            RecipeEvent::Submitted { job, reattached } => {
+                let how = if reattached { "re-attached to" } else { "submitted" };
+                println!("{how} job {job}");
+            }
+            RecipeEvent::State(state) => {
+                say(format!("state: {}", state.name()));
+            }
+            RecipeEvent::Progress { step, total_steps, point } => {
+                if let Some(total) = total_steps
+                    && bar.length() != Some(total)
+                {
+                    if terminal {
+                        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    }
+                    bar.set_length(total);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} steps [{elapsed}] {msg}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                }
+                bar.set_position(step);
+                if let Some(loss) = point.train_loss {
+                    bar.set_message(format!("loss {loss:.4}"));
+                }
+                if let Some(v) = point.validation_loss {
+                    say(format!("step {step:>4}: validation loss {v:.4}"));
+                }
+                if !terminal && (step % 50 == 0 || Some(step) == total_steps) {
+                    println!("step {step:>4}/{}", total_steps.unwrap_or(0));
+                }
+            }
+            RecipeEvent::Registered { version } => {
+                bar.finish_and_clear();
+                println!("registered as {MODEL} version {version}");
+            }
+            _ => {}
+        })
+        .await?;
+    println!(
+        "active version: {}",
+        outcome.head.active_version.map_or_else(|| "none".to_owned(), |v| v.to_string())
+    );
+    Ok(outcome.version.version)
+}
+
 /// Writes numbers 0–999 as JSON Lines: one in sixteen, picked by a hash
 /// (and the shown ones), held out for validation.
-fn write_dataset(out: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+fn write_dataset(out: &Path) -> std::io::Result<(DatasetSource, DatasetSource)> {
     std::fs::create_dir_all(out)?;
     let (mut train, mut valid) = (String::new(), String::new());
     for n in 0..1000u32 {
@@ -147,26 +218,20 @@ fn write_dataset(out: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let (t, v) = (out.join("numbers-train.jsonl"), out.join("numbers-validation.jsonl"));
     std::fs::write(&t, train)?;
     std::fs::write(&v, valid)?;
-    Ok((t, v))
+    let source = |p: &Path| {
+        DatasetSource::new(&p.display().to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    Ok((source(&t)?, source(&v)?))
 }
 
-fn show(model: &CausalLm, tokenizer: &Tokenizer) -> Result<(), Box<dyn std::error::Error>> {
-    let prompts: Vec<Vec<i64>> = SHOWN
-        .iter()
-        .map(|n| tokenizer.encode(&format!("{n} ="), true))
-        .collect::<Result<_, _>>()?;
-    let options = GenerationOptions {
-        max_new_tokens: 32,
-        eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-        pad_token_id: tokenizer.pad_token_id(),
-        ..GenerationOptions::default()
-    };
-    let out = generate(model, &prompts, &options)?;
-    for (n, g) in SHOWN.iter().zip(out) {
-        let text = tokenizer.decode(&g.tokens, true)?;
-        let expected = number_in_words(*n);
-        let mark = if text.trim() == expected { "✓" } else { "✗" };
-        println!("{n:>4} = {:<40} {mark} (expected: {expected})", format!("{text:?}"));
+/// Asks `model` about the shown numbers, marking right answers.
+async fn ask(model: &dyn ChatModel) -> Result<(), Box<dyn std::error::Error>> {
+    for n in SHOWN {
+        let answer = model.chat(&ChatRequest::user(format!("{n} =")).with_max_tokens(32)).await?;
+        let expected = number_in_words(n);
+        let mark = if answer.text.trim() == expected { "✓" } else { "✗" };
+        println!("{n:>4} = {:<40} {mark} (expected: {expected})", format!("{:?}", answer.text));
     }
     Ok(())
 }

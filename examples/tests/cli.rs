@@ -263,12 +263,35 @@ fn quickstart_fine_tunes_the_built_in_model_visibly() {
     let before = before.split_once("== before fine-tuning").unwrap().1;
     let right = |s: &str| s.matches('✓').count();
     assert_eq!(right(before.split("== fine-tuning").next().unwrap()), 0, "{stdout}");
+    let after = after.split("== fine-tuning version 2").next().unwrap();
     assert!(right(after) >= 3, "{stdout}");
-    let run = dir.path().join("run");
-    assert!(run.join("loss.png").is_file() && run.join("merged/model.safetensors").is_file());
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
-    assert!(summary["final_train_loss"].as_f64().unwrap() < 0.5, "{summary}");
+    // Both datasets were validated and reported, each version summarized.
+    assert!(stdout.contains("training set: ") && stdout.contains("validation set: "), "{stdout}");
+    assert!(
+        stdout.contains("numbers-to-words version 1")
+            && stdout.contains("numbers-to-words version 2 (active)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("active: version 2"), "{stdout}");
+    for graph in [
+        "numbers-to-words-v1-loss.png",
+        "numbers-to-words-v1-loss.svg",
+        "numbers-to-words-v2-loss.svg",
+    ] {
+        assert!(dir.path().join("graphs").join(graph).is_file(), "{graph}");
+    }
+    // The registry holds both versions with their provenance; the jobs
+    // folder, one job each.
+    let jobs = std::fs::read_dir(dir.path().join("jobs")).unwrap();
+    assert_eq!(jobs.filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let registry = finetune_deploy::Registry::local(dir.path().join("registry")).unwrap();
+    let versions = rt.block_on(registry.versions("numbers-to-words")).unwrap();
+    assert_eq!(versions.len(), 2);
+    let v1 = &versions[0];
+    assert_eq!(v1.provenance.as_ref().unwrap().connection, "this-machine");
+    assert!(v1.model.loss_curve.last_train_loss().unwrap() < 0.5, "{:?}", v1.model.loss_curve);
+    assert!(v1.model.loss_curve.has_validation());
 }
 
 fn text(out: &Output) -> String {

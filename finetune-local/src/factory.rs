@@ -26,20 +26,22 @@ impl Runtime {
         let bad = |field: &str, e: crate::LocalError| {
             Error::invalid_at(Location::column(format!("settings.{field}")), e.to_string())
         };
-        let mut runtime = Self::default();
-        runtime.device = match settings.device.as_deref() {
-            None | Some("auto") => None,
-            Some(d) => Some(parse_device(d).map_err(|e| bad("device", e))?),
+        let defaults = Self::default();
+        let runtime = Self {
+            device: match settings.device.as_deref() {
+                None | Some("auto") => None,
+                Some(d) => Some(parse_device(d).map_err(|e| bad("device", e))?),
+            },
+            dtype: settings
+                .dtype
+                .as_deref()
+                .map(parse_dtype)
+                .transpose()
+                .map_err(|e| bad("dtype", e))?,
+            threads: settings.threads,
+            output_root: settings.output_dir.clone().unwrap_or(defaults.output_root),
+            cache: settings.cache_dir.as_ref().map_or(defaults.cache, ModelCache::at),
         };
-        runtime.dtype =
-            settings.dtype.as_deref().map(parse_dtype).transpose().map_err(|e| bad("dtype", e))?;
-        runtime.threads = settings.threads;
-        if let Some(dir) = &settings.output_dir {
-            runtime.output_root = dir.clone();
-        }
-        if let Some(dir) = &settings.cache_dir {
-            runtime.cache = ModelCache::at(dir);
-        }
         Ok(runtime)
     }
 

@@ -244,7 +244,7 @@ impl LocalProvider {
 
     /// A job from its folder: taken over and resumed when it was
     /// interrupted (`take_over`), else as recorded.
-    fn from_folder(&self, id: &JobId, take_over: bool) -> finetune_core::Result<Job> {
+    fn job_in_folder(&self, id: &JobId, take_over: bool) -> finetune_core::Result<Job> {
         let folder = self.folder(id)?;
         let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
         if record.job.state.is_terminal() {
@@ -487,7 +487,7 @@ impl FineTuneProvider for LocalProvider {
             let record = self.folder(id)?.read()?.ok_or_else(|| Self::not_found(id))?;
             return Ok(Job { state, ..record.job });
         }
-        self.from_folder(id, true)
+        self.job_in_folder(id, true)
     }
 
     async fn metrics(&self, id: &JobId) -> finetune_core::Result<LossCurve> {
@@ -568,7 +568,7 @@ impl FineTuneProvider for LocalProvider {
                     Some(record) => Job { state, ..record.job },
                     None => continue,
                 },
-                None => self.from_folder(&id, false)?,
+                None => self.job_in_folder(&id, false)?,
             };
             jobs.push(job);
         }
