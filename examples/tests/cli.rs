@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers fail loudly.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -254,9 +256,9 @@ fn finetune_local_trains_resumes_and_reports_bad_rows() {
 }
 
 #[test]
-fn quickstart_fine_tunes_the_built_in_model_visibly() {
+fn the_recipe_fine_tunes_the_built_in_model_visibly() {
     let dir = tempfile::tempdir().unwrap();
-    let out = example("quickstart", &[dir.path().to_str().unwrap()]);
+    let out = example("recipe", &[dir.path().to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let (before, after) = stdout.split_once("== after fine-tuning").unwrap();
@@ -292,6 +294,71 @@ fn quickstart_fine_tunes_the_built_in_model_visibly() {
     assert_eq!(v1.provenance.as_ref().unwrap().connection, "this-machine");
     assert!(v1.model.loss_curve.last_train_loss().unwrap() < 0.5, "{:?}", v1.model.loss_curve);
     assert!(v1.model.loss_curve.has_validation());
+    // The summary and its loss graph come from the registry alone, in this
+    // process, after the one that trained the versions has gone.
+    let lifecycle = finetune_deploy::Lifecycle::new(
+        registry,
+        std::sync::Arc::new(finetune_deploy::NoDeployments),
+    );
+    let summary = rt
+        .block_on(finetune_deploy::VersionSummary::of(&lifecycle, "numbers-to-words", 1))
+        .unwrap();
+    assert!(summary.to_string().contains("valid loss"), "{summary}");
+    let (svg, png) = summary.save_loss_graph(&dir.path().join("redrawn")).unwrap().unwrap();
+    assert!(std::fs::read_to_string(svg).unwrap().contains("validation"));
+    assert!(std::fs::metadata(png).unwrap().len() > 1000);
+}
+
+/// The same recipe example through each cloud connection, against the
+/// fakes (OpenAI's behind Prism), configured by the usual environment.
+#[test]
+fn the_recipe_runs_through_every_cloud_connection() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let rt = rt.unwrap();
+    let peers = rt.block_on(support::Peers::start("recipe-cli"));
+    let arm = peers.arm.url();
+    let (openai, azure) = (peers.prism.url().to_owned(), peers.azure.url());
+    let (bedrock, s3) = (peers.bedrock.url(), peers.moto.endpoint());
+    let key = support::KEY;
+    let runs: [(&str, Vec<(&str, &str)>); 3] = [
+        ("openai", vec![("OPENAI_API_KEY", key), ("OPENAI_BASE_URL", &openai)]),
+        (
+            "azure",
+            vec![
+                ("AZURE_OPENAI_ENDPOINT", &azure),
+                ("AZURE_OPENAI_TOKEN", key),
+                ("AZURE_SUBSCRIPTION_ID", finetune_providers::testing::ARM_SUBSCRIPTION),
+                ("AZURE_RESOURCE_GROUP", finetune_providers::testing::ARM_RESOURCE_GROUP),
+                ("AZURE_OPENAI_ACCOUNT", finetune_providers::testing::ARM_ACCOUNT),
+                ("AZURE_ARM_ENDPOINT", &arm),
+            ],
+        ),
+        (
+            "bedrock",
+            vec![
+                ("AWS_REGION", "us-east-1"),
+                ("BEDROCK_ROLE_ARN", "arn:aws:iam::123456789012:role/ft"),
+                ("BEDROCK_S3_PREFIX", "s3://recipe-cli/ft"),
+                ("AWS_ENDPOINT_URL_BEDROCK", &bedrock),
+                ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &bedrock),
+                ("AWS_ENDPOINT_URL_S3", s3),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ],
+        ),
+    ];
+    for (kind, env) in runs {
+        let dir = tempfile::tempdir().unwrap();
+        let out =
+            example_env("recipe", &[dir.path().to_str().unwrap(), "--connection", kind], &env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{kind}: {}", text(&out));
+        assert!(stdout.contains("numbers-to-words version 2 (active)"), "{kind}: {stdout}");
+        assert!(stdout.contains("active: version 2"), "{kind}: {stdout}");
+        let deployed = stdout.contains("served by deployment");
+        assert_eq!(deployed, kind != "openai", "{kind}: {stdout}");
+    }
+    peers.assert_openai_spec_held();
 }
 
 fn text(out: &Output) -> String {

@@ -98,3 +98,73 @@ async fn every_kind_fine_tunes_and_answers_through_the_same_code() {
     // The Azure deployment was made through ARM.
     assert!(peers.arm.requests().iter().any(|r| r.starts_with("PUT ") && r.contains("aoai-v1")));
 }
+
+/// The factory checks of the core conformance suite, for the factories of
+/// the cloud providers (the local and memory ones run theirs in their
+/// crates).
+struct CloudHarness<'a> {
+    peers: &'a Peers,
+    kind: support::Kind,
+    factory: std::sync::Arc<dyn finetune_core::ProviderFactory>,
+    data: DatasetSource,
+}
+
+#[finetune_core::async_trait]
+impl finetune_core::testing::FactoryHarness for CloudHarness<'_> {
+    fn factory(&self) -> std::sync::Arc<dyn finetune_core::ProviderFactory> {
+        std::sync::Arc::clone(&self.factory)
+    }
+
+    fn connection(&self) -> Connection {
+        self.kind.connection.clone()
+    }
+
+    fn valid_spec(&self) -> JobSpec {
+        JobSpec::new(&self.kind.base_model, self.data.clone())
+    }
+
+    async fn requests(&self) -> u64 {
+        let (a, b, c) = self.peers.requests();
+        (a + b + c) as u64
+    }
+
+    async fn deploy(
+        &self,
+        model: &finetune_core::FineTunedModel,
+    ) -> finetune_core::Result<Option<String>> {
+        let deployer = deployer_for(&self.kind.connection).await?.expect("a deploying platform");
+        let spec = DeploymentSpec {
+            name: format!("{}-conformance", self.kind.connection.name),
+            model_id: model.model_id.clone(),
+            sku: deployer.default_sku().to_owned(),
+            capacity: 1,
+            tags: [(MANAGED_TAG.to_owned(), "true".to_owned())].into(),
+        };
+        let created = deployer.create(&spec).await?;
+        while deployer.get(&created.id).await?.map(|d| d.state) != Some(DeploymentState::Ready) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Some(created.id))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cloud_factory_passes_the_factory_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), "train.jsonl", 12, 0);
+    let peers = Peers::start("factory-checks").await;
+    let factories: [std::sync::Arc<dyn finetune_core::ProviderFactory>; 3] = [
+        std::sync::Arc::new(finetune_providers::OpenAiFactory::default()),
+        std::sync::Arc::new(finetune_providers::AzureOpenAiFactory::default()),
+        std::sync::Arc::new(finetune_providers::BedrockFactory::default()),
+    ];
+    let kinds = peers.kinds("factory-checks", dir.path());
+    for (kind, factory) in kinds.into_iter().zip(factories) {
+        let name = kind.connection.name.clone();
+        let harness = CloudHarness { peers: &peers, kind, factory, data: data.clone() };
+        let report = finetune_core::testing::run_factory_conformance(&harness)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(report.passed.len(), 3, "{name}");
+    }
+}

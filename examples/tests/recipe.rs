@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use finetune_core::{
-    ChatRequest, Connection, FineTuneProvider, Hyperparameters, LearningRate, ListJobs, PollPolicy,
-    Setting,
+    ChatRequest, Connection, FineTuneProvider, Hyperparameters, JobSpec, LearningRate, ListJobs,
+    PollPolicy, Setting,
 };
 use finetune_deploy::{
     Lifecycle, PriceTable, Recipe, RecipeEvent, Registry, VersionSummary, WaitPolicy,
@@ -22,12 +22,11 @@ use support::{Kind, Peers, dataset, providers};
 
 fn recipe(kind: &Kind, dir: &Path, seed: u64) -> Recipe {
     let model = format!("bot-{}", kind.connection.name);
-    let mut recipe = Recipe::new(model, &kind.base_model, dataset(dir, "train.jsonl", 12, 0))
+    let mut spec = JobSpec::new(&kind.base_model, dataset(dir, "train.jsonl", 12, 0))
         .with_validation(dataset(dir, "valid.jsonl", 4, 100))
-        .with_seed(seed)
-        .with_poll(PollPolicy::fixed(Duration::from_millis(10), Duration::from_secs(300)));
+        .with_seed(seed);
     if kind.connection.provider() == finetune_core::ProviderKind::LocalHf {
-        recipe = recipe
+        spec = spec
             .with_hyperparameters(Hyperparameters {
                 epochs: Setting::Value(2),
                 batch_size: Setting::Value(4),
@@ -35,7 +34,8 @@ fn recipe(kind: &Kind, dir: &Path, seed: u64) -> Recipe {
             })
             .with_extra("lora_r", 4);
     }
-    recipe
+    Recipe::new(model, spec)
+        .with_poll(PollPolicy::fixed(Duration::from_millis(10), Duration::from_secs(300)))
 }
 
 async fn lifecycle_for(registry: &Registry, connection: &Connection) -> Lifecycle {
@@ -175,7 +175,8 @@ async fn a_disabled_connection_or_bad_data_is_refused_before_anything_is_sent() 
         assert!(matches!(err, Err(finetune_core::Error::FineTuningDisabled { .. })), "{err:?}");
         let mut reports = Vec::new();
         let mut bad_recipe = recipe(&kind, dir.path(), 1);
-        bad_recipe.training = finetune_core::DatasetSource::new(bad.to_str().unwrap()).unwrap();
+        bad_recipe.spec.training =
+            finetune_core::DatasetSource::new(bad.to_str().unwrap()).unwrap();
         let err = bad_recipe
             .run(&providers, &kind.connection, &lifecycle, |e| {
                 if let RecipeEvent::Validated { report, .. } = e {
@@ -203,11 +204,13 @@ fn local_kind(dir: &Path) -> Kind {
 }
 
 fn long_recipe(dir: &Path) -> Recipe {
-    recipe(&local_kind(dir), dir, 3).with_hyperparameters(Hyperparameters {
+    let mut recipe = recipe(&local_kind(dir), dir, 3);
+    recipe.spec.hyperparameters = Hyperparameters {
         epochs: Setting::Value(40),
         batch_size: Setting::Value(2),
         learning_rate: Setting::Value(LearningRate::Absolute(1e-3)),
-    })
+    };
+    recipe
 }
 
 #[test]

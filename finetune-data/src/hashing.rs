@@ -1,6 +1,30 @@
 //! Hashing examples: a seeded 64-bit hash of an example's fields, the
 //! (hash, row) index that duplicate and overlap detection read, and a
-//! hasher for hash sets keyed by those hashes (which are hashed already).
+//! hasher for hash sets keyed by those hashes (which are hashed already);
+//! and [`sha256_file`], the content hash datasets and model files are known
+//! by (upload reuse, provenance, the model cache).
+
+use std::io::Read as _;
+use std::path::Path;
+
+use sha2::Digest as _;
+
+/// The SHA-256 of a file (lowercase hex) and its size, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), total))
+}
 
 /// The examples of a dataset by content hash (with the record each first
 /// appeared at), to find validation rows that are also training rows:

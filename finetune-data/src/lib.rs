@@ -50,7 +50,7 @@ pub use arrow_schema;
 pub use object_store;
 
 pub use error::DataError;
-pub use hashing::ExampleIndex;
+pub use hashing::{ExampleIndex, sha256_file};
 pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
 pub use remote::{LocalDataset, ObjectStores, localize};
 pub use report::{Problem, ProblemKind, Severity, ValidationReport};

@@ -21,13 +21,12 @@
 //!    deploys per the model's policy — only versions whose provider needs a
 //!    deployment are ever sent to a deployer.
 
-use std::io::Read as _;
 use std::time::Duration;
 
 use chrono::Utc;
 use finetune_core::{
-    Connection, DatasetSource, Error, FineTuneProvider, Hyperparameters, Job, JobId, JobSpec,
-    JobState, ListJobs, LossPoint, PollPolicy, Providers, Result,
+    Connection, Error, FineTuneProvider, Job, JobId, JobSpec, JobState, ListJobs, LossPoint,
+    PollPolicy, Providers, Result,
 };
 use finetune_data::{CharsPerToken, ObjectStores, ValidationOptions, ValidationReport, Validator};
 use sha2::Digest as _;
@@ -46,22 +45,12 @@ pub struct Recipe {
     /// The saved model the version goes to (created with `policy` when
     /// missing).
     pub model: String,
-    /// The base model, as the provider names it.
-    pub base_model: String,
-    /// The training dataset (its column mapping included).
-    pub training: DatasetSource,
-    /// The validation dataset.
-    pub validation: Option<DatasetSource>,
-    /// Epochs, batch size, learning rate.
-    pub hyperparameters: Hyperparameters,
-    /// Provider-specific settings.
-    pub extras: serde_json::Map<String, serde_json::Value>,
-    /// The seed.
-    pub seed: Option<u64>,
-    /// The model-name suffix, where the provider takes one.
-    pub suffix: Option<String>,
+    /// The job: base model, training and validation datasets (with their
+    /// column mapping), hyperparameters, provider settings, seed, suffix.
+    pub spec: JobSpec,
     /// How the saved model's versions are activated and deployed (used when
-    /// the recipe creates the saved model).
+    /// the recipe creates the saved model): by default each new version
+    /// becomes active.
     pub policy: LifecyclePolicy,
     /// How the job is polled.
     pub poll: PollPolicy,
@@ -117,60 +106,15 @@ pub struct RecipeOutcome {
 }
 
 impl Recipe {
-    /// A recipe training `base_model` on `training` into the saved model
-    /// `model`, with the provider's default settings.
-    pub fn new(
-        model: impl Into<String>,
-        base_model: impl Into<String>,
-        training: DatasetSource,
-    ) -> Self {
+    /// A recipe running `spec` into the saved model `model`.
+    pub fn new(model: impl Into<String>, spec: JobSpec) -> Self {
         Self {
             model: model.into(),
-            base_model: base_model.into(),
-            training,
-            validation: None,
-            hyperparameters: Hyperparameters::default(),
-            extras: serde_json::Map::new(),
-            seed: None,
-            suffix: None,
+            spec,
             policy: LifecyclePolicy::default().activating_new_versions(),
             poll: PollPolicy::default(),
             stores: ObjectStores::new(),
         }
-    }
-
-    /// Adds a validation dataset.
-    pub fn with_validation(mut self, validation: DatasetSource) -> Self {
-        self.validation = Some(validation);
-        self
-    }
-
-    /// Sets the hyperparameters.
-    pub fn with_hyperparameters(mut self, h: Hyperparameters) -> Self {
-        self.hyperparameters = h;
-        self
-    }
-
-    /// Sets a provider-specific setting.
-    pub fn with_extra(
-        mut self,
-        key: impl Into<String>,
-        value: impl Into<serde_json::Value>,
-    ) -> Self {
-        self.extras.insert(key.into(), value.into());
-        self
-    }
-
-    /// Sets the seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// Sets the suffix.
-    pub fn with_suffix(mut self, suffix: impl Into<String>) -> Self {
-        self.suffix = Some(suffix.into());
-        self
     }
 
     /// Sets the saved model's policy.
@@ -191,17 +135,6 @@ impl Recipe {
         self
     }
 
-    /// The job spec it submits (without its fingerprint label).
-    pub fn spec(&self) -> JobSpec {
-        let mut spec = JobSpec::new(self.base_model.clone(), self.training.clone());
-        spec.validation = self.validation.clone();
-        spec.hyperparameters = self.hyperparameters;
-        spec.extras = self.extras.clone();
-        spec.seed = self.seed;
-        spec.suffix = self.suffix.clone();
-        spec
-    }
-
     /// Runs the recipe through `connection` (one of `providers`' kinds),
     /// registering the version with `lifecycle`, reporting to `on_event`.
     pub async fn run(
@@ -213,7 +146,7 @@ impl Recipe {
     ) -> Result<RecipeOutcome> {
         let provider = providers.connect(connection).await?;
         let datasets = self.validate(&*provider, &mut on_event).await?;
-        let mut spec = self.spec();
+        let mut spec = self.spec.clone();
         provider.validate(&spec).await?;
         let fingerprint = self.fingerprint(connection, &datasets);
         spec.metadata.insert(RECIPE_LABEL.to_owned(), fingerprint.clone());
@@ -273,9 +206,9 @@ impl Recipe {
                     connection: connection.name.clone(),
                     provider: provider.name().to_owned(),
                     job_id: job.id.clone(),
-                    base_model: self.base_model.clone(),
-                    hyperparameters: self.hyperparameters,
-                    extras: self.extras.clone(),
+                    base_model: self.spec.base_model.clone(),
+                    hyperparameters: self.spec.hyperparameters,
+                    extras: self.spec.extras.clone(),
                     datasets,
                     submitted_at,
                     finished_at: Utc::now(),
@@ -299,7 +232,7 @@ impl Recipe {
         let mut records = Vec::new();
         let mut index = None;
         for (role, source) in
-            [("training", Some(&self.training)), ("validation", self.validation.as_ref())]
+            [("training", Some(&self.spec.training)), ("validation", self.spec.validation.as_ref())]
         {
             let Some(source) = source else { continue };
             let dataset = finetune_data::localize(source, &self.stores).await?;
@@ -343,11 +276,11 @@ impl Recipe {
         let what = serde_json::json!({
             "connection": connection.name,
             "model": self.model,
-            "base_model": self.base_model,
-            "hyperparameters": self.hyperparameters,
-            "extras": self.extras,
-            "seed": self.seed,
-            "suffix": self.suffix,
+            "base_model": self.spec.base_model,
+            "hyperparameters": self.spec.hyperparameters,
+            "extras": self.spec.extras,
+            "seed": self.spec.seed,
+            "suffix": self.spec.suffix,
             "datasets": datasets.iter().map(|d| (&d.role, &d.sha256)).collect::<Vec<_>>(),
         });
         let digest = sha2::Sha256::digest(what.to_string().as_bytes());
@@ -485,15 +418,5 @@ async fn find_labelled(provider: &dyn FineTuneProvider, fingerprint: &str) -> Re
 }
 
 fn sha256_of(path: &std::path::Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    finetune_data::sha256_file(path).map(|(hex, _)| hex).map_err(|e| Error::io(path, e))
 }

@@ -52,14 +52,18 @@ impl std::fmt::Debug for LocalChatModel {
 }
 
 /// What a folder holds.
-enum Weights {
+pub(crate) enum Weights {
     /// A whole model.
     Model(PathBuf),
     /// A LoRA adapter over `base` (a folder or a cache id).
     Adapter { dir: PathBuf, base: String },
 }
 
-fn weights_in(dir: &Path, fallback_base: Option<&str>, runtime: &Runtime) -> Result<Weights> {
+pub(crate) fn weights_in(
+    dir: &Path,
+    fallback_base: Option<&str>,
+    runtime: &Runtime,
+) -> Result<Weights> {
     let adapter_config = dir.join("adapter_config.json");
     if adapter_config.is_file() {
         let text =
@@ -105,7 +109,7 @@ fn weights_in(dir: &Path, fallback_base: Option<&str>, runtime: &Runtime) -> Res
     })
 }
 
-fn load(weights: &Weights, runtime: &Runtime) -> crate::Result<(CausalLm, Tokenizer)> {
+pub(crate) fn load(weights: &Weights, runtime: &Runtime) -> crate::Result<(CausalLm, Tokenizer)> {
     runtime.apply_threads();
     let options = LoadOptions { device: runtime.resolved_device(), dtype: runtime.dtype };
     match weights {

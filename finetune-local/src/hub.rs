@@ -10,7 +10,6 @@
 //! Nothing here touches the network.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -247,17 +246,7 @@ fn collect_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> 
 }
 
 fn hash_file(path: &Path) -> Result<String> {
-    let mut file = fs::File::open(path).map_err(|e| LocalError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| LocalError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
+    finetune_data::sha256_file(path).map(|(hex, _)| hex).map_err(|e| LocalError::io(path, e))
 }
 
 fn hex(bytes: &[u8]) -> String {

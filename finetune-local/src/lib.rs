@@ -21,7 +21,8 @@
 //!   outlive the process ([`job_folder`]);
 //! - [`chat_model`] and [`factory`]: [`LocalChatModel`], a model (base +
 //!   adapter, or merged) behind `ChatModel`, and [`LocalFactory`], which
-//!   opens both from a `local_hf` connection;
+//!   opens both from a `local_hf` connection; [`import`]: a folder custom
+//!   training code wrote, checked by loading it, as a fine-tuned model;
 //! - [`data`]: datasets of the canonical schema as examples;
 //!   [`builtin`]: small models made here (the quickstart's).
 //!
@@ -62,6 +63,7 @@ mod error;
 pub mod factory;
 pub mod generate;
 pub mod hub;
+pub mod import;
 pub mod job;
 pub mod job_folder;
 pub mod lora;
@@ -79,6 +81,7 @@ pub use error::{LocalError, Result};
 pub use factory::LocalFactory;
 pub use finetune_core::{ChatMessage, ChatModel, ChatRequest, ChatResponse, Role};
 pub use hub::{ModelCache, ModelId, locate};
+pub use import::import_trained;
 pub use job::{JobReport, LocalJob, Outputs, Runtime, run_job};
 pub use models::{CausalLm, ForwardInput, KvCache, LoadOptions};
 pub use provider::LocalProvider;

@@ -282,3 +282,57 @@ async fn the_local_factory_passes_the_factory_checks() {
     let err = Runtime::from_settings(&bad).unwrap_err().to_string();
     assert!(err.contains("settings.device"), "{err}");
 }
+
+/// Bring your own training code: a model folder and an adapter folder that
+/// other code wrote are loaded (the check) and described as fine-tuned
+/// models, their `metrics.jsonl` (transformers' log-history keys) read as
+/// the loss curve; a folder that does not load is refused, naming the file.
+#[test]
+fn folders_written_by_custom_code_are_imported_after_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    // A whole model, with Trainer-style metrics.
+    let custom = dir.path().join("custom");
+    std::fs::create_dir_all(&custom).unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), custom.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        custom.join("metrics.jsonl"),
+        "{\"loss\": 2.5, \"learning_rate\": 0.001, \"epoch\": 0.5, \"step\": 1}\n\
+         {\"loss\": 1.9, \"learning_rate\": 0.001, \"epoch\": 1.0, \"step\": 2}\n\
+         {\"eval_loss\": 2.1, \"epoch\": 1.0, \"step\": 2}\n\
+         {\"train_runtime\": 3.2, \"step\": 2}\n",
+    )
+    .unwrap();
+    let model = finetune_local::import_trained(&custom, "my-run", None, &runtime).unwrap();
+    assert_eq!(model.model_id, "my-run");
+    assert_eq!(model.loss_curve.train_series(), vec![(1, 2.5), (2, 1.9)]);
+    assert_eq!(model.loss_curve.validation_series(), vec![(2, 2.1)]);
+    assert!(!model.requires_deployment);
+
+    // A LoRA adapter over the fixture, as PEFT lays it out.
+    let adapter = dir.path().join("adapter");
+    let mut base = finetune_local::CausalLm::load(&model_dir(), &Default::default()).unwrap();
+    base.add_lora(&finetune_local::lora::LoraConfig::default()).unwrap();
+    base.save_adapter(&adapter, model_dir().to_str().unwrap()).unwrap();
+    let model = finetune_local::import_trained(&adapter, "my-adapter", None, &runtime).unwrap();
+    assert_eq!(model.base_model, model_dir().to_str().unwrap());
+    assert_eq!(model.metadata["weights"], "lora adapter");
+    assert!(model.loss_curve.train_series().is_empty());
+
+    // A folder that does not load.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("config.json"), "{\"model_type\": \"llama\"").unwrap();
+    let err = finetune_local::import_trained(&broken, "broken", None, &runtime).unwrap_err();
+    assert!(err.to_string().contains("config.json"), "{err}");
+    // And metrics that are not step records are refused with their line.
+    std::fs::write(custom.join("metrics.jsonl"), "{\"loss\": 1.0}\n").unwrap();
+    let err = finetune_local::import_trained(&custom, "x", None, &runtime).unwrap_err();
+    assert!(
+        err.to_string().contains("metrics.jsonl") && err.to_string().contains("line 1"),
+        "{err}"
+    );
+}

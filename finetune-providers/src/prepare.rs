@@ -1,12 +1,10 @@
 //! Turning a user's dataset into the file a provider takes: validated,
 //! converted, hashed. Shared by every remote provider.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use finetune_core::{DatasetSource, Error, Result};
 use finetune_data::{ConvertOptions, ObjectStores, OutputFormat, ValidationOptions};
-use sha2::Digest;
 
 /// A converted dataset in a temporary directory (removed on drop).
 #[derive(Debug)]
@@ -54,20 +52,7 @@ pub(crate) async fn convert_for_upload(
     Ok(Prepared { _dir: dir, path, sha256, bytes, rows })
 }
 
-/// SHA-256 (hex) and size of a file, read in 64 KiB pieces.
+/// SHA-256 (hex) and size of a file.
 pub(crate) fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    let digest = hasher.finalize();
-    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), total))
+    finetune_data::sha256_file(path).map_err(|e| Error::io(path, e))
 }

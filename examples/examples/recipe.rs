@@ -1,5 +1,5 @@
-//! The README's main command: the fine-tuning recipe, end to end, with no
-//! download and no network. It
+//! The README's main command: the fine-tuning recipe, end to end. With no
+//! arguments (`--connection local`) it needs no download and no network, and
 //!
 //! 1. makes a small Llama-architecture model with a byte-level tokenizer
 //!    and random weights (`finetune_local::builtin`), in the HF layout;
@@ -14,21 +14,44 @@
 //! 6. runs the recipe again (another seed, fewer epochs) and shows version 2
 //!    become the active version.
 //!
-//! Everything lands in `quickstart-output/` (or the folder given as the
-//! only argument).
+//! Everything lands in `recipe-output/` (or the folder given as the only
+//! positional argument).
+//!
+//! `--connection openai|azure|bedrock` runs the same recipe on the built-in
+//! task's data (or `--train`/`--validation` files) through a cloud
+//! connection read from the usual environment:
+//!
+//! | connection | variables |
+//! |---|---|
+//! | `openai` | `OPENAI_API_KEY`, optional `OPENAI_BASE_URL` |
+//! | `azure` | `AZURE_OPENAI_ENDPOINT`; `AZURE_OPENAI_API_KEY`, or `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET` (deployments need these), or a bearer `AZURE_OPENAI_TOKEN`; `AZURE_SUBSCRIPTION_ID`, `AZURE_RESOURCE_GROUP`, optional `AZURE_OPENAI_ACCOUNT`, `AZURE_ARM_ENDPOINT` |
+//! | `bedrock` | `AWS_REGION`, `BEDROCK_ROLE_ARN`, `BEDROCK_S3_PREFIX`; optional `AWS_ENDPOINT_URL_BEDROCK`, `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, `AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` |
+//!
+//! Azure and Bedrock versions are deployed as they become active (and the
+//! previous deployment deleted): deployments are billed while they exist.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use finetune_core::{
-    ChatModel, ChatRequest, Connection, ConnectionSettings, DatasetSource, Hyperparameters,
-    LearningRate, LocalHfSettings, PollPolicy, Providers, Setting,
+    AzureAuth, AzureOpenAiSettings, BedrockSettings, ChatModel, ChatRequest, Connection,
+    ConnectionSettings, DatasetSource, Hyperparameters, JobSpec, LearningRate, LocalHfSettings,
+    OpenAiSettings, PollPolicy, Providers, Secret, Setting,
 };
 use finetune_deploy::{Lifecycle, Recipe, RecipeEvent, Registry, VersionSummary};
+use finetune_examples::args::{Args, usage_error};
 use finetune_examples::number_in_words;
 use finetune_local::builtin::TinyLlama;
 use finetune_local::{LocalChatModel, LocalFactory, Runtime, RuntimeInfo};
+use finetune_providers::{AzureOpenAiFactory, BedrockFactory, OpenAiFactory};
 use indicatif::{ProgressBar, ProgressStyle};
+
+const USAGE: &str = "usage: recipe [OUTPUT_DIR] [--connection local|openai|azure|bedrock]
+              [--train FILE] [--validation FILE] [--base-model ID]
+
+Runs the fine-tuning recipe twice (versions 1 and 2 of the saved model
+`numbers-to-words`) through the connection, asking the model before (local)
+and after. Cloud connections read the usual environment (see the source).";
 
 /// Numbers asked about before and after; all are in the validation set.
 const SHOWN: [u32; 5] = [58, 213, 416, 640, 999];
@@ -51,7 +74,9 @@ fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "quickstart-output".into()));
+    let args = Args::parse(USAGE, &["connection", "train", "validation", "base-model"], &[]);
+    let out = PathBuf::from(args.positional.first().map_or("recipe-output", String::as_str));
+    let kind = args.value("connection").unwrap_or("local");
     // A fresh start in the folders this example owns.
     for sub in ["model", "jobs", "registry", "graphs"] {
         match std::fs::remove_dir_all(out.join(sub)) {
@@ -62,29 +87,69 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("== runtime\n{}", RuntimeInfo::detect());
     let started = Instant::now();
 
-    let model_dir = out.join("model");
-    TinyLlama::default().write(&model_dir)?;
-    println!("\n== model\na built-in Llama model with random weights in {}", model_dir.display());
-    let (train, validation) = write_dataset(&out)?;
+    let (mut train, mut validation) = write_dataset(&out)?;
+    if let Some(path) = args.value("train") {
+        train = DatasetSource::new(path)?;
+    }
+    if let Some(path) = args.value("validation") {
+        validation = DatasetSource::new(path)?;
+    }
+    let providers = Providers::new()
+        .with(LocalFactory::default())
+        .with(OpenAiFactory::default())
+        .with(AzureOpenAiFactory::default())
+        .with(BedrockFactory::default());
 
-    // The connection an administrator would configure: a local HuggingFace
-    // model trained with libtorch on this machine (the GPU when there is one).
-    let settings = LocalHfSettings::new(out.join("jobs")).with_device("auto");
-    let connection = Connection::new("this-machine", ConnectionSettings::LocalHf(settings))
-        .with_fine_tuning_enabled(true);
-    let providers = Providers::new().with(LocalFactory::default());
+    // The connection an administrator would configure.
+    let local = kind == "local";
+    let (connection, base_model) = match kind {
+        // A local HuggingFace model trained with libtorch on this machine
+        // (the GPU when there is one): the built-in model.
+        "local" => {
+            let model_dir = out.join("model");
+            TinyLlama::default().write(&model_dir)?;
+            println!(
+                "\n== model\na built-in Llama model with random weights in {}",
+                model_dir.display()
+            );
+            let settings = LocalHfSettings::new(out.join("jobs")).with_device("auto");
+            (
+                Connection::new("this-machine", ConnectionSettings::LocalHf(settings)),
+                model_dir.display().to_string(),
+            )
+        }
+        "openai" | "azure" | "bedrock" => cloud_connection(kind)?,
+        other => usage_error(
+            USAGE,
+            &format!("--connection {other}: expected local, openai, azure or bedrock"),
+        ),
+    };
+    let base_model = args.value("base-model").map_or(base_model, str::to_owned);
+    let connection = connection.with_fine_tuning_enabled(true);
     let registry = Registry::local(out.join("registry"))?;
     let lifecycle = Lifecycle::for_connection(registry, &connection).await?;
 
-    println!("\n== before fine-tuning (held-out numbers, through ChatModel)");
-    let base = LocalChatModel::open(&model_dir, &Runtime::from_connection(&connection)?).await?;
-    ask(&base).await?;
-    drop(base);
+    if local {
+        println!("\n== before fine-tuning (held-out numbers, through ChatModel)");
+        let base =
+            LocalChatModel::open(Path::new(&base_model), &Runtime::from_connection(&connection)?)
+                .await?;
+        ask(&base).await?;
+        drop(base);
+    }
 
     let recipe = |seed: u64, epochs: u32| {
-        Recipe::new(MODEL, model_dir.display().to_string(), train.clone())
+        let spec = JobSpec::new(base_model.clone(), train.clone())
             .with_validation(validation.clone())
-            .with_seed(seed)
+            .with_seed(seed);
+        if !local {
+            // The provider's defaults, polled as cloud jobs are.
+            return Recipe::new(MODEL, spec).with_poll(PollPolicy::fixed(
+                std::time::Duration::from_secs(2),
+                std::time::Duration::from_secs(24 * 3600),
+            ));
+        }
+        let spec = spec
             .with_hyperparameters(Hyperparameters {
                 epochs: Setting::Value(epochs),
                 batch_size: Setting::Value(32),
@@ -98,11 +163,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .with_extra("warmup_steps", 20)
             .with_extra("weight_decay", 0.1)
             .with_extra("eval_every", 50)
-            .with_extra("checkpoint_every", 100)
-            .with_poll(PollPolicy::fixed(
-                std::time::Duration::from_millis(200),
-                std::time::Duration::from_secs(3600),
-            ))
+            .with_extra("checkpoint_every", 100);
+        Recipe::new(MODEL, spec).with_poll(PollPolicy::fixed(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(3600),
+        ))
     };
 
     println!("\n== fine-tuning version 1 (the recipe, through connection `{}`)", connection.name);
@@ -115,7 +180,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\n== after fine-tuning (version {v1}, through ChatModel)");
     let record = lifecycle.registry().version(MODEL, v1).await?;
-    let tuned = providers.chat_model(&connection, &record.model, None).await?;
+    let head = lifecycle.registry().head(MODEL).await?;
+    let tuned =
+        providers.chat_model(&connection, &record.model, head.active_deployment.as_deref()).await?;
     ask(&*tuned).await?;
     drop(tuned);
 
@@ -128,12 +195,68 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let head = lifecycle.registry().head(MODEL).await?;
     println!(
-        "\n== registry\n{MODEL}: {} version(s), active: version {}",
+        "\n== registry\n{MODEL}: {} version(s), active: version {}{}",
         lifecycle.registry().versions(MODEL).await?.len(),
-        head.active_version.map_or_else(|| "none".to_owned(), |v| v.to_string())
+        head.active_version.map_or_else(|| "none".to_owned(), |v| v.to_string()),
+        head.active_deployment.map(|d| format!(", served by deployment {d}")).unwrap_or_default()
     );
     println!("total time: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A cloud connection from the environment, and the default base model.
+fn cloud_connection(kind: &str) -> Result<(Connection, String), Box<dyn std::error::Error>> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let need = |name: &str| var(name).ok_or_else(|| format!("--connection {kind} needs {name}"));
+    Ok(match kind {
+        "openai" => {
+            let mut settings = OpenAiSettings::new(Secret::new(need("OPENAI_API_KEY")?));
+            settings.base_url = var("OPENAI_BASE_URL");
+            (
+                Connection::new("openai", ConnectionSettings::OpenAi(settings)),
+                "gpt-4o-mini-2024-07-18".into(),
+            )
+        }
+        "azure" => {
+            let auth = match (var("AZURE_OPENAI_TOKEN"), var("AZURE_OPENAI_API_KEY")) {
+                (Some(token), _) => AzureAuth::StaticToken { token: Secret::new(token) },
+                (None, Some(key)) => AzureAuth::ApiKey { key: Secret::new(key) },
+                (None, None) => AzureAuth::ClientSecret {
+                    tenant_id: need("AZURE_TENANT_ID")?,
+                    client_id: need("AZURE_CLIENT_ID")?,
+                    client_secret: Secret::new(need("AZURE_CLIENT_SECRET")?),
+                },
+            };
+            let mut settings = AzureOpenAiSettings::new(need("AZURE_OPENAI_ENDPOINT")?, auth);
+            settings.subscription_id = var("AZURE_SUBSCRIPTION_ID");
+            settings.resource_group = var("AZURE_RESOURCE_GROUP");
+            settings.account = var("AZURE_OPENAI_ACCOUNT");
+            settings.arm_endpoint = var("AZURE_ARM_ENDPOINT");
+            (
+                Connection::new("azure", ConnectionSettings::AzureOpenAi(settings)),
+                "gpt-4o-mini-2024-07-18".into(),
+            )
+        }
+        _ => {
+            let mut settings = BedrockSettings::new(
+                need("AWS_REGION")?,
+                need("BEDROCK_ROLE_ARN")?,
+                need("BEDROCK_S3_PREFIX")?,
+            );
+            settings.endpoint_url = var("AWS_ENDPOINT_URL_BEDROCK");
+            settings.runtime_endpoint_url = var("AWS_ENDPOINT_URL_BEDROCK_RUNTIME");
+            settings.s3_endpoint_url = var("AWS_ENDPOINT_URL_S3");
+            if let (Some(id), Some(secret)) =
+                (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+            {
+                settings = settings.with_static_credentials(id, Secret::new(secret));
+            }
+            (
+                Connection::new("bedrock", ConnectionSettings::Bedrock(settings)),
+                "amazon.titan-text-lite-v1:0:4k".into(),
+            )
+        }
+    })
 }
 
 /// Runs a recipe with a progress bar; returns the new version's number.
