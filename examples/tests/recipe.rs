@@ -83,6 +83,11 @@ async fn the_recipe_makes_versions_and_deploys_them_where_needed() {
             (name.as_str(), kind.base_model.as_str())
         );
         assert_eq!(provenance.datasets.iter().map(|d| d.rows).collect::<Vec<_>>(), [12, 4]);
+        // What the job ran with, as the provider reported it.
+        assert!(
+            provenance.resolved_hyperparameters.as_ref().is_some_and(|h| h.is_object()),
+            "{name}: {provenance:?}"
+        );
         assert_eq!(v1.version.connection.as_deref(), Some(name.as_str()));
         assert_eq!(v1.version.dataset_fingerprints.len(), 2);
         assert_eq!(v1.head.active_version, Some(1));

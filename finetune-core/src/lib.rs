@@ -73,7 +73,7 @@ pub use job::{Job, JobId, JobSpec, JobState, ListJobs, Page, Progress};
 #[cfg(feature = "plot")]
 pub use metrics::PlotOptions;
 pub use metrics::{LossCurve, LossPoint};
-pub use model::{FineTunedModel, ModelArtifacts};
+pub use model::{FineTunedModel, HYPERPARAMETERS_KEY, ModelArtifacts, TRAINED_TOKENS_KEY};
 pub use provider::{
     Capabilities, ConnectionGate, FineTuneProvider, LearningRateKind, PollPolicy, wait_for_job,
 };

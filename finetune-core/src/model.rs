@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::job::JobId;
 use crate::metrics::LossCurve;
 
+/// The [`FineTunedModel::metadata`] key under which providers record the
+/// hyperparameters a job actually ran with (`auto` resolved), as a JSON
+/// object.
+pub const HYPERPARAMETERS_KEY: &str = "hyperparameters";
+
+/// The [`FineTunedModel::metadata`] key of the tokens a job trained on, as
+/// the provider counted them.
+pub const TRAINED_TOKENS_KEY: &str = "trained_tokens";
+
 /// Where a fine-tuned model's weights are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]

@@ -209,6 +209,14 @@ impl Recipe {
                     base_model: self.spec.base_model.clone(),
                     hyperparameters: self.spec.hyperparameters,
                     extras: self.spec.extras.clone(),
+                    resolved_hyperparameters: model
+                        .metadata
+                        .get(finetune_core::HYPERPARAMETERS_KEY)
+                        .and_then(|h| serde_json::from_str(h).ok()),
+                    trained_tokens: model
+                        .metadata
+                        .get(finetune_core::TRAINED_TOKENS_KEY)
+                        .and_then(|t| t.parse().ok()),
                     datasets,
                     submitted_at,
                     finished_at: Utc::now(),

@@ -115,6 +115,13 @@ pub struct Provenance {
     /// Provider settings beyond them, as submitted.
     #[serde(default)]
     pub extras: serde_json::Map<String, serde_json::Value>,
+    /// The hyperparameters the job ran with, as the provider resolved them
+    /// (`auto` replaced), where it says.
+    #[serde(default)]
+    pub resolved_hyperparameters: Option<serde_json::Value>,
+    /// Tokens trained on, as the provider counted them, where it says.
+    #[serde(default)]
+    pub trained_tokens: Option<u64>,
     /// The datasets.
     pub datasets: Vec<DatasetRecord>,
     /// When the job was submitted.

@@ -153,6 +153,12 @@ impl fmt::Display for VersionSummary {
                 "  settings:    epochs {}, batch size {}, learning rate {}",
                 h.epochs, h.batch_size, h.learning_rate
             )?;
+            if let Some(resolved) = &p.resolved_hyperparameters {
+                writeln!(f, "  resolved:    {resolved}")?;
+            }
+            if let Some(tokens) = p.trained_tokens {
+                writeln!(f, "  trained on:  {tokens} tokens (as the provider counted)")?;
+            }
             for d in &p.datasets {
                 let tokens = d.tokens.map(|t| format!(", ~{t} tokens")).unwrap_or_default();
                 let short = d.sha256.get(..12).unwrap_or(&d.sha256);

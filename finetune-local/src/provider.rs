@@ -741,6 +741,18 @@ impl Worker {
         let model_dir = report.merged_dir.clone().or(report.adapter_dir.clone());
         let mut metadata = BTreeMap::new();
         metadata.insert("steps".into(), report.steps.to_string());
+        let config = &self.settings.config;
+        let resolved = serde_json::json!({
+            "method": match &config.method { Method::Full => "full", Method::Lora(_) => "lora" },
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "micro_batch_size": config.micro_batch_size,
+            "learning_rate": config.learning_rate,
+            "max_length": config.max_length,
+            "packing": config.packing,
+            "seed": config.seed,
+        });
+        metadata.insert(finetune_core::HYPERPARAMETERS_KEY.into(), resolved.to_string());
         metadata.insert("stop".into(), report.stop.into());
         metadata.insert("output_dir".into(), self.folder.dir.display().to_string());
         metadata.insert("base_model_dir".into(), report.model_dir.display().to_string());

@@ -192,6 +192,12 @@ impl BedrockProvider {
             }
             metadata.insert("custom_model_name".to_owned(), out.output_model_name().to_owned());
             metadata.insert("job_name".to_owned(), out.job_name().to_owned());
+            if let Some(h) = out.hyper_parameters() {
+                let resolved: BTreeMap<&String, &String> = h.iter().collect();
+                if let Ok(json) = serde_json::to_string(&resolved) {
+                    metadata.insert(finetune_core::HYPERPARAMETERS_KEY.to_owned(), json);
+                }
+            }
             if let Some(o) = out.output_data_config() {
                 metadata.insert("output_s3_uri".to_owned(), o.s3_uri().to_owned());
             }

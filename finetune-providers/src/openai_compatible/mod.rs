@@ -503,7 +503,7 @@ impl<H: Host> FineTuningClient<H> {
             metadata.insert("result_files".into(), files.join(","));
         }
         if let Some(t) = wire.trained_tokens {
-            metadata.insert("trained_tokens".into(), t.to_string());
+            metadata.insert(finetune_core::TRAINED_TOKENS_KEY.into(), t.to_string());
         }
         if let Some(f) = &wire.training_file {
             metadata.insert("training_file".into(), f.clone());
@@ -513,6 +513,9 @@ impl<H: Host> FineTuningClient<H> {
         }
         if let Some(t) = wire.estimated_finish {
             metadata.insert("estimated_finish".into(), t.to_string());
+        }
+        if let Some(h) = wire.resolved_hyperparameters() {
+            metadata.insert(finetune_core::HYPERPARAMETERS_KEY.into(), h.to_string());
         }
         if self.host.requires_deployment() {
             metadata.insert(

@@ -43,6 +43,23 @@ pub(crate) struct WireJob {
     pub(crate) seed: Option<i64>,
     #[serde(default)]
     pub(crate) metadata: Option<BTreeMap<String, String>>,
+    /// The hyperparameters as the host resolved them (`auto` replaced once
+    /// the job starts); newer answers carry them under `method`.
+    #[serde(default)]
+    pub(crate) hyperparameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub(crate) method: Option<serde_json::Value>,
+}
+
+impl WireJob {
+    /// The resolved hyperparameters, wherever the answer put them.
+    pub(crate) fn resolved_hyperparameters(&self) -> Option<&serde_json::Value> {
+        let from_method = self.method.as_ref().and_then(|m| {
+            let kind = m.get("type")?.as_str()?;
+            m.get(kind)?.get("hyperparameters")
+        });
+        from_method.or(self.hyperparameters.as_ref()).filter(|h| h.is_object())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

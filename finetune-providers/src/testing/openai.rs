@@ -702,6 +702,20 @@ fn advance(fake: &FakeOpenAi, inner: &mut Inner, i: usize) {
     }
 }
 
+/// The hyperparameters a job reports: what was sent, with what was left
+/// `auto` (or out) resolved, as the services report them once a job is
+/// created (this fake picks 3 epochs, batch size 1, multiplier 1.8).
+fn resolved(sent: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (key, default) in
+        [("n_epochs", json!(3)), ("batch_size", json!(1)), ("learning_rate_multiplier", json!(1.8))]
+    {
+        let v = &sent[key];
+        out.insert(key.to_owned(), if v.is_number() { v.clone() } else { default });
+    }
+    Value::Object(out)
+}
+
 fn job_json(flavor: FakeFlavor, job: &FakeJob) -> Value {
     let mut v = json!({
         "object": "fine_tuning.job", "id": job.id, "created_at": job.created_at, "model": job.model,
@@ -709,7 +723,7 @@ fn job_json(flavor: FakeFlavor, job: &FakeJob) -> Value {
         "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at,
         "result_files": job.result_file.iter().collect::<Vec<_>>(), "error": job.error,
         "trained_tokens": if job.status == "succeeded" { Some(1234) } else { None },
-        "hyperparameters": job.hyperparameters, "seed": job.seed.unwrap_or(42), "suffix": job.suffix,
+        "hyperparameters": resolved(&job.hyperparameters), "seed": job.seed.unwrap_or(42), "suffix": job.suffix,
     });
     match flavor {
         FakeFlavor::OpenAi => {
