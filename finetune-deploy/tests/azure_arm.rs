@@ -203,3 +203,28 @@ async fn the_azure_deployer_passes_the_deployer_conformance_suite() {
     let report = run_deployer_conformance(&harness).await.unwrap();
     assert_eq!(report.passed.len(), 5, "{report:?}");
 }
+
+/// A connection says what it lacks to deploy: ARM's coordinates, or an
+/// Entra credential (ARM takes no api key).
+#[tokio::test]
+async fn a_connection_that_cannot_deploy_says_why() {
+    use finetune_core::{AzureAuth, AzureOpenAiSettings, Connection, ConnectionSettings, Secret};
+    let key = AzureAuth::ApiKey { key: Secret::new("k") };
+    let settings = AzureOpenAiSettings::new("https://contoso.openai.azure.com", key)
+        .with_resource("sub", "rg", "contoso");
+    let conn = Connection::new("aoai-key", ConnectionSettings::AzureOpenAi(settings));
+    let err = finetune_deploy::deployer_for(&conn).await.unwrap_err().to_string();
+    assert!(err.contains("aoai-key") && err.contains("Entra"), "{err}");
+
+    let token = AzureAuth::StaticToken { token: Secret::new("t") };
+    let settings = AzureOpenAiSettings::new("https://contoso.openai.azure.com", token);
+    let conn = Connection::new("aoai-nowhere", ConnectionSettings::AzureOpenAi(settings));
+    let err = finetune_deploy::deployer_for(&conn).await.unwrap_err().to_string();
+    assert!(err.contains("subscription_id"), "{err}");
+
+    let local = Connection::new(
+        "box",
+        ConnectionSettings::LocalHf(finetune_core::LocalHfSettings::default()),
+    );
+    assert!(finetune_deploy::deployer_for(&local).await.unwrap().is_none());
+}
