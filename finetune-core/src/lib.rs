@@ -16,10 +16,16 @@
 //! * [`Error`]: one error type with [`Error::is_retryable`];
 //! * [`FineTuneProvider`]: the object-safe async trait every backend
 //!   implements, with [`wait_for_job`] to follow a job and
-//!   [`ConnectionGate`] to enforce a connection's switch.
+//!   [`ConnectionGate`] to re-check a connection's switch;
+//! * [`ProviderFactory`] and [`Providers`]: a connection becomes a provider
+//!   (only an [`EnabledConnection`] reaches a factory) and a fine-tuned
+//!   model a chat model;
+//! * [`ChatModel`], [`ChatRequest`], [`ChatResponse`] and the workspace's
+//!   one [`ChatMessage`]: every fine-tuned model answers the same way.
 //!
-//! With the `testing` feature, [`testing`] holds the conformance suite every
-//! provider passes and an in-memory reference provider.
+//! With the `testing` feature, [`testing`] holds the conformance suites every
+//! provider and factory passes, and an in-memory reference provider and
+//! factory.
 //!
 //! **Fine-tuning applies none of a connection's guardrails**: no content
 //! filter and no PII detection run on training data. Scan datasets with

@@ -11,7 +11,7 @@ use finetune_core::{Connection, ConnectionSettings, Error, Location, Result};
 use super::models::BaseModelRules;
 use super::s3::S3Uri;
 
-/// How a [`BedrockProvider`] reaches AWS.
+/// How a [`super::BedrockProvider`] reaches AWS.
 #[derive(Clone)]
 pub struct BedrockConfig {
     /// The IAM role Bedrock assumes to read the data and write the outputs.

@@ -238,7 +238,7 @@ async fn read_part(reader: &mut tokio::fs::File, size: usize) -> std::io::Result
     Ok(buf)
 }
 
-/// What [`BedrockProvider::upload`] did with one dataset.
+/// What [`super::BedrockProvider::upload`] did with one dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedObject {
     /// `s3://bucket/key`.

@@ -1,10 +1,11 @@
 //! The OpenAI fine-tuning protocol, spoken by OpenAI and Azure OpenAI: the
-//! wire format ([`wire`]), events, checkpoints and uploaded files
-//! ([`types`]), loss curves ([`curve`]), and [`FineTuningClient`], which runs
+//! wire format (`wire`), events, checkpoints and uploaded files
+//! (`types`), loss curves (`curve`), and [`FineTuningClient`], which runs
 //! every flow (upload with reuse, create without duplicates, follow, cancel,
-//! list, chat) over the shared HTTP layer.
+//! list, chat) over the shared HTTP layer; [`CompletionsChat`] is a model
+//! answering through its chat completions.
 //!
-//! What differs between the hosts lives in one [`Host`] impl per host
+//! What differs between the hosts lives in one `Host` impl per host
 //! (`openai::OpenAi`, `azure::Azure`): the provider name, whether models
 //! need a deployment, the host's own spec rules, the create body, how a
 //! lost create is found again, and the chat request. A third
