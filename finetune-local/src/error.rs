@@ -80,6 +80,29 @@ pub enum LocalError {
         message: String,
     },
 
+    /// A GGUF file is not GGUF, is truncated or damaged.
+    #[error("{}{}: {message}", path.display(), tensor.as_deref().map(|t| format!(", tensor `{t}`")).unwrap_or_default())]
+    InvalidGguf {
+        /// The file.
+        path: PathBuf,
+        /// The tensor at fault, when the damage is in one.
+        tensor: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A GGUF file holds something this crate does not import: a tensor
+    /// type, an architecture, a tokenizer model.
+    #[error("{}{}: unsupported {what}", path.display(), tensor.as_deref().map(|t| format!(", tensor `{t}`")).unwrap_or_default())]
+    UnsupportedGguf {
+        /// The file.
+        path: PathBuf,
+        /// The tensor, when it is one tensor's type.
+        tensor: Option<String>,
+        /// What is unsupported (the type, key or value).
+        what: String,
+    },
+
     /// The caller asked for something impossible (an empty batch, a
     /// negative temperature, …).
     #[error("invalid argument: {0}")]
@@ -142,7 +165,7 @@ impl From<LocalError> for finetune_core::Error {
     fn from(e: LocalError) -> Self {
         match e {
             LocalError::ModelNotFound { .. } => Self::NotFound { what: e.to_string() },
-            LocalError::UnsupportedArchitecture { .. } => {
+            LocalError::UnsupportedArchitecture { .. } | LocalError::UnsupportedGguf { .. } => {
                 Self::Unsupported { message: e.to_string() }
             }
             LocalError::Io { path, source } => Self::Io { path: Some(path), source },

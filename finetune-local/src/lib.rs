@@ -23,6 +23,8 @@
 //!   adapter, or merged) behind `ChatModel`, and [`LocalFactory`], which
 //!   opens both from a `local_hf` connection; [`import`]: a folder custom
 //!   training code wrote, checked by loading it, as a fine-tuned model;
+//! - [`gguf`]: llama.cpp's GGUF files read and dequantized (F32 to the
+//!   K-quants), and a GGUF model imported into the model cache;
 //! - [`data`]: datasets of the canonical schema as examples;
 //!   [`builtin`]: small models made here (the quickstart's).
 //!
@@ -62,6 +64,7 @@ pub mod data;
 mod error;
 pub mod factory;
 pub mod generate;
+pub mod gguf;
 pub mod hub;
 pub mod import;
 pub mod job;
