@@ -130,14 +130,28 @@ impl LocalProvider {
         jobs.iter().find(|e| &e.id == id).map(|e| (lock(&e.state).clone(), lock(&e.curve).clone()))
     }
 
-    /// Everything `validate` checks, returning the parsed job settings.
-    fn prepare(&self, spec: &JobSpec) -> finetune_core::Result<Settings> {
-        spec.validate_common()?;
-        self.capabilities().check(spec)?;
+    /// A spec's training settings for its base model (which it locates).
+    fn settings(&self, spec: &JobSpec) -> finetune_core::Result<Settings> {
         let model_dir = crate::locate(&spec.base_model, &self.runtime.cache)
             .map_err(|e| Error::invalid_at(Location::column("base_model"), e.to_string()))?;
         let model_config = crate::ModelConfig::from_dir(&model_dir)
             .map_err(|e| Error::invalid_at(Location::column("base_model"), e.to_string()))?;
+        let mut settings = Settings::from_spec(spec)?;
+        // GPT-2 fuses q, k and v into one Conv1D.
+        if let Method::Lora(lora) = &mut settings.config.method
+            && !spec.extras.contains_key("target_modules")
+            && model_config.architecture == crate::Architecture::Gpt2
+        {
+            lora.target_modules = vec!["c_attn".into()];
+        }
+        Ok(settings)
+    }
+
+    /// Everything `validate` checks, returning the parsed job settings.
+    fn prepare(&self, spec: &JobSpec) -> finetune_core::Result<Settings> {
+        spec.validate_common()?;
+        self.capabilities().check(spec)?;
+        let settings = self.settings(spec)?;
         for (field, source) in
             [("training", Some(&spec.training)), ("validation", spec.validation.as_ref())]
         {
@@ -157,14 +171,6 @@ impl LocalProvider {
                     ));
                 }
             }
-        }
-        let mut settings = Settings::from_spec(spec)?;
-        // GPT-2 fuses q, k and v into one Conv1D.
-        if let Method::Lora(lora) = &mut settings.config.method
-            && !spec.extras.contains_key("target_modules")
-            && model_config.architecture == crate::Architecture::Gpt2
-        {
-            lora.target_modules = vec!["c_attn".into()];
         }
         Ok(settings)
     }
@@ -198,20 +204,16 @@ impl LocalProvider {
         Ok(path)
     }
 
-    /// Starts training `record`'s job on its own thread, owning it through
-    /// `owner` (the job's lock).
-    fn start(&self, record: Record, owner: File, resume: bool) -> finetune_core::Result<()> {
+    /// Starts training `record`'s job with `settings` on its own thread,
+    /// owning it through `owner` (the job's lock).
+    fn start(
+        &self,
+        record: Record,
+        settings: Settings,
+        owner: File,
+        resume: bool,
+    ) -> finetune_core::Result<()> {
         let folder = self.folder(&record.job.id)?;
-        let settings = Settings::from_spec(&record.spec)?;
-        let mut settings = settings;
-        if let Method::Lora(lora) = &mut settings.config.method
-            && !record.spec.extras.contains_key("target_modules")
-            && let Ok(dir) = crate::locate(&record.spec.base_model, &self.runtime.cache)
-            && crate::ModelConfig::from_dir(&dir)
-                .is_ok_and(|c| c.architecture == crate::Architecture::Gpt2)
-        {
-            lora.target_modules = vec!["c_attn".into()];
-        }
         let entry = Entry {
             id: record.job.id.clone(),
             state: Arc::new(Mutex::new(record.job.state.clone())),
@@ -271,7 +273,8 @@ impl LocalProvider {
         record.job.state = JobState::Queued;
         folder.write(&record)?;
         let job = record.job.clone();
-        self.start(record, owner, true)?;
+        let settings = self.settings(&record.spec)?;
+        self.start(record, settings, owner, true)?;
         Ok(job)
     }
 }
@@ -435,7 +438,7 @@ impl FineTuneProvider for LocalProvider {
     }
 
     async fn submit(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
-        self.prepare(spec)?;
+        let settings = self.prepare(spec)?;
         let root = &self.runtime.output_root;
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let (id, folder) = loop {
@@ -478,7 +481,7 @@ impl FineTuneProvider for LocalProvider {
         let owner = folder
             .try_own()?
             .ok_or_else(|| Error::invalid(format!("job {id} is already owned")))?;
-        self.start(record, owner, false)?;
+        self.start(record, settings, owner, false)?;
         Ok(job)
     }
 
