@@ -11,6 +11,7 @@ pub const SAMPLE_DATASET_NAME: &str = "builtin:reverse-words.jsonl";
 
 pub mod args;
 pub mod remote;
+pub mod tickets;
 
 use finetune_core::{ColumnMapping, DatasetFormat, DatasetSource};
 

