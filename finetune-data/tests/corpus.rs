@@ -51,6 +51,8 @@ const CASES: &[Case] = &[
     case("jsonl_numeric_prompt.jsonl", WrongType, Some(1), Some(1), Some("prompt")),
     case("jsonl_missing_completion.jsonl", MissingValue, Some(2), Some(2), Some("completion")),
     case("jsonl_null_prompt.jsonl", MissingValue, Some(1), Some(1), Some("prompt")),
+    // Keyed `reply` throughout: one finding for the file, not one per row.
+    case("jsonl_completion_column_absent.jsonl", MissingColumn, None, None, Some("completion")),
     case("jsonl_whitespace_prompt.jsonl", EmptyValue, Some(1), Some(1), Some("prompt")),
     case("jsonl_blank_lines.jsonl", EmptyValue, Some(2), Some(5), Some("prompt")),
     case("jsonl_array_line.jsonl", Unreadable, Some(1), Some(1), None),

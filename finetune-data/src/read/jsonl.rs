@@ -3,6 +3,15 @@
 //! One line is one record. A line that cannot become a record (broken JSON,
 //! bytes that are not UTF-8, a missing prompt) is reported as a problem with
 //! its record number and physical line, and reading goes on.
+//!
+//! JSON Lines has no header, so a mapped column that no record has (say
+//! `--completion answer` over rows keyed `reply`) shows only at the end: the
+//! per-record "absent" problems of a column no record has held yet are kept
+//! back, and become one `missing_column` problem naming the keys the records
+//! do have when the file ends without it (or are reported as they were, once
+//! a record has the column).
+
+use std::collections::BTreeSet;
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -27,7 +36,22 @@ pub struct JsonlReader<R> {
     row: u64,
     buf: Vec<u8>,
     done: bool,
+    /// Per required column (prompt, completion): whether any flat record
+    /// had the key, and the problems held back until one does.
+    columns: [RequiredColumn; 2],
+    /// Keys seen in flat records (the first few), for the message.
+    keys: BTreeSet<String>,
 }
+
+/// A required column of flat records, tracked across the file.
+#[derive(Default)]
+struct RequiredColumn {
+    seen: bool,
+    held: Vec<Problem>,
+}
+
+/// How many distinct keys a `missing_column` message lists.
+const KEYS_SHOWN: usize = 20;
 
 impl<R: BufRead> JsonlReader<R> {
     /// A reader over `input`, naming `file` in problems.
@@ -41,6 +65,8 @@ impl<R: BufRead> JsonlReader<R> {
             row: 0,
             buf: Vec::with_capacity(4096),
             done: false,
+            columns: Default::default(),
+            keys: BTreeSet::new(),
         }
     }
 
@@ -73,6 +99,7 @@ impl<R: BufRead> JsonlReader<R> {
                 .map_err(|source| DataError::Io { file: self.file.clone(), source })?;
             if n == 0 {
                 self.done = true;
+                problems.extend(self.never_seen());
                 break;
             }
             self.line += 1;
@@ -115,6 +142,9 @@ impl<R: BufRead> JsonlReader<R> {
                     continue;
                 }
             };
+            if !object.contains_key("messages") {
+                self.note_keys(&object, &mut problems);
+            }
             match self.record(&object) {
                 Ok((prompt, completion, system)) => {
                     prompts.append_value(prompt);
@@ -123,10 +153,13 @@ impl<R: BufRead> JsonlReader<R> {
                     rows.push(self.row);
                     lines.push(self.line);
                 }
-                Err(p) => problems.push(p),
+                Err(p) => match self.unseen_column(&p) {
+                    Some(i) => self.columns[i].held.push(p),
+                    None => problems.push(p),
+                },
             }
         }
-        if records == 0 {
+        if records == 0 && problems.is_empty() {
             return Ok(None);
         }
         let batch = RecordBatch::try_new(
@@ -139,6 +172,71 @@ impl<R: BufRead> JsonlReader<R> {
         )
         .map_err(|e| DataError::Internal(format!("building a batch: {e}")))?;
         Ok(Some(DataBatch { batch, rows, lines: Some(lines), problems, records: records as u64 }))
+    }
+
+    /// The required columns, in the order of `columns`.
+    fn required_names(&self) -> [&str; 2] {
+        [&self.mapping.prompt, &self.mapping.completion]
+    }
+
+    /// Records the keys of a flat record; a required column seen for the
+    /// first time releases the problems held back for it.
+    fn note_keys(&mut self, object: &Map<String, Value>, problems: &mut Vec<Problem>) {
+        for key in object.keys() {
+            if self.keys.len() < KEYS_SHOWN && !self.keys.contains(key) {
+                self.keys.insert(key.clone());
+            }
+        }
+        let names = self.required_names().map(str::to_owned);
+        for (column, name) in self.columns.iter_mut().zip(names) {
+            if !column.seen && object.contains_key(&name) {
+                column.seen = true;
+                problems.append(&mut column.held);
+            }
+        }
+    }
+
+    /// Which required column a problem is an "absent" finding for, when no
+    /// record has had that column yet.
+    fn unseen_column(&self, p: &Problem) -> Option<usize> {
+        if p.kind != ProblemKind::MissingValue || !p.message.ends_with("is absent") {
+            return None;
+        }
+        let column = p.column.as_deref()?;
+        let i = self.required_names().iter().position(|n| *n == column)?;
+        (!self.columns[i].seen).then_some(i)
+    }
+
+    /// At the end of the file: one `missing_column` problem for each
+    /// required column no record had (in place of its held-back problems).
+    fn never_seen(&mut self) -> Vec<Problem> {
+        let names = self.required_names().map(str::to_owned);
+        let keys = if self.keys.is_empty() {
+            "no flat record".to_owned()
+        } else {
+            let mut list =
+                self.keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            if self.keys.len() == KEYS_SHOWN {
+                list.push_str(", …");
+            }
+            format!("the records have {list}")
+        };
+        let mut out = Vec::new();
+        for (column, name) in self.columns.iter_mut().zip(names) {
+            let held = std::mem::take(&mut column.held);
+            if column.seen || held.is_empty() {
+                continue;
+            }
+            let message = format!(
+                "no record has the column `{name}` ({} record(s) lack it); {keys}",
+                held.len()
+            );
+            out.push(
+                Problem::error(ProblemKind::MissingColumn, &self.file, message)
+                    .in_column(name.as_str()),
+            );
+        }
+        out
     }
 
     /// Turns one JSON object into (prompt, completion, system).
@@ -293,7 +391,11 @@ mod tests {
     type Row = (String, String, Option<String>);
 
     fn read(text: &[u8]) -> (Vec<Row>, Vec<Problem>) {
-        let reader = JsonlReader::new(text, "t.jsonl", ColumnMapping::default()).with_batch_size(2);
+        read_mapped(text, ColumnMapping::default())
+    }
+
+    fn read_mapped(text: &[u8], mapping: ColumnMapping) -> (Vec<Row>, Vec<Problem>) {
+        let reader = JsonlReader::new(text, "t.jsonl", mapping).with_batch_size(2);
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for b in reader {
@@ -313,6 +415,49 @@ mod tests {
             problems.extend(b.problems);
         }
         (out, problems)
+    }
+
+    #[test]
+    fn a_mapped_column_no_record_has_is_one_missing_column_finding() {
+        let text = br#"{"prompt":"p1","reply":"c1"}
+{"prompt":"p2","reply":"c2"}
+{"prompt":"p3","reply":"c3","system":"s"}
+{"prompt":"p4","reply":"c4"}
+{"prompt":"p5","reply":"c5"}
+"#;
+        let mapping = ColumnMapping { completion: "answer".into(), ..ColumnMapping::default() };
+        let (rows, problems) = read_mapped(text, mapping);
+        assert!(rows.is_empty());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert_eq!(
+            (p.kind, p.row, p.column.as_deref()),
+            (ProblemKind::MissingColumn, None, Some("answer"))
+        );
+        assert!(
+            p.message.contains("5 record(s)") && p.message.contains("`reply`"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("`prompt`") && p.message.contains("`system`"), "{}", p.message);
+    }
+
+    #[test]
+    fn absent_values_before_the_column_first_appears_are_still_reported_by_row() {
+        let text = br#"{"prompt":"p1"}
+{"prompt":"p2"}
+{"prompt":"p3"}
+{"prompt":"p4","completion":"c4"}
+{"prompt":"p5"}
+"#;
+        let (rows, problems) = read(text);
+        assert_eq!(rows.len(), 1);
+        let got: Vec<_> = problems.iter().map(|p| (p.kind, p.row, p.line)).collect();
+        assert_eq!(
+            got,
+            [1, 2, 3, 5].map(|r| (ProblemKind::MissingValue, Some(r), Some(r))).to_vec()
+        );
+        assert!(problems.iter().all(|p| p.column.as_deref() == Some("completion")));
     }
 
     #[test]
