@@ -31,6 +31,7 @@
 //! | `warmup_steps`, `weight_decay`, `max_grad_norm` | | 0, 0, 1 |
 //! | `max_steps`, `eval_every`, `early_stopping_patience` | | none |
 //! | `checkpoint_every`, `keep_checkpoints` | | none, 2 |
+//! | `loss_chunk_tokens` | trained positions per LM-head/loss chunk | 512 |
 //! | `merge` | also write the merged model | false |
 
 use std::collections::BTreeMap;
@@ -341,6 +342,7 @@ impl Settings {
             "early_stopping_patience",
             "checkpoint_every",
             "keep_checkpoints",
+            "loss_chunk_tokens",
             "merge",
         ];
         if let Some(key) = extras.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -403,6 +405,10 @@ impl Settings {
             early_stopping_patience: uint("early_stopping_patience")?,
             checkpoint_every: uint("checkpoint_every")?,
             keep_checkpoints: uint("keep_checkpoints")?.unwrap_or(2),
+            loss_chunk_tokens: match uint("loss_chunk_tokens")? {
+                Some(n) => Some(n),
+                None => TrainConfig::default().loss_chunk_tokens,
+            },
             ..TrainConfig::default()
         };
         if let Some(s) = extras.get("schedule") {

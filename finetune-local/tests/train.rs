@@ -129,6 +129,69 @@ fn accumulation_and_packing_give_the_full_batch_result() {
 }
 
 #[test]
+fn a_chunked_lm_head_and_loss_give_the_unchunked_gradients() {
+    let _rng = rng();
+    let data = data(8, words);
+    // AdamW moves every weight by about the learning rate whatever its
+    // gradient's size, so rounding differences in near-zero gradients show
+    // at the learning rate's scale: full fine-tuning, which has many, runs
+    // at a small one.
+    for (name, method, lr) in [("lora", lora(0.0), 1e-2), ("full", Method::Full, 1e-5)] {
+        let base = TrainConfig { method, max_steps: Some(2), learning_rate: lr, ..config() };
+        let whole = TrainConfig { loss_chunk_tokens: None, ..base.clone() };
+        // Chunks of 3 positions: every micro-batch spans several.
+        let chunked = TrainConfig { loss_chunk_tokens: Some(3), ..base };
+        let (a, a_events) = train(whole, &data);
+        let (b, b_events) = train(chunked, &data);
+        let (la, lb) = (losses(&a_events), losses(&b_events));
+        assert_eq!(la.len(), 2);
+        for ((_, x), (_, y)) in la.iter().zip(&lb) {
+            assert!((x - y).abs() < 1e-6, "{name}: loss {x} vs {y}");
+        }
+        let weights = |m: &CausalLm| -> Vec<(String, Tensor)> {
+            let mut v: Vec<_> = m.var_store().variables().into_iter().collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            v
+        };
+        let diff = max_diff(&weights(&a), &weights(&b));
+        // A wrong gradient moves weights by about the learning rate; this
+        // run's largest difference is 3% of it (a near-zero gradient's
+        // rounding, normalised by AdamW), and the losses agree to 1e-6.
+        assert!(diff < lr * 0.1, "{name}: weights differ by {diff}");
+        // The run moved the weights: the comparison is not of two no-ops.
+        let moved = if name == "lora" {
+            // B starts at zero.
+            adapters(&a)
+                .iter()
+                .filter(|(n, _)| n.contains("lora_B"))
+                .fold(0.0, |m, (_, t)| f64::max(m, t.abs().max().double_value(&[])))
+        } else {
+            max_diff(&weights(&a), &weights(&model()))
+        };
+        assert!(moved > lr / 2.0, "{name}: {moved}");
+    }
+    let grads = |config: TrainConfig| {
+        let (_, events) = train(config, &data);
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step(r) => Some(r.grad_norm),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The gradient itself: its norm before any update.
+    for method in [lora(0.0), Method::Full] {
+        let base = TrainConfig { method, max_steps: Some(1), ..config() };
+        let (a, b) = (
+            grads(TrainConfig { loss_chunk_tokens: None, ..base.clone() }),
+            grads(TrainConfig { loss_chunk_tokens: Some(2), ..base }),
+        );
+        assert!((a[0] - b[0]).abs() < 1e-6 * a[0].max(1.0), "grad norm {} vs {}", a[0], b[0]);
+    }
+}
+
+#[test]
 fn the_gradient_is_the_mean_over_the_steps_tokens() {
     let _rng = rng();
     // A single step at lr → 0 with plain SGD would be ideal; instead compare

@@ -61,6 +61,12 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<usize>,
     /// Checkpoints kept; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// The LM head and loss run over at most this many trained positions
+    /// at a time, so `[tokens, vocab]` logits are never held whole (the
+    /// hidden states' gradient is gathered chunk by chunk, then sent back
+    /// through the model once: the same gradients, to float rounding).
+    /// `None` computes all positions at once.
+    pub loss_chunk_tokens: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -83,6 +89,7 @@ impl Default for TrainConfig {
             early_stopping_patience: None,
             checkpoint_every: None,
             keep_checkpoints: 2,
+            loss_chunk_tokens: Some(512),
         }
     }
 }
@@ -109,6 +116,9 @@ impl TrainConfig {
         if self.eval_every == Some(0) || self.checkpoint_every == Some(0) {
             return bad("eval_every and checkpoint_every must be at least 1".into());
         }
+        if self.loss_chunk_tokens == Some(0) {
+            return bad("loss_chunk_tokens must be at least 1".into());
+        }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1".into());
         }
@@ -126,6 +136,8 @@ impl TrainConfig {
         c.early_stopping_patience = None;
         c.checkpoint_every = None;
         c.keep_checkpoints = 1;
+        // Chunking changes how, not what, is computed.
+        c.loss_chunk_tokens = None;
         format!("{c:?}")
     }
 }

@@ -293,10 +293,8 @@ impl<'a> Trainer<'a> {
             let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
             let mut loss_sum = 0.0;
             for batch in &batches {
-                let (logits, targets) = self.trained_logits(batch)?;
-                let loss = sft::summed_loss(&logits, &targets)?;
-                loss_sum += loss.f_double_value(&[])?;
-                loss.f_div_scalar(trained as f64)?.f_backward()?;
+                let (hidden, targets) = self.trained_hidden(batch)?;
+                loss_sum += self.backward_loss(&hidden, &targets, trained as f64)?;
             }
             let grad_norm = optimizer.grad_norm()?;
             if let Some(max) = self.config.max_grad_norm {
@@ -411,9 +409,10 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Logits and targets of the positions that take a loss only: the LM
-    /// head (and the loss over the vocabulary) skips prompt and padding.
-    fn trained_logits(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    /// Hidden states and targets of the positions that take a loss only:
+    /// the LM head (and the loss over the vocabulary) skips prompt and
+    /// padding.
+    fn trained_hidden(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         // Padding is on the right: under the causal mask no real token
         // attends to it, and its own positions take no loss, so the plain
         // causal path (no key-padding bias) computes the same loss, faster.
@@ -428,7 +427,43 @@ impl<'a> Trainer<'a> {
         let targets = batch.targets.f_reshape([-1])?;
         let keep = targets.f_ne(IGNORE)?.f_nonzero()?.f_squeeze_dim(1)?;
         let hidden = hidden.f_reshape([-1, width])?.f_index_select(0, &keep)?;
-        Ok((self.model.lm_head(&hidden)?, targets.f_index_select(0, &keep)?))
+        Ok((hidden, targets.f_index_select(0, &keep)?))
+    }
+
+    /// The `(start, length)` chunks the LM head runs over for `n` trained
+    /// positions.
+    fn loss_chunks(&self, n: i64) -> Vec<(i64, i64)> {
+        let size = self.config.loss_chunk_tokens.map_or(n, |c| c as i64).max(1);
+        (0..n).step_by(size as usize).map(|start| (start, size.min(n - start))).collect()
+    }
+
+    /// The summed loss of the trained positions; its gradient, divided by
+    /// `scale`, is accumulated into the trainable weights. With more than
+    /// one chunk, the LM head and loss run per chunk on a detached copy of
+    /// the hidden states (each chunk's logits freed after its backward),
+    /// and the gathered gradient of the hidden states then flows back
+    /// through the model in one pass.
+    fn backward_loss(&self, hidden: &Tensor, targets: &Tensor, scale: f64) -> Result<f64> {
+        let chunks = self.loss_chunks(hidden.size()[0]);
+        if chunks.len() <= 1 {
+            let loss = sft::summed_loss(&self.model.lm_head(hidden)?, targets)?;
+            let value = loss.f_double_value(&[])?;
+            loss.f_div_scalar(scale)?.f_backward()?;
+            return Ok(value);
+        }
+        let leaf = hidden.f_detach()?.set_requires_grad(true);
+        let mut total = 0.0;
+        for (start, len) in chunks {
+            let logits = self.model.lm_head(&leaf.f_narrow(0, start, len)?)?;
+            let loss = sft::summed_loss(&logits, &targets.f_narrow(0, start, len)?)?;
+            total += loss.f_double_value(&[])?;
+            loss.f_div_scalar(scale)?.f_backward()?;
+        }
+        if hidden.requires_grad() {
+            // d/dθ Σ hidden ⊙ g is the vector-Jacobian product with g.
+            hidden.f_mul(&leaf.grad())?.f_sum(Kind::Float)?.f_backward()?;
+        }
+        Ok(total)
     }
 
     /// Mean loss and token accuracy over the completion tokens of
@@ -440,13 +475,17 @@ impl<'a> Trainer<'a> {
         let (mut loss, mut correct, mut tokens) = (0.0, 0i64, 0i64);
         tch::no_grad(|| -> Result<()> {
             for batch in &batches {
-                let (logits, targets) = self.trained_logits(batch)?;
-                loss += sft::summed_loss(&logits, &targets)?.f_double_value(&[])?;
-                correct += logits
-                    .f_argmax(-1, false)?
-                    .f_eq_tensor(&targets)?
-                    .f_sum(Kind::Int64)?
-                    .f_int64_value(&[])?;
+                let (hidden, targets) = self.trained_hidden(batch)?;
+                for (start, len) in self.loss_chunks(hidden.size()[0]) {
+                    let logits = self.model.lm_head(&hidden.f_narrow(0, start, len)?)?;
+                    let targets = targets.f_narrow(0, start, len)?;
+                    loss += sft::summed_loss(&logits, &targets)?.f_double_value(&[])?;
+                    correct += logits
+                        .f_argmax(-1, false)?
+                        .f_eq_tensor(&targets)?
+                        .f_sum(Kind::Int64)?
+                        .f_int64_value(&[])?;
+                }
                 tokens += batch.trained_tokens;
             }
             Ok(())
