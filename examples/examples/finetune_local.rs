@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 const USAGE: &str =
     "usage: finetune_local --model <DIR_OR_ID> --train <PATH_OR_URL> [--validation <PATH_OR_URL>]
                       [--method lora|full] [--epochs N] [--lr X] [--batch-size N] [--max-length N]
-                      [--packing] [--output DIR] [--resume] [mapping flags] [options]
+                      [--packing] [--gradient-checkpointing] [--output DIR] [--resume] [mapping flags] [options]
 
   --model                  a model directory, or org/name[@revision] from the local HF cache
   --train, --validation    JSONL, CSV, Parquet or Arrow files, local or object-store URLs
@@ -36,6 +36,8 @@ const USAGE: &str =
   --micro-batch-size N     examples (or packed rows) per forward pass (the batch size)
   --max-length N           tokens per example and per packed row (1024)
   --packing                pack examples into rows instead of padding each
+  --gradient-checkpointing recompute each decoder layer in backward (less memory)
+  --loss-chunk-tokens N    positions per LM head + loss chunk (512; 0: all at once)
   --output DIR             the job folder (finetune-output)
   --resume                 continue from the newest checkpoint in the job folder
   --merge                  also write the merged model after LoRA
@@ -59,6 +61,7 @@ fn main() {
         "batch-size",
         "micro-batch-size",
         "max-length",
+        "loss-chunk-tokens",
         "output",
         "lora-r",
         "lora-alpha",
@@ -79,8 +82,11 @@ fn main() {
         "threads",
     ];
     with_value.extend(MAPPING_FLAGS);
-    let args =
-        Args::parse(USAGE, &with_value, &["packing", "resume", "merge", "rslora", "chat", "base"]);
+    let args = Args::parse(
+        USAGE,
+        &with_value,
+        &["packing", "gradient-checkpointing", "resume", "merge", "rslora", "chat", "base"],
+    );
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -125,6 +131,12 @@ fn config(args: &Args) -> TrainConfig {
         max_grad_norm: Some(args.parsed(USAGE, "max-grad-norm").unwrap_or(1.0)),
         max_steps: args.parsed(USAGE, "max-steps"),
         packing: args.switch("packing"),
+        gradient_checkpointing: args.switch("gradient-checkpointing"),
+        loss_chunk_tokens: match args.parsed::<usize>(USAGE, "loss-chunk-tokens") {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => d.loss_chunk_tokens,
+        },
         max_length: args.parsed(USAGE, "max-length").unwrap_or(d.max_length),
         seed: args.parsed(USAGE, "seed").unwrap_or(d.seed),
         eval_every: args.parsed(USAGE, "eval-every"),

@@ -21,7 +21,9 @@
 //! model, SmolLM2-135M-Instruct (imported from the GGUF file `scripts/setup`
 //! fetches; both sides load the imported folder), with LoRA r=16 on
 //! every linear layer (q, k, v, o, gate, up, down) and 8 steps unless
-//! `BENCH_STEPS` says otherwise.
+//! `BENCH_STEPS` says otherwise. `BENCH_CHECKPOINTING=1` turns on
+//! activation checkpointing on both sides (HF's
+//! `gradient_checkpointing_enable`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -105,7 +107,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// The child process: trains and prints one JSON line.
-fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str) {
+fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str, checkpointing: bool) {
     finetune_local::tch::set_num_threads(threads as i32);
     let examples = read_json(data);
     let mut model = CausalLm::load(model, &LoadOptions::default()).unwrap();
@@ -125,6 +127,7 @@ fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str) {
         schedule: Schedule::Constant,
         packing,
         max_length: PACK_LEN,
+        gradient_checkpointing: checkpointing,
         ..TrainConfig::default()
     };
     let mut steps = Vec::new();
@@ -166,13 +169,22 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let threads = args[i + 4].parse().unwrap();
-        ours(Path::new(&args[i + 1]), Path::new(&args[i + 2]), &args[i + 3], threads, &args[i + 5]);
+        let checkpointing = args[i + 6] == "1";
+        ours(
+            Path::new(&args[i + 1]),
+            Path::new(&args[i + 2]),
+            &args[i + 3],
+            threads,
+            &args[i + 5],
+            checkpointing,
+        );
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let threads =
         env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
     let real = std::env::var("BENCH_MODEL").is_ok_and(|m| m == "smollm2");
+    let checkpointing = std::env::var("BENCH_CHECKPOINTING").is_ok_and(|v| v == "1");
     let (steps, seq) = (env_or("BENCH_STEPS", if real { 8 } else { 24 }), env_or("BENCH_SEQ", 256));
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
@@ -200,6 +212,7 @@ fn main() {
         let mut c = Command::new("python3");
         c.arg(&peer_script)
             .args(["--model", model.to_str().unwrap(), "--targets", targets])
+            .args(checkpointing.then_some("--checkpointing"))
             .args(extra)
             .env(
                 "PYTHONPATH",
@@ -216,7 +229,10 @@ fn main() {
     } else {
         "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab 4096)"
     };
-    println!("{subject}, batch {BATCH}, {steps} steps, {threads} threads, fp32 CPU\n");
+    let checkpointed = if checkpointing { ", activation checkpointing" } else { "" };
+    println!(
+        "{subject}, batch {BATCH}, {steps} steps, {threads} threads, fp32 CPU{checkpointed}\n"
+    );
     println!(
         "{:<10} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
         "data", "ours tok/s", "HF tok/s", "speed", "ours RSS", "HF RSS", "RSS"
@@ -241,7 +257,8 @@ fn main() {
                 .arg(&data)
                 .arg(case)
                 .arg(threads.to_string())
-                .arg(targets),
+                .arg(targets)
+                .arg(if checkpointing { "1" } else { "0" }),
         );
         let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
         println!(

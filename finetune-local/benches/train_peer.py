@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
+    ap.add_argument("--checkpointing", action="store_true")
     args = ap.parse_args()
     ensure_model(args.model)
     if args.data is None:
@@ -77,6 +78,11 @@ def main() -> None:
         target_modules=args.targets.split(","),
         task_type="CAUSAL_LM",
     )
+    if args.checkpointing:
+        # Recompute each decoder layer in backward; PEFT needs the inputs to
+        # require grad for the recomputed layers to reach the adapters.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model = get_peft_model(model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

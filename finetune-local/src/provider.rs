@@ -32,6 +32,7 @@
 //! | `max_steps`, `eval_every`, `early_stopping_patience` | | none |
 //! | `checkpoint_every`, `keep_checkpoints` | | none, 2 |
 //! | `loss_chunk_tokens` | trained positions per LM-head/loss chunk | 512 |
+//! | `gradient_checkpointing` | recompute each decoder layer in backward (Llama family) | false |
 //! | `merge` | also write the merged model | false |
 
 use std::collections::BTreeMap;
@@ -343,6 +344,7 @@ impl Settings {
             "checkpoint_every",
             "keep_checkpoints",
             "loss_chunk_tokens",
+            "gradient_checkpointing",
             "merge",
         ];
         if let Some(key) = extras.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -409,6 +411,7 @@ impl Settings {
                 Some(n) => Some(n),
                 None => TrainConfig::default().loss_chunk_tokens,
             },
+            gradient_checkpointing: boolean("gradient_checkpointing")?.unwrap_or(false),
             ..TrainConfig::default()
         };
         if let Some(s) = extras.get("schedule") {

@@ -128,36 +128,48 @@ fn accumulation_and_packing_give_the_full_batch_result() {
     }
 }
 
-#[test]
-fn a_chunked_lm_head_and_loss_give_the_unchunked_gradients() {
-    let _rng = rng();
+/// Trains with `plain` and with `other` applied to the same settings,
+/// LoRA and full fine-tuning, and checks the runs compute the same thing:
+/// the gradient norm before any update and the step losses to 1e-6 (relative
+/// for the norm), the weights after two steps within a tenth of the
+/// learning rate. AdamW moves every weight by about the learning rate
+/// whatever its gradient's size, so rounding differences in near-zero
+/// gradients show at that scale (this file's runs: 3% of it at most); a
+/// wrong gradient moves weights by the whole of it. Full fine-tuning, with
+/// many such weights, runs at a small learning rate.
+fn assert_same_training(
+    what: &str,
+    plain: impl Fn(TrainConfig) -> TrainConfig,
+    other: impl Fn(TrainConfig) -> TrainConfig,
+) {
     let data = data(8, words);
-    // AdamW moves every weight by about the learning rate whatever its
-    // gradient's size, so rounding differences in near-zero gradients show
-    // at the learning rate's scale: full fine-tuning, which has many, runs
-    // at a small one.
+    let weights = |m: &CausalLm| -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = m.var_store().variables().into_iter().collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
     for (name, method, lr) in [("lora", lora(0.0), 1e-2), ("full", Method::Full, 1e-5)] {
         let base = TrainConfig { method, max_steps: Some(2), learning_rate: lr, ..config() };
-        let whole = TrainConfig { loss_chunk_tokens: None, ..base.clone() };
-        // Chunks of 3 positions: every micro-batch spans several.
-        let chunked = TrainConfig { loss_chunk_tokens: Some(3), ..base };
-        let (a, a_events) = train(whole, &data);
-        let (b, b_events) = train(chunked, &data);
+        let (a, a_events) = train(plain(base.clone()), &data);
+        let (b, b_events) = train(other(base), &data);
+        let norms = |events: &[TrainEvent]| -> Vec<f64> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    TrainEvent::Step(r) => Some(r.grad_norm),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (na, nb) = (norms(&a_events), norms(&b_events));
+        assert!((na[0] - nb[0]).abs() < 1e-6 * na[0].max(1.0), "{what} {name}: {na:?} vs {nb:?}");
         let (la, lb) = (losses(&a_events), losses(&b_events));
         assert_eq!(la.len(), 2);
         for ((_, x), (_, y)) in la.iter().zip(&lb) {
-            assert!((x - y).abs() < 1e-6, "{name}: loss {x} vs {y}");
+            assert!((x - y).abs() < 1e-6, "{what} {name}: loss {x} vs {y}");
         }
-        let weights = |m: &CausalLm| -> Vec<(String, Tensor)> {
-            let mut v: Vec<_> = m.var_store().variables().into_iter().collect();
-            v.sort_by(|x, y| x.0.cmp(&y.0));
-            v
-        };
         let diff = max_diff(&weights(&a), &weights(&b));
-        // A wrong gradient moves weights by about the learning rate; this
-        // run's largest difference is 3% of it (a near-zero gradient's
-        // rounding, normalised by AdamW), and the losses agree to 1e-6.
-        assert!(diff < lr * 0.1, "{name}: weights differ by {diff}");
+        assert!(diff < lr * 0.1, "{what} {name}: weights differ by {diff}");
         // The run moved the weights: the comparison is not of two no-ops.
         let moved = if name == "lora" {
             // B starts at zero.
@@ -168,27 +180,61 @@ fn a_chunked_lm_head_and_loss_give_the_unchunked_gradients() {
         } else {
             max_diff(&weights(&a), &weights(&model()))
         };
-        assert!(moved > lr / 2.0, "{name}: {moved}");
+        assert!(moved > lr / 2.0, "{what} {name}: {moved}");
     }
-    let grads = |config: TrainConfig| {
-        let (_, events) = train(config, &data);
-        events
-            .iter()
-            .filter_map(|e| match e {
-                TrainEvent::Step(r) => Some(r.grad_norm),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+}
+
+#[test]
+fn a_chunked_lm_head_and_loss_give_the_unchunked_gradients() {
+    let _rng = rng();
+    // Chunks of 3 positions: every micro-batch spans several.
+    assert_same_training(
+        "chunked loss",
+        |c| TrainConfig { loss_chunk_tokens: None, ..c },
+        |c| TrainConfig { loss_chunk_tokens: Some(3), ..c },
+    );
+}
+
+#[test]
+fn activation_checkpointing_gives_the_same_gradients() {
+    let _rng = rng();
+    assert_same_training(
+        "checkpointing",
+        |c| c,
+        |c| TrainConfig { gradient_checkpointing: true, ..c },
+    );
+    // With packed rows, micro-batches and a chunked loss too.
+    let packed = |c: TrainConfig| TrainConfig {
+        packing: true,
+        micro_batch_size: 1,
+        loss_chunk_tokens: Some(5),
+        ..c
     };
-    // The gradient itself: its norm before any update.
-    for method in [lora(0.0), Method::Full] {
-        let base = TrainConfig { method, max_steps: Some(1), ..config() };
-        let (a, b) = (
-            grads(TrainConfig { loss_chunk_tokens: None, ..base.clone() }),
-            grads(TrainConfig { loss_chunk_tokens: Some(2), ..base }),
-        );
-        assert!((a[0] - b[0]).abs() < 1e-6 * a[0].max(1.0), "grad norm {} vs {}", a[0], b[0]);
-    }
+    assert_same_training("packed checkpointing", packed, |c| TrainConfig {
+        gradient_checkpointing: true,
+        ..packed(c)
+    });
+}
+
+#[test]
+fn activation_checkpointing_says_where_it_is_not_implemented() {
+    let mut gpt2 = CausalLm::load(&dir("gpt2"), &LoadOptions::default()).unwrap();
+    let config = TrainConfig {
+        method: Method::Full,
+        gradient_checkpointing: true,
+        max_steps: Some(1),
+        ..config()
+    };
+    let tok = Tokenizer::from_dir(&dir("gpt2")).unwrap();
+    let examples = [Example { system: None, prompt: "a".into(), completion: " b c".into() }];
+    let options = TokenizeOptions {
+        format: PromptFormat::Base,
+        max_length: 16,
+        truncation: Truncation::KeepStart,
+    };
+    let data = tokenize_all(&tok, &examples, &options).unwrap().0;
+    let err = Trainer::new(&mut gpt2, config).unwrap().fit(&data, &[]).unwrap_err();
+    assert!(err.to_string().contains("not GPT-2"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::layers::{self, Linear, Loader, Mask, RmsNorm};
 use super::{ForwardInput, KvCache};
@@ -412,28 +412,107 @@ impl LlamaForCausalLm {
     ) -> Result<Tensor> {
         let past = layers::past_len(&cache);
         let ids = input.input_ids;
-        let kind = self.embed_tokens.kind();
-        let device = self.embed_tokens.device();
-        let mask = layers::attention_mask(input, past, self.sliding_window, kind, device)?;
-        let positions = layers::positions(input, past)?;
-        let (cos, sin) = layers::rope_cos_sin(&self.inv_freq, &positions, kind)?;
+        let (mask, cos, sin) = self.attention_inputs(input, past)?;
         let mut h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn = layer.self_attn.forward(
-                &layer.input_layernorm.forward(&h)?,
-                &cos,
-                &sin,
-                &mask,
-                i,
-                cache.as_deref_mut(),
-            )?;
-            h = h.f_add(&attn)?;
-            let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
-            h = h.f_add(&mlp)?;
+        for i in 0..self.layers.len() {
+            h = self.layer(i, &h, &cos, &sin, &mask, cache.as_deref_mut())?;
         }
         if let Some(cache) = cache {
             cache.advance(ids.size()[1]);
         }
         self.norm.forward(&h)
+    }
+
+    /// The attention mask and rotary tables of `input` after `past` cached
+    /// positions.
+    fn attention_inputs(
+        &self,
+        input: &ForwardInput<'_>,
+        past: i64,
+    ) -> Result<(Mask, Tensor, Tensor)> {
+        let kind = self.embed_tokens.kind();
+        let device = self.embed_tokens.device();
+        let mask = layers::attention_mask(input, past, self.sliding_window, kind, device)?;
+        let positions = layers::positions(input, past)?;
+        let (cos, sin) = layers::rope_cos_sin(&self.inv_freq, &positions, kind)?;
+        Ok((mask, cos, sin))
+    }
+
+    /// Decoder layer `i` on the residual stream `h`.
+    fn layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let layer = &self.layers[i];
+        let attn = layer.self_attn.forward(
+            &layer.input_layernorm.forward(h)?,
+            cos,
+            sin,
+            mask,
+            i,
+            cache,
+        )?;
+        let h = h.f_add(&attn)?;
+        let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
+        Ok(h.f_add(&mlp)?)
+    }
+
+    /// Training with activation checkpointing: see
+    /// [`CausalLm::checkpointed_backward`].
+    pub(crate) fn checkpointed_backward<T>(
+        &self,
+        input: &ForwardInput<'_>,
+        seed: i64,
+        head: impl FnOnce(&Tensor) -> Result<T>,
+    ) -> Result<T> {
+        let (mask, cos, sin) = self.attention_inputs(input, 0)?;
+        let ids = input.input_ids;
+        // Forward without a graph, keeping each layer's input only. Each
+        // layer draws its dropout from its own seed, so the recomputation
+        // below draws the same masks.
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let last = tch::no_grad(|| -> Result<Tensor> {
+            let mut h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+            for i in 0..self.layers.len() {
+                tch::manual_seed(seed.wrapping_add(i as i64));
+                let next = self.layer(i, &h, &cos, &sin, &mask, None)?;
+                inputs.push(h);
+                h = next;
+            }
+            Ok(h)
+        })?;
+        // The head (final norm, LM head, loss) with a graph, on a leaf.
+        let leaf = last.set_requires_grad(true);
+        let out = head(&self.norm.forward(&leaf)?)?;
+        let mut grad = leaf.grad();
+        if !grad.defined() {
+            // Nothing before the head is trained.
+            return Ok(out);
+        }
+        // Backwards, layer by layer: recompute with a graph, send the
+        // gradient of its output through it.
+        for i in (0..self.layers.len()).rev() {
+            let x = inputs.pop().unwrap_or_default().set_requires_grad(true);
+            tch::manual_seed(seed.wrapping_add(i as i64));
+            let y = self.layer(i, &x, &cos, &sin, &mask, None)?;
+            if !y.requires_grad() {
+                return Ok(out);
+            }
+            y.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
+            grad = x.grad();
+            if !grad.defined() {
+                return Ok(out);
+            }
+        }
+        if self.embed_tokens.requires_grad() {
+            let h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+            h.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
+        }
+        Ok(out)
     }
 }

@@ -448,6 +448,29 @@ impl CausalLm {
         }
     }
 
+    /// Activation checkpointing for training: runs the decoder layers
+    /// without keeping their activations (only each layer's input), calls
+    /// `head` with the final normed hidden states — `head` computes the loss
+    /// and runs its backward — then recomputes each layer, last to first,
+    /// sending the gradient back through it. The trainable weights end with
+    /// the gradients a plain forward and backward gives (to float
+    /// rounding; tested) for about one layer's activations instead of all.
+    /// Layer `i` draws its dropout with the seed `seed + i` in both passes.
+    /// The Llama family (Llama, Mistral, Qwen2, Qwen3) only.
+    pub fn checkpointed_backward<T>(
+        &self,
+        input: &ForwardInput<'_>,
+        seed: i64,
+        head: impl FnOnce(&Tensor) -> Result<T>,
+    ) -> Result<T> {
+        match &self.body {
+            Body::Decoder(m) => m.checkpointed_backward(input, seed, head),
+            Body::Gpt2(_) => Err(LocalError::InvalidArgument(
+                "activation checkpointing is implemented for the Llama family, not GPT-2".into(),
+            )),
+        }
+    }
+
     /// Projects hidden states (`[..., hidden]`) to logits (`[..., vocab]`).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         let weight = match &self.body {

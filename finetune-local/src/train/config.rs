@@ -67,6 +67,10 @@ pub struct TrainConfig {
     /// through the model once: the same gradients, to float rounding).
     /// `None` computes all positions at once.
     pub loss_chunk_tokens: Option<usize>,
+    /// Activation checkpointing: keep each decoder layer's input only and
+    /// recompute the layer in the backward pass (the Llama family), trading
+    /// about a third more compute for most of the activation memory.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +94,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             keep_checkpoints: 2,
             loss_chunk_tokens: Some(512),
+            gradient_checkpointing: false,
         }
     }
 }
@@ -138,6 +143,7 @@ impl TrainConfig {
         c.keep_checkpoints = 1;
         // Chunking changes how, not what, is computed.
         c.loss_chunk_tokens = None;
+        c.gradient_checkpointing = false;
         format!("{c:?}")
     }
 }

@@ -292,9 +292,9 @@ impl<'a> Trainer<'a> {
             let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
             let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
             let mut loss_sum = 0.0;
-            for batch in &batches {
-                let (hidden, targets) = self.trained_hidden(batch)?;
-                loss_sum += self.backward_loss(&hidden, &targets, trained as f64)?;
+            for (i, batch) in batches.iter().enumerate() {
+                let seed = step_seed(self.config.seed, s).wrapping_add(1_000_003 * i as i64);
+                loss_sum += self.micro_step(batch, trained as f64, seed)?;
             }
             let grad_norm = optimizer.grad_norm()?;
             if let Some(max) = self.config.max_grad_norm {
@@ -413,21 +413,20 @@ impl<'a> Trainer<'a> {
     /// the LM head (and the loss over the vocabulary) skips prompt and
     /// padding.
     fn trained_hidden(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        // Padding is on the right: under the causal mask no real token
-        // attends to it, and its own positions take no loss, so the plain
-        // causal path (no key-padding bias) computes the same loss, faster.
-        let input = ForwardInput {
-            input_ids: &batch.input_ids,
-            position_ids: Some(&batch.position_ids),
-            attention_mask: None,
-            sequence_ids: batch.sequence_ids.as_ref(),
-        };
-        let hidden = self.model.forward_hidden(&input, None)?;
-        let width = hidden.size().last().copied().unwrap_or(0);
-        let targets = batch.targets.f_reshape([-1])?;
-        let keep = targets.f_ne(IGNORE)?.f_nonzero()?.f_squeeze_dim(1)?;
-        let hidden = hidden.f_reshape([-1, width])?.f_index_select(0, &keep)?;
-        Ok((hidden, targets.f_index_select(0, &keep)?))
+        let hidden = self.model.forward_hidden(&forward_input(batch), None)?;
+        select_trained(&hidden, batch)
+    }
+
+    /// One micro-batch's forward and backward; returns its summed loss.
+    fn micro_step(&self, batch: &Batch, trained: f64, seed: i64) -> Result<f64> {
+        if self.config.gradient_checkpointing {
+            return self.model.checkpointed_backward(&forward_input(batch), seed, |hidden| {
+                let (hidden, targets) = select_trained(hidden, batch)?;
+                self.backward_loss(&hidden, &targets, trained)
+            });
+        }
+        let (hidden, targets) = self.trained_hidden(batch)?;
+        self.backward_loss(&hidden, &targets, trained)
     }
 
     /// The `(start, length)` chunks the LM head runs over for `n` trained
@@ -493,6 +492,29 @@ impl<'a> Trainer<'a> {
         let n = tokens.max(1) as f64;
         Ok((loss / n, correct as f64 / n, tokens as u64))
     }
+}
+
+/// The model input of a batch. Padding is on the right: under the causal
+/// mask no real token attends to it, and its own positions take no loss, so
+/// the plain causal path (no key-padding bias) computes the same loss,
+/// faster.
+fn forward_input(batch: &Batch) -> ForwardInput<'_> {
+    ForwardInput {
+        input_ids: &batch.input_ids,
+        position_ids: Some(&batch.position_ids),
+        attention_mask: None,
+        sequence_ids: batch.sequence_ids.as_ref(),
+    }
+}
+
+/// The rows of `hidden` (`[batch, seq, width]`) at positions that take a
+/// loss, and their targets.
+fn select_trained(hidden: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    let width = hidden.size().last().copied().unwrap_or(0);
+    let targets = batch.targets.f_reshape([-1])?;
+    let keep = targets.f_ne(IGNORE)?.f_nonzero()?.f_squeeze_dim(1)?;
+    let hidden = hidden.f_reshape([-1, width])?.f_index_select(0, &keep)?;
+    Ok((hidden, targets.f_index_select(0, &keep)?))
 }
 
 /// The example order of `epoch`: a Fisher–Yates shuffle seeded by the seed
