@@ -85,6 +85,71 @@ fn validate_dataset_exit_codes_and_json() {
 }
 
 #[test]
+fn validate_dataset_applies_a_providers_rules_and_prices_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let nine = dir.path().join("nine.jsonl");
+    let rows: String = (1..=9)
+        .map(|i| format!("{{\"prompt\":\"Question {i}?\",\"completion\":\"Bot: answer {i}.\"}}\n"))
+        .collect();
+    std::fs::write(&nine, rows).unwrap();
+    let prices = dir.path().join("prices.json");
+    std::fs::write(
+        &prices,
+        r#"{"currency":"EUR","per_million_training_tokens":{"gpt-4o-mini":2.0}}"#,
+    )
+    .unwrap();
+    let file = nine.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = example("validate_dataset", args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let kinds = |v: &serde_json::Value| -> Vec<String> {
+        v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // OpenAI: nine examples are one short; the tokens are o200k's.
+    let (code, v) = run(&[
+        file,
+        "--provider",
+        "openai",
+        "--base-model",
+        "gpt-4o-mini-2024-07-18",
+        "--prices",
+        prices.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(kinds(&v), ["too_few_rows"]);
+    assert_eq!(v["rules"]["tokenizer"], "o200k_base");
+    // "auto": 100 / 9 = 11 epochs over the billed tokens, priced.
+    let e = &v["estimate"];
+    assert_eq!(
+        (e["epochs"].as_u64(), e["epochs_from"].as_str()),
+        (Some(11), Some("provider_default"))
+    );
+    let billed = e["billed_tokens"].as_f64().unwrap();
+    assert_eq!(billed, e["tokens_per_epoch"].as_f64().unwrap() * 11.0);
+    assert!((e["cost"].as_f64().unwrap() - billed / 1e6 * 2.0).abs() < 1e-12);
+    assert_eq!(e["currency"], "EUR");
+    // Nova: eight records are enough, `Bot:` is not.
+    let (code, v) =
+        run(&[file, "--provider", "bedrock", "--base-model", "amazon.nova-lite-v1:0", "--json"]);
+    assert_eq!(code, Some(1));
+    assert!(kinds(&v).iter().all(|k| k == "reserved_text") && kinds(&v).len() == 9, "{v}");
+    assert_eq!(v["errors"][0]["column"], "completion");
+    assert_eq!(v["estimate"]["epochs"], 2);
+    // Without a provider nothing of this applies.
+    let (code, _) = run(&[file, "--json"]);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
 fn convert_dataset_writes_provider_formats() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("train.jsonl");

@@ -15,6 +15,7 @@ use finetune_core::{
     ChatRequest, Connection, FineTuneProvider, Hyperparameters, JobSpec, LearningRate, ListJobs,
     PollPolicy, Setting,
 };
+use finetune_data::ProblemKind;
 use finetune_deploy::{
     Lifecycle, PriceTable, Recipe, RecipeEvent, Registry, VersionSummary, WaitPolicy,
 };
@@ -172,6 +173,20 @@ async fn a_disabled_connection_or_bad_data_is_refused_before_anything_is_sent() 
     let registry = Registry::local(dir.path().join("registry")).unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"c\"}\n").unwrap();
+    let rows = |special: &str| -> String {
+        (1..=12)
+            .map(|i| {
+                let completion = if i == 4 { special.to_owned() } else { format!("Answer {i}.") };
+                serde_json::json!({"prompt": format!("Question {i}?"), "completion": completion})
+                    .to_string()
+                    + "\n"
+            })
+            .collect()
+    };
+    let long = dir.path().join("long.jsonl");
+    std::fs::write(&long, rows(&" hello".repeat(70_000))).unwrap();
+    let reserved = dir.path().join("reserved.jsonl");
+    std::fs::write(&reserved, rows("Bot: it ships tomorrow.")).unwrap();
     for kind in peers.kinds("refusals", dir.path()) {
         let lifecycle = lifecycle_for(&registry, &kind.connection).await;
         let before = peers.requests();
@@ -193,6 +208,41 @@ async fn a_disabled_connection_or_bad_data_is_refused_before_anything_is_sent() 
             .to_string();
         assert!(err.contains("bad.jsonl") && err.contains("completion"), "{err}");
         assert!(reports.iter().any(|r| !r.valid), "{reports:?}");
+        assert_eq!(before, peers.requests(), "{}: requests were sent", kind.connection.name);
+
+        // Data only the provider's own rules refuse: an example longer than
+        // gpt-4o-mini's 65,536 training tokens (by o200k_base), Nova's
+        // reserved `Bot:` in a completion.
+        let Some((base_model, file, kind_name)) = (match &kind.connection.settings {
+            finetune_core::ConnectionSettings::OpenAi(_)
+            | finetune_core::ConnectionSettings::AzureOpenAi(_) => {
+                Some((kind.base_model.clone(), &long, ProblemKind::TooLong))
+            }
+            finetune_core::ConnectionSettings::Bedrock(_) => Some((
+                "amazon.nova-micro-v1:0:128k".to_owned(),
+                &reserved,
+                ProblemKind::ReservedText,
+            )),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let mut ruled = recipe(&kind, dir.path(), 1);
+        ruled.spec.base_model = base_model;
+        ruled.spec.training = finetune_core::DatasetSource::new(file.to_str().unwrap()).unwrap();
+        let mut reports = Vec::new();
+        let err = ruled
+            .run(&providers, &kind.connection, &lifecycle, |e| {
+                if let RecipeEvent::Validated { report, .. } = e {
+                    reports.push(report);
+                }
+            })
+            .await
+            .unwrap_err();
+        let problem = reports.iter().find_map(|r| r.problems(kind_name).next().cloned());
+        let problem =
+            problem.unwrap_or_else(|| panic!("{}: no {kind_name}: {err}", kind.connection.name));
+        assert_eq!((problem.row, problem.column.as_deref()), (Some(4), Some("completion")));
         assert_eq!(before, peers.requests(), "{}: requests were sent", kind.connection.name);
     }
 }

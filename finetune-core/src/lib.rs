@@ -53,6 +53,7 @@ mod metrics;
 mod model;
 pub mod pagination;
 mod provider;
+pub mod rules;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -83,3 +84,4 @@ pub use model::{FineTunedModel, HYPERPARAMETERS_KEY, ModelArtifacts, TRAINED_TOK
 pub use provider::{
     Capabilities, ConnectionGate, FineTuneProvider, LearningRateKind, PollPolicy, wait_for_job,
 };
+pub use rules::{DataRules, ExampleTokens, TokenCounter};

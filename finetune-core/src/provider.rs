@@ -2,6 +2,7 @@
 //! [`wait_for_job`] helper, and the [`ConnectionGate`] decorator.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobSpec, JobState, ListJobs, Page};
 use crate::metrics::LossCurve;
+use crate::rules::{DataRules, TokenCounter};
 
 /// How the learning rate is expressed to a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +126,22 @@ pub trait FineTuneProvider: Send + Sync + Debug {
     /// nothing is billed; `submit` runs the same checks first.
     async fn validate(&self, spec: &JobSpec) -> Result<()>;
 
+    /// What this provider accepts as data for `spec`'s base model (row
+    /// counts, the longest example, reserved strings, …), for validators to
+    /// apply before anything is uploaded. `None`: no rules beyond the
+    /// capabilities.
+    fn data_rules(&self, spec: &JobSpec) -> Option<DataRules> {
+        let _ = spec;
+        None
+    }
+
+    /// The tokenizer that counts (and bills) `spec`'s examples as this
+    /// provider does, when it has one. May read the model's files.
+    async fn token_counter(&self, spec: &JobSpec) -> Result<Option<Arc<dyn TokenCounter>>> {
+        let _ = spec;
+        Ok(None)
+    }
+
     /// Validates the spec, prepares and uploads the data, and creates the job.
     async fn submit(&self, spec: &JobSpec) -> Result<Job>;
 
@@ -154,6 +172,14 @@ impl<P: FineTuneProvider + ?Sized> FineTuneProvider for std::sync::Arc<P> {
 
     async fn validate(&self, spec: &JobSpec) -> Result<()> {
         (**self).validate(spec).await
+    }
+
+    fn data_rules(&self, spec: &JobSpec) -> Option<DataRules> {
+        (**self).data_rules(spec)
+    }
+
+    async fn token_counter(&self, spec: &JobSpec) -> Result<Option<Arc<dyn TokenCounter>>> {
+        (**self).token_counter(spec).await
     }
 
     async fn submit(&self, spec: &JobSpec) -> Result<Job> {
@@ -308,6 +334,14 @@ impl<P: FineTuneProvider> FineTuneProvider for ConnectionGate<P> {
     async fn validate(&self, spec: &JobSpec) -> Result<()> {
         self.connection.ensure_fine_tuning_enabled()?;
         self.inner.validate(spec).await
+    }
+
+    fn data_rules(&self, spec: &JobSpec) -> Option<DataRules> {
+        self.inner.data_rules(spec)
+    }
+
+    async fn token_counter(&self, spec: &JobSpec) -> Result<Option<Arc<dyn TokenCounter>>> {
+        self.inner.token_counter(spec).await
     }
 
     async fn submit(&self, spec: &JobSpec) -> Result<Job> {

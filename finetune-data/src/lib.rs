@@ -32,6 +32,7 @@
 
 mod dupes;
 mod error;
+mod estimate;
 mod hashing;
 mod read;
 mod remote;
@@ -39,6 +40,7 @@ mod report;
 mod schema;
 pub mod sensitive;
 mod stats;
+mod tokens;
 mod transform;
 mod validate;
 mod write;
@@ -50,12 +52,14 @@ pub use arrow_schema;
 pub use object_store;
 
 pub use error::DataError;
+pub use estimate::{EpochsFrom, Estimate, PriceTable, Throughput, estimate};
 pub use hashing::{ExampleIndex, sha256_file};
 pub use read::{BatchIter, CsvReader, DEFAULT_BATCH_SIZE, DataBatch, JsonlReader, open};
 pub use remote::{LocalDataset, ObjectStores, localize};
 pub use report::{Problem, ProblemKind, Severity, ValidationReport};
 pub use schema::{COMPLETION, PROMPT, SYSTEM, canonical_schema, is_text_type};
-pub use stats::{CharsPerToken, LengthStats, Statistics, TokenCounter, TokenStats};
+pub use stats::{CharsPerToken, ExampleTokens, LengthStats, Statistics, TokenCounter, TokenStats};
+pub use tokens::{OpenAiEncoding, OpenAiTokens, counter_for};
 pub use transform::{Deduplicator, Split, redact_batch, split_batch, split_of};
-pub use validate::{ValidationOptions, Validator, validate, validate_with};
-pub use write::{ConvertOptions, DatasetWriter, OutputFormat, convert};
+pub use validate::{DatasetRole, ValidationOptions, Validator, validate, validate_with};
+pub use write::{ConvertOptions, DatasetWriter, OutputFormat, convert, convert_with};

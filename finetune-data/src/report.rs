@@ -33,6 +33,19 @@ pub enum ProblemKind {
     ValidationOverlap,
     /// Looks like personal or secret data.
     SensitiveData,
+    /// Longer than the local run's max length: cut to fit (a warning; an
+    /// example left with no completion token is `too_long`).
+    Truncated,
+    /// More rows than the provider accepts.
+    TooManyRows,
+    /// Text the provider refuses (Nova's `User:`, `[EOS]`, …).
+    ReservedText,
+    /// A validation set for a model that takes none.
+    ValidationNotAccepted,
+    /// A file larger than the provider accepts.
+    TooLarge,
+    /// A key the format does not know (in a chat message, say).
+    UnknownKey,
 }
 
 impl ProblemKind {
@@ -50,6 +63,12 @@ impl ProblemKind {
             Self::Duplicate => "duplicate",
             Self::ValidationOverlap => "validation_overlap",
             Self::SensitiveData => "sensitive_data",
+            Self::Truncated => "truncated",
+            Self::TooManyRows => "too_many_rows",
+            Self::ReservedText => "reserved_text",
+            Self::ValidationNotAccepted => "validation_not_accepted",
+            Self::TooLarge => "too_large",
+            Self::UnknownKey => "unknown_key",
         }
     }
 }

@@ -22,13 +22,7 @@ pub struct LengthStats {
     pub max: u64,
 }
 
-/// Counts the tokens of a text for a model's tokenizer. `finetune-local`
-/// will offer one over a HuggingFace `tokenizer.json`; [`CharsPerToken`] is a
-/// rough stand-in when the provider's tokenizer is not at hand.
-pub trait TokenCounter: Send + Sync {
-    /// Tokens in `text`.
-    fn count(&self, text: &str) -> usize;
-}
+pub use finetune_core::rules::{ExampleTokens, TokenCounter};
 
 /// An estimate: one token per this many characters (about 4 for English
 /// with OpenAI's tokenizers).
@@ -51,13 +45,21 @@ pub struct TokenStats {
     pub completion: LengthStats,
     /// System tokens per row (non-null ones).
     pub system: LengthStats,
-    /// Tokens per row, all columns together.
+    /// Tokens per example as the provider counts it (all columns, with the
+    /// chat template or per-message overhead when the counter knows it).
     pub per_row: LengthStats,
+    /// Examples the counter's length limit cuts (local runs).
+    #[serde(default)]
+    pub truncated_rows: u64,
+    /// Tokens those cuts drop.
+    #[serde(default)]
+    pub cut_tokens: u64,
 }
 
 impl TokenStats {
-    /// The tokens a provider bills for training: every token of every row,
-    /// once per epoch. Providers add their own per-message overhead.
+    /// The tokens a provider bills for training: every token of every
+    /// example as counted (per-message overhead included when the counter
+    /// adds it), once per epoch.
     pub fn billed_tokens(&self, epochs: u32) -> u64 {
         self.per_row.total * u64::from(epochs)
     }
@@ -107,7 +109,14 @@ impl fmt::Display for Statistics {
             line(f, "prompt", &t.prompt)?;
             line(f, "completion", &t.completion)?;
             line(f, "system", &t.system)?;
-            line(f, "row", &t.per_row)?;
+            line(f, "example", &t.per_row)?;
+            if t.truncated_rows > 0 {
+                writeln!(
+                    f,
+                    "truncated: {} example(s), {} token(s) cut",
+                    t.truncated_rows, t.cut_tokens
+                )?;
+            }
         }
         Ok(())
     }
@@ -181,11 +190,5 @@ impl LengthHistogram {
             p95,
             max,
         }
-    }
-}
-
-impl fmt::Debug for dyn TokenCounter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenCounter")
     }
 }

@@ -9,6 +9,16 @@ use crate::read::DataBatch;
 use crate::report::{Problem, ProblemKind, ProblemLog, Severity, ValidationReport};
 use crate::schema::{COMPLETION, PROMPT, SYSTEM};
 use crate::stats::{LengthHistogram, Statistics, TokenCounter, TokenStats};
+use finetune_core::DataRules;
+
+/// Which dataset of a job is being validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetRole {
+    /// The training set.
+    Training,
+    /// The validation set.
+    Validation,
+}
 
 /// What counts as a problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +77,12 @@ pub struct Validator {
     /// The training set's examples, when validating a validation set.
     training: Option<ExampleIndex>,
     tokens: Option<(Box<dyn TokenCounter>, [LengthHistogram; 4])>,
+    truncated_rows: u64,
+    cut_tokens: u64,
+    /// The provider's rules, and which dataset this is.
+    rules: Option<(DataRules, DatasetRole)>,
+    /// Bytes of the provider's JSONL so far, when the rules limit them.
+    upload_bytes: u64,
 }
 
 impl Validator {
@@ -89,7 +105,27 @@ impl Validator {
             fatal: false,
             training: None,
             tokens: None,
+            truncated_rows: 0,
+            cut_tokens: 0,
+            rules: None,
+            upload_bytes: 0,
         }
+    }
+
+    /// Applies a provider's rules to this dataset: its row limits (the
+    /// training minimum replaces `min_rows`), the longest example (with the
+    /// token counter; give the one the provider bills with), reserved
+    /// strings, whether a validation set is taken, and the upload size.
+    pub fn with_rules(mut self, rules: DataRules, role: DatasetRole) -> Self {
+        if role == DatasetRole::Training {
+            self.options.min_rows = self.options.min_rows.max(rules.min_training_rows);
+        }
+        if let Some(max) = rules.max_example_tokens {
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            self.options.max_tokens = Some(self.options.max_tokens.map_or(max, |m| m.min(max)));
+        }
+        self.rules = Some((rules, role));
+        self
     }
 
     /// Warns (`validation_overlap`) about rows also in `training`.
@@ -181,6 +217,84 @@ impl Validator {
         });
     }
 
+    /// The length checks of one example's tokens: the limit (`too_long`,
+    /// naming the column with the most tokens) and the counter's cut
+    /// (`truncated`, or `too_long` when no completion token is left).
+    fn check_example_tokens(
+        &mut self,
+        example: crate::ExampleTokens,
+        columns: [(&str, u64); 3],
+        row: u64,
+        line: Option<u64>,
+    ) {
+        if let Some(max) = self.options.max_tokens
+            && example.total > max as u64
+        {
+            let column = columns.iter().max_by_key(|(_, n)| *n).map(|(c, _)| *c);
+            let message = format!("{} tokens, more than the limit of {max}", example.total);
+            self.problem(ProblemKind::TooLong, Severity::Error, row, line, column, message);
+        }
+        if example.cut > 0 {
+            self.truncated_rows += 1;
+            self.cut_tokens += example.cut;
+            let kept = example.total - example.cut;
+            if example.nothing_left {
+                let message = format!(
+                    "{} tokens cut to {kept}: no completion token is left to learn from",
+                    example.total
+                );
+                let column = Some(COMPLETION);
+                self.problem(ProblemKind::TooLong, Severity::Error, row, line, column, message);
+            } else {
+                let message = format!("{} tokens, cut to {kept} for the max length", example.total);
+                self.problem(ProblemKind::Truncated, Severity::Warning, row, line, None, message);
+            }
+        }
+    }
+
+    /// The provider's per-row rules: reserved strings, the upload's bytes.
+    fn check_rules(
+        &mut self,
+        prompt: &str,
+        completion: &str,
+        system: Option<&str>,
+        row: u64,
+        line: Option<u64>,
+    ) {
+        let Some((rules, _)) = &self.rules else { return };
+        let mut found = Vec::new();
+        for (column, value) in
+            [(PROMPT, Some(prompt)), (COMPLETION, Some(completion)), (SYSTEM, system)]
+        {
+            if let Some(reserved) = value.and_then(|v| rules.reserved_in(v)) {
+                let message = format!(
+                    "`{reserved}` is reserved by {} and refused in training data",
+                    rules.family
+                );
+                found.push((column, message));
+            }
+        }
+        if rules.max_upload_bytes.is_some() {
+            let line = crate::write::jsonl_line(
+                crate::OutputFormat::OpenAiChat,
+                prompt,
+                completion,
+                system,
+            );
+            self.upload_bytes += line.to_string().len() as u64 + 1;
+        }
+        for (column, message) in found {
+            self.problem(
+                ProblemKind::ReservedText,
+                Severity::Error,
+                row,
+                line,
+                Some(column),
+                message,
+            );
+        }
+    }
+
     /// A `too_long` error when the row's total exceeds `max`, naming the
     /// column that contributes most.
     fn check_length(
@@ -258,12 +372,15 @@ impl Validator {
                 if let Some(c) = c {
                     ts.add(c);
                 }
-                tr.add(a + b + c.unwrap_or(0));
-                row_tokens = Some([(PROMPT, a), (COMPLETION, b), (SYSTEM, c.unwrap_or(0))]);
+                let example = counter.example(system, prompt, completion);
+                tr.add(example.total);
+                row_tokens =
+                    Some((example, [(PROMPT, a), (COMPLETION, b), (SYSTEM, c.unwrap_or(0))]));
             }
-            if let Some(tokens) = row_tokens {
-                self.check_length(tokens, self.options.max_tokens, "tokens", row, line);
+            if let Some((example, columns)) = row_tokens {
+                self.check_example_tokens(example, columns, row, line);
             }
+            self.check_rules(prompt, completion, system, row, line);
             if self.options.scan_sensitive {
                 for (column, value) in
                     [(PROMPT, Some(prompt)), (COMPLETION, Some(completion)), (SYSTEM, system)]
@@ -325,6 +442,7 @@ impl Validator {
             };
             self.log.push(Problem::error(ProblemKind::TooFewRows, &self.file, message));
         }
+        self.finish_rules(rows);
         let stats = Statistics {
             rows,
             null_systems: self.null_systems,
@@ -336,9 +454,50 @@ impl Validator {
                 completion: c.stats(),
                 system: s.stats(),
                 per_row: r.stats(),
+                truncated_rows: self.truncated_rows,
+                cut_tokens: self.cut_tokens,
             }),
         };
         (self.log.into_report(self.file, self.records), stats)
+    }
+
+    /// The provider's whole-file rules.
+    fn finish_rules(&mut self, rows: u64) {
+        let Some((rules, role)) = &self.rules else { return };
+        let mut found = Vec::new();
+        let max_rows = match role {
+            DatasetRole::Training => rules.max_training_rows,
+            DatasetRole::Validation => rules.max_validation_rows,
+        };
+        if let Some(max) = max_rows
+            && rows > max
+        {
+            let which = if *role == DatasetRole::Training { "training" } else { "validation" };
+            found.push((
+                ProblemKind::TooManyRows,
+                format!("{rows} rows; {} takes at most {max} {which} rows", rules.family),
+            ));
+        }
+        if *role == DatasetRole::Validation && !rules.validation {
+            found.push((
+                ProblemKind::ValidationNotAccepted,
+                format!("{} ({}) takes no validation set", rules.family, rules.base_model),
+            ));
+        }
+        if let Some(max) = rules.max_upload_bytes
+            && self.upload_bytes > max
+        {
+            found.push((
+                ProblemKind::TooLarge,
+                format!(
+                    "the JSONL to upload would be {} bytes; {} takes at most {max}",
+                    self.upload_bytes, rules.family
+                ),
+            ));
+        }
+        for (kind, message) in found {
+            self.log.push(Problem::error(kind, &self.file, message));
+        }
     }
 
     /// Whether an error was found so far.

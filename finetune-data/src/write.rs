@@ -154,7 +154,7 @@ impl DatasetWriter {
 
 /// One JSONL line. The prompt/completion formats have no system field, so a
 /// system message is put before the prompt, separated by a blank line.
-fn jsonl_line(
+pub(crate) fn jsonl_line(
     format: OutputFormat,
     prompt: &str,
     completion: &str,
@@ -221,7 +221,19 @@ pub fn convert(
     format: OutputFormat,
     options: &ConvertOptions,
 ) -> Result<(crate::ValidationReport, u64), DataError> {
-    let mut validator = crate::Validator::new(dataset.name(), options.validation.clone());
+    let validator = crate::Validator::new(dataset.name(), options.validation.clone());
+    convert_with(dataset, path, format, options, validator)
+}
+
+/// [`convert`] through a validator the caller set up (a provider's rules
+/// and token counter, say); `options.validation` is not used.
+pub fn convert_with(
+    dataset: &crate::LocalDataset,
+    path: impl AsRef<Path>,
+    format: OutputFormat,
+    options: &ConvertOptions,
+    mut validator: crate::Validator,
+) -> Result<(crate::ValidationReport, u64), DataError> {
     let batches = match dataset.open() {
         Ok(b) => b,
         Err(DataError::Invalid(p)) => {

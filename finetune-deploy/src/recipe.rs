@@ -21,6 +21,7 @@
 //!    deploys per the model's policy — only versions whose provider needs a
 //!    deployment are ever sent to a deployer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -28,7 +29,10 @@ use finetune_core::{
     Connection, Error, FineTuneProvider, Job, JobId, JobSpec, JobState, ListJobs, LossPoint,
     PollPolicy, Providers, Result,
 };
-use finetune_data::{CharsPerToken, ObjectStores, ValidationOptions, ValidationReport, Validator};
+use finetune_data::{
+    CharsPerToken, DatasetRole, ObjectStores, TokenCounter, ValidationOptions, ValidationReport,
+    Validator,
+};
 use sha2::Digest as _;
 
 use crate::lifecycle::Lifecycle;
@@ -237,6 +241,13 @@ impl Recipe {
         on_event: &mut (impl FnMut(RecipeEvent) + Send),
     ) -> Result<Vec<DatasetRecord>> {
         let min_rows = provider.capabilities().min_training_rows.unwrap_or(1);
+        // The provider's own rules and tokenizer, so the dataset is refused
+        // here, before any upload, for what the provider would refuse.
+        let rules = provider.data_rules(&self.spec);
+        let counter: Arc<dyn TokenCounter> = match provider.token_counter(&self.spec).await? {
+            Some(counter) => counter,
+            None => Arc::new(CharsPerToken(4.0)),
+        };
         let mut records = Vec::new();
         let mut index = None;
         for (role, source) in
@@ -249,9 +260,16 @@ impl Recipe {
                 ..ValidationOptions::default()
             };
             let training_index = index.take();
+            let rules = rules.clone();
+            let counter = Arc::clone(&counter);
+            let dataset_role =
+                if role == "training" { DatasetRole::Training } else { DatasetRole::Validation };
             let (report, stats, taken, sha256) = tokio::task::spawn_blocking(move || {
-                let mut validator = Validator::new(dataset.name(), options)
-                    .with_token_counter(Box::new(CharsPerToken(4.0)));
+                let mut validator =
+                    Validator::new(dataset.name(), options).with_token_counter(Box::new(counter));
+                if let Some(rules) = rules {
+                    validator = validator.with_rules(rules, dataset_role);
+                }
                 if let Some(training) = training_index {
                     validator = validator.against_training(training);
                 }

@@ -185,6 +185,7 @@ impl LocalProvider {
         source: &DatasetSource,
         role: &'static str,
         folder: &JobFolder,
+        counter: Option<Arc<dyn finetune_core::TokenCounter>>,
     ) -> finetune_core::Result<PathBuf> {
         let dataset = finetune_data::localize(source, &self.stores).await?;
         self.datasets_read.fetch_add(1, Ordering::Relaxed);
@@ -193,12 +194,15 @@ impl LocalProvider {
         let path = data.join(format!("{role}.parquet"));
         let out = path.clone();
         let (report, _rows) = tokio::task::spawn_blocking(move || {
-            finetune_data::convert(
-                &dataset,
-                &out,
-                OutputFormat::Parquet,
-                &ConvertOptions::default(),
-            )
+            let options = ConvertOptions::default();
+            let mut validator =
+                finetune_data::Validator::new(dataset.name(), options.validation.clone());
+            // With the model's tokenizer, an example the max length would
+            // leave without a completion token is an error, not a skip.
+            if let Some(counter) = counter {
+                validator = validator.with_token_counter(Box::new(counter));
+            }
+            finetune_data::convert_with(&dataset, &out, OutputFormat::Parquet, &options, validator)
         })
         .await
         .map_err(|e| Error::other("validating the dataset", e))??;
@@ -446,6 +450,31 @@ impl FineTuneProvider for LocalProvider {
         self.prepare(spec).map(|_| ())
     }
 
+    fn data_rules(&self, spec: &JobSpec) -> Option<finetune_core::DataRules> {
+        Some(finetune_core::DataRules::builtin(
+            &finetune_core::ProviderKind::LocalHf,
+            &spec.base_model,
+        ))
+    }
+
+    /// The model's tokenizer and chat template at the run's max length, so
+    /// validation reports what the run would cut or skip.
+    async fn token_counter(
+        &self,
+        spec: &JobSpec,
+    ) -> finetune_core::Result<Option<Arc<dyn finetune_core::TokenCounter>>> {
+        let settings = self.settings(spec)?;
+        let dir = crate::locate(&spec.base_model, &self.runtime.cache)
+            .map_err(|e| Error::invalid_at(Location::column("base_model"), e.to_string()))?;
+        let counter = crate::sft::TemplateTokens::for_model(
+            &dir,
+            settings.config.max_length,
+            Truncation::KeepEnd,
+        )
+        .map_err(|e| Error::invalid_at(Location::file(dir.display().to_string()), e.to_string()))?;
+        Ok(Some(Arc::new(counter)))
+    }
+
     async fn submit(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
         let settings = self.prepare(spec)?;
         let root = &self.runtime.output_root;
@@ -459,10 +488,12 @@ impl FineTuneProvider for LocalProvider {
                 Err(e) => return Err(Error::io(&folder.dir, e)),
             }
         };
+        // No counter when the model cannot be read yet: the run says why.
+        let counter = self.token_counter(spec).await.ok().flatten();
         let staged = async {
-            let training = self.stage(&spec.training, "training", &folder).await?;
+            let training = self.stage(&spec.training, "training", &folder, counter.clone()).await?;
             let validation = match &spec.validation {
-                Some(v) => Some(self.stage(v, "validation", &folder).await?),
+                Some(v) => Some(self.stage(v, "validation", &folder, counter.clone()).await?),
                 None => None,
             };
             Ok::<_, Error>((training, validation))

@@ -334,3 +334,76 @@ pub fn tokenize_all(
     }
     Ok((out, stats))
 }
+
+/// Counts an example's tokens as a local run trains on it: the model's
+/// tokenizer over the rendered chat template (or the base format), with the
+/// max length and truncation side of the run, so the validator reports the
+/// examples the run would cut ([`finetune_core::ExampleTokens::cut`]) and
+/// those it would skip for want of a completion token.
+#[derive(Debug)]
+pub struct TemplateTokens {
+    tokenizer: Tokenizer,
+    options: TokenizeOptions,
+}
+
+impl TemplateTokens {
+    /// A counter for `tokenizer` under `options`.
+    pub fn new(tokenizer: Tokenizer, options: TokenizeOptions) -> Self {
+        Self { tokenizer, options }
+    }
+
+    /// The counter a run of the model in `dir` would use: the chat template
+    /// when it has one, else the base format.
+    pub fn for_model(
+        dir: &std::path::Path,
+        max_length: usize,
+        truncation: Truncation,
+    ) -> Result<Self> {
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let format = if tokenizer.chat_template().is_some() {
+            PromptFormat::Chat
+        } else {
+            PromptFormat::Base
+        };
+        Ok(Self::new(tokenizer, TokenizeOptions { format, max_length, truncation }))
+    }
+
+    fn tokenize(&self, example: &Example, max_length: usize) -> Result<Option<TokenizedExample>> {
+        let options = TokenizeOptions { max_length, ..self.options };
+        tokenize_example(&self.tokenizer, example, &options, &mut TokenizeStats::default())
+    }
+}
+
+impl finetune_core::TokenCounter for TemplateTokens {
+    fn count(&self, text: &str) -> usize {
+        self.tokenizer.encode(text, false).map_or(0, |ids| ids.len())
+    }
+
+    fn example(
+        &self,
+        system: Option<&str>,
+        prompt: &str,
+        completion: &str,
+    ) -> finetune_core::ExampleTokens {
+        let example = Example {
+            system: system.map(str::to_owned),
+            prompt: prompt.to_owned(),
+            completion: completion.to_owned(),
+        };
+        // Untruncated first: the example's whole length.
+        let total = match self.tokenize(&example, usize::MAX) {
+            Ok(Some(t)) => t.input_ids.len() as u64,
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::warn!("counting an example's tokens: {e}");
+                return finetune_core::ExampleTokens::whole(0);
+            }
+        };
+        let max = self.options.max_length as u64;
+        if total <= max {
+            return finetune_core::ExampleTokens::whole(total);
+        }
+        let nothing_left = !matches!(self.tokenize(&example, self.options.max_length), Ok(Some(_)));
+        finetune_core::ExampleTokens { total, cut: total - max, nothing_left }
+    }
+}

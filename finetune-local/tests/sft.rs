@@ -164,3 +164,62 @@ fn pack_rows_uses_few_balanced_rows_and_keeps_every_example() {
     assert_eq!(tags, (0..8).collect::<Vec<_>>());
     assert!(finetune_local::sft::pack_rows(&refs, 399).is_err());
 }
+
+#[test]
+fn validation_counts_what_a_run_trains_and_reports_what_it_cuts() {
+    use finetune_data::{DatasetRole, ProblemKind, Severity, ValidationOptions, Validator};
+    use finetune_local::sft::TemplateTokens;
+
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("train.jsonl");
+    let line = |p: &str, c: &str| serde_json::json!({"prompt": p, "completion": c}).to_string();
+    let long = "word ".repeat(60);
+    let text =
+        [line("Hi", "Hello"), line(&long, "Short answer"), line("Hi", "Hello again")].join("\n");
+    std::fs::write(&path, text).unwrap();
+    let source = finetune_core::DatasetSource::new(path.to_str().unwrap()).unwrap();
+    let dataset = finetune_data::LocalDataset::local(&source).unwrap();
+    let rules = finetune_core::DataRules::builtin(&finetune_core::ProviderKind::LocalHf, "llama");
+    let run = |truncation: Truncation| {
+        let counter = TemplateTokens::for_model(&dir("llama"), 48, truncation).unwrap();
+        let validator = Validator::new("train.jsonl", ValidationOptions::default())
+            .with_token_counter(Box::new(counter))
+            .with_rules(rules.clone(), DatasetRole::Training);
+        finetune_data::validate_with(&dataset, validator).unwrap().finish()
+    };
+    // The counts are the run's: the whole rendered conversation.
+    let tok = Tokenizer::from_dir(&dir("llama")).unwrap();
+    let unlimited = TokenizeOptions {
+        format: PromptFormat::Chat,
+        max_length: 4096,
+        truncation: Truncation::KeepEnd,
+    };
+    let lengths: Vec<u64> =
+        [("Hi", "Hello"), (long.as_str(), "Short answer"), ("Hi", "Hello again")]
+            .iter()
+            .map(|(p, c)| {
+                let ex = Example { system: None, prompt: (*p).into(), completion: (*c).into() };
+                let t =
+                    tokenize_example(&tok, &ex, &unlimited, &mut TokenizeStats::default()).unwrap();
+                t.unwrap().input_ids.len() as u64
+            })
+            .collect();
+    assert!(lengths[0] <= 48 && lengths[1] > 48, "{lengths:?}");
+
+    // Keeping the end: the prompt's start is cut, the example still trains.
+    let (report, stats) = run(Truncation::KeepEnd);
+    assert!(report.valid, "{report}");
+    let cut: Vec<_> = report.problems(ProblemKind::Truncated).collect();
+    assert_eq!(cut.len(), 1, "{report}");
+    assert_eq!((cut[0].row, cut[0].severity), (Some(2), Severity::Warning));
+    let tokens = stats.tokens.unwrap();
+    assert_eq!(tokens.per_row.total, lengths.iter().sum::<u64>());
+    assert_eq!((tokens.truncated_rows, tokens.cut_tokens), (1, lengths[1] - 48));
+
+    // Keeping the start: the completion is cut away entirely, an error.
+    let (report, _) = run(Truncation::KeepStart);
+    assert!(!report.valid);
+    let p = report.problems(ProblemKind::TooLong).next().unwrap();
+    assert_eq!((p.row, p.column.as_deref()), (Some(2), Some("completion")));
+    assert!(p.message.contains("no completion token"), "{}", p.message);
+}

@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use finetune_core::{DatasetSource, Error, Result};
-use finetune_data::{ConvertOptions, ObjectStores, OutputFormat, ValidationOptions};
+use std::sync::Arc;
+
+use finetune_core::{DataRules, DatasetSource, Error, Result, TokenCounter};
+use finetune_data::{
+    ConvertOptions, DatasetRole, ObjectStores, OutputFormat, ValidationOptions, Validator,
+};
 
 /// A converted dataset in a temporary directory (removed on drop).
 #[derive(Debug)]
@@ -20,26 +24,27 @@ pub(crate) struct Prepared {
     pub(crate) rows: u64,
 }
 
-/// Reads `source` (local or an object-store URL), validates it and writes it
-/// in `format`. An invalid dataset is an [`Error::InvalidInput`] naming its
-/// first problem's file, row, line and column, and the count of all.
+/// Reads `source` (local or an object-store URL), validates it under the
+/// provider's `rules` (counting tokens as the rules' tokenizer does) and
+/// writes it in `format`. An invalid dataset is an [`Error::InvalidInput`]
+/// naming its first problem's file, row, line and column, and the count of
+/// all.
 pub(crate) async fn convert_for_upload(
     stores: &ObjectStores,
     source: &DatasetSource,
     role: &str,
     format: OutputFormat,
-    min_rows: u64,
+    rules: DataRules,
 ) -> Result<Prepared> {
     let dataset = finetune_data::localize(source, stores).await?;
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let path = dir.path().join(format!("{role}.jsonl"));
-    let options = ConvertOptions {
-        validation: ValidationOptions { min_rows, ..ValidationOptions::default() },
-        ..ConvertOptions::default()
-    };
+    let options = ConvertOptions::default();
     let out = path.clone();
+    let dataset_role = role_of(role);
     let (report, rows) = tokio::task::spawn_blocking(move || {
-        finetune_data::convert(&dataset, &out, format, &options)
+        let validator = rules_validator(dataset.name(), rules, dataset_role);
+        finetune_data::convert_with(&dataset, &out, format, &options, validator)
     })
     .await
     .map_err(|e| Error::other("converting the dataset", e))??;
@@ -50,6 +55,21 @@ pub(crate) async fn convert_for_upload(
         .map_err(|e| Error::other("hashing the dataset", e))??;
     tracing::debug!(role, rows, bytes, "dataset converted");
     Ok(Prepared { _dir: dir, path, sha256, bytes, rows })
+}
+
+/// A validator applying `rules`, counting with their billing tokenizer.
+pub(crate) fn rules_validator(file: &str, rules: DataRules, role: DatasetRole) -> Validator {
+    let counter: Option<Arc<dyn TokenCounter>> = finetune_data::counter_for(&rules);
+    let mut validator = Validator::new(file, ValidationOptions::default());
+    if let Some(counter) = counter {
+        validator = validator.with_token_counter(Box::new(counter));
+    }
+    validator.with_rules(rules, role)
+}
+
+/// The dataset role named `role` (`training` or `validation`).
+pub(crate) fn role_of(role: &str) -> DatasetRole {
+    if role == "validation" { DatasetRole::Validation } else { DatasetRole::Training }
 }
 
 /// SHA-256 (hex) and size of a file.

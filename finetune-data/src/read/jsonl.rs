@@ -103,7 +103,12 @@ impl<R: BufRead> JsonlReader<R> {
                 break;
             }
             self.line += 1;
-            let raw = trim_line_end(&self.buf);
+            let mut raw = trim_line_end(&self.buf);
+            // A UTF-8 byte-order mark (Windows tools write one; Azure
+            // OpenAI's docs ask for one) starts the file, not the record.
+            if self.line == 1 {
+                raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+            }
             if raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -311,6 +316,22 @@ impl<R: BufRead> JsonlReader<R> {
         for (i, m) in messages.iter().enumerate() {
             let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
             let column = format!("messages[{i}]");
+            // OpenAI's data-preparation guide refuses other keys in a
+            // message (`message_unrecognized_key`); converting would drop
+            // them silently.
+            if let Some(key) =
+                m.as_object().and_then(|m| m.keys().find(|k| !MESSAGE_KEYS.contains(&k.as_str())))
+            {
+                let column = format!("{column}.{key}");
+                return Err(self.problem(
+                    ProblemKind::UnknownKey,
+                    Some(&column),
+                    format!(
+                        "unknown key `{key}` in a message (known: {})",
+                        MESSAGE_KEYS.join(", ")
+                    ),
+                ));
+            }
             let content = m
                 .get("content")
                 .and_then(content_text)
@@ -345,6 +366,10 @@ impl<R: BufRead> JsonlReader<R> {
         ))
     }
 }
+
+/// The keys a chat message may have: OpenAI's (`role`, `content`, `name`,
+/// `weight`), which Bedrock's conversation lines use a subset of.
+const MESSAGE_KEYS: [&str; 4] = ["role", "content", "name", "weight"];
 
 /// A message's text: a string, or a list holding one `{"text": …}` block.
 fn content_text(v: &Value) -> Option<&str> {
@@ -384,6 +409,16 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_byte_order_mark_starts_the_file_not_the_record() {
+        let text = "\u{feff}{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"c\",\"completion\":\"d\"}\n";
+        let batches: Vec<_> =
+            JsonlReader::new(text.as_bytes(), "bom.jsonl", ColumnMapping::default()).collect();
+        let batch = batches.into_iter().next().unwrap().unwrap();
+        assert!(batch.problems.is_empty(), "{:?}", batch.problems);
+        assert_eq!(batch.batch.num_rows(), 2);
+    }
+
     use super::*;
     use arrow_array::Array;
     use arrow_array::cast::AsArray;

@@ -17,6 +17,10 @@ impl Host for Azure {
         "azure_openai"
     }
 
+    fn kind(&self) -> finetune_core::ProviderKind {
+        finetune_core::ProviderKind::AzureOpenAi
+    }
+
     fn requires_deployment(&self) -> bool {
         true
     }

@@ -172,6 +172,17 @@ impl FineTuneProvider for AzureOpenAiProvider {
         self.client.validate(spec)
     }
 
+    fn data_rules(&self, spec: &JobSpec) -> Option<finetune_core::DataRules> {
+        Some(self.client.data_rules(&spec.base_model))
+    }
+
+    async fn token_counter(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Option<std::sync::Arc<dyn finetune_core::TokenCounter>>> {
+        Ok(finetune_data::counter_for(&self.client.data_rules(&spec.base_model)))
+    }
+
     async fn submit(&self, spec: &JobSpec) -> Result<Job> {
         self.client.submit(spec).await
     }

@@ -282,6 +282,20 @@ impl BedrockProvider {
     }
 }
 
+impl BedrockProvider {
+    /// The data rules of `base_model`: the built-in table's, with whether a
+    /// validation set is taken from this provider's model rules (which an
+    /// application may have replaced).
+    fn data_rules_for(&self, base_model: &str) -> finetune_core::DataRules {
+        let mut rules =
+            finetune_core::DataRules::builtin(&finetune_core::ProviderKind::Bedrock, base_model);
+        if let Ok(model) = self.rules_for(base_model) {
+            rules.validation &= model.validation;
+        }
+        rules
+    }
+}
+
 #[async_trait]
 impl FineTuneProvider for BedrockProvider {
     fn name(&self) -> &str {
@@ -299,13 +313,25 @@ impl FineTuneProvider for BedrockProvider {
         self.check_spec(spec).map(|_| ())
     }
 
+    fn data_rules(&self, spec: &JobSpec) -> Option<finetune_core::DataRules> {
+        Some(self.data_rules_for(&spec.base_model))
+    }
+
+    async fn token_counter(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Option<std::sync::Arc<dyn finetune_core::TokenCounter>>> {
+        Ok(finetune_data::counter_for(&self.data_rules_for(&spec.base_model)))
+    }
+
     async fn submit(&self, spec: &JobSpec) -> Result<Job> {
         // Every rule is checked before any data is read or sent.
         self.check_spec(spec)?;
         let format = self.rules_for(&spec.base_model)?.format;
-        let training = self.upload(&spec.training, "training", format).await?;
+        let rules = self.data_rules_for(&spec.base_model);
+        let training = self.upload_under(&spec.training, "training", format, rules.clone()).await?;
         let validation = match &spec.validation {
-            Some(v) => Some(self.upload(v, "validation", format).await?),
+            Some(v) => Some(self.upload_under(v, "validation", format, rules).await?),
             None => None,
         };
         let arn = self

@@ -271,6 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn the_data_rules_agree_with_the_hyperparameter_table() {
+        // Two tables, one per concern: the epochs the cost estimate assumes
+        // and whether a validation set is taken must be this table's.
+        for (prefix, rules) in BaseModelRules::builtin() {
+            let data =
+                finetune_core::DataRules::builtin(&finetune_core::ProviderKind::Bedrock, &prefix);
+            let epochs = rules.epochs.map(|e| e.default);
+            assert_eq!(
+                Some(data.default_epochs),
+                epochs.map(finetune_core::rules::DefaultEpochs::Fixed),
+                "{prefix}"
+            );
+            assert_eq!(data.validation, rules.validation, "{prefix}");
+        }
+    }
+
+    #[test]
     fn the_longest_prefix_wins_and_arns_resolve() {
         let table = BaseModelRules::builtin();
         let titan = BaseModelRules::find(&table, "amazon.titan-text-lite-v1:0:4k").expect("titan");

@@ -261,13 +261,25 @@ impl super::BedrockProvider {
         role: &str,
         format: BedrockDataFormat,
     ) -> Result<UploadedObject> {
+        let rules = finetune_core::DataRules::builtin(&finetune_core::ProviderKind::Bedrock, "");
+        self.upload_under(source, role, format, rules).await
+    }
+
+    /// [`Self::upload`] under a base model's data rules.
+    pub(crate) async fn upload_under(
+        &self,
+        source: &finetune_core::DatasetSource,
+        role: &str,
+        format: BedrockDataFormat,
+        rules: finetune_core::DataRules,
+    ) -> Result<UploadedObject> {
         let bucket = self.bucket()?;
         let prepared = crate::prepare::convert_for_upload(
             &self.stores,
             source,
             role,
             format.output_format(),
-            1,
+            rules,
         )
         .await?;
         let key = bucket.uri.key(&format!("data/{}.jsonl", &prepared.sha256[..32]));

@@ -16,6 +16,10 @@ impl Host for OpenAi {
         "openai"
     }
 
+    fn kind(&self) -> finetune_core::ProviderKind {
+        finetune_core::ProviderKind::OpenAi
+    }
+
     fn requires_deployment(&self) -> bool {
         false
     }

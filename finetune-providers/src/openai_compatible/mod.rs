@@ -58,6 +58,9 @@ pub(crate) trait Host: Send + Sync + fmt::Debug + 'static {
     /// The provider's name in jobs and models (`openai`, `azure_openai`).
     fn name(&self) -> &'static str;
 
+    /// Which provider it is, for its data rules.
+    fn kind(&self) -> finetune_core::ProviderKind;
+
     /// Whether the host serves fine-tuned models only through billed
     /// deployments.
     fn requires_deployment(&self) -> bool;
@@ -179,7 +182,12 @@ impl<H: Host> FineTuningClient<H> {
     /// Validates a dataset, writes it as chat JSONL and uploads it (or
     /// reuses an identical file already uploaded).
     pub async fn upload(&self, dataset: &finetune_core::DatasetSource) -> Result<UploadedFile> {
-        self.prepare_file(dataset, "training").await
+        self.prepare_file(dataset, "training", self.data_rules("")).await
+    }
+
+    /// The data rules for `base_model` on this host.
+    pub(crate) fn data_rules(&self, base_model: &str) -> finetune_core::DataRules {
+        finetune_core::DataRules::builtin(&self.host.kind(), base_model)
     }
 
     /// Retries made since this provider was built.
@@ -268,14 +276,14 @@ impl<H: Host> FineTuningClient<H> {
         &self,
         source: &finetune_core::DatasetSource,
         role: &str,
+        rules: finetune_core::DataRules,
     ) -> Result<UploadedFile> {
-        let min_rows = if role == "training" { MIN_TRAINING_ROWS } else { 1 };
         let prepared = crate::prepare::convert_for_upload(
             &self.stores,
             source,
             role,
             OutputFormat::OpenAiChat,
-            min_rows,
+            rules,
         )
         .await?;
         let (sha256, bytes, out) = (prepared.sha256.clone(), prepared.bytes, &prepared.path);
@@ -415,9 +423,10 @@ impl<H: Host> FineTuningClient<H> {
     /// identical file) and creates the job.
     pub(crate) async fn submit(&self, spec: &JobSpec) -> Result<Job> {
         self.validate(spec)?;
-        let training = self.prepare_file(&spec.training, "training").await?;
+        let rules = self.data_rules(&spec.base_model);
+        let training = self.prepare_file(&spec.training, "training", rules.clone()).await?;
         let validation = match &spec.validation {
-            Some(v) => Some(self.prepare_file(v, "validation").await?),
+            Some(v) => Some(self.prepare_file(v, "validation", rules).await?),
             None => None,
         };
         let wire =
