@@ -24,9 +24,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 const USAGE: &str =
     "usage: finetune_local --model <DIR_OR_ID> --train <PATH_OR_URL> [--validation <PATH_OR_URL>]
+       finetune_local --run-job <ID> --jobs <DIR> [--cache DIR] [--device D] [--dtype T] [--threads N]
                       [--method lora|full] [--epochs N] [--lr X] [--batch-size N] [--max-length N]
                       [--packing] [--gradient-checkpointing] [--output DIR] [--resume] [mapping flags] [options]
 
+  --run-job ID --jobs DIR  run a job recorded in DIR (LocalProvider::record) to its end,
+                           resuming from its newest checkpoint when an earlier run was stopped:
+                           a container's entry point. Exit 0: succeeded; 3: failed or cancelled
+                           (retrying cannot help); 1: anything else.
   --model                  a model directory, or org/name[@revision] from the local HF cache
   --train, --validation    JSONL, CSV, Parquet or Arrow files, local or object-store URLs
   --method                 lora (default) or full
@@ -62,6 +67,9 @@ fn main() {
         "micro-batch-size",
         "max-length",
         "loss-chunk-tokens",
+        "run-job",
+        "jobs",
+        "cache",
         "output",
         "lora-r",
         "lora-alpha",
@@ -87,9 +95,70 @@ fn main() {
         &with_value,
         &["packing", "gradient-checkpointing", "resume", "merge", "rslora", "chat", "base"],
     );
+    if let Some(id) = args.value("run-job") {
+        std::process::exit(run_recorded(&args, id));
+    }
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Runs a recorded job to its end; the exit code says how it ended.
+fn run_recorded(args: &Args, id: &str) -> i32 {
+    let jobs = args.value("jobs").unwrap_or_else(|| usage_error(USAGE, "--run-job needs --jobs"));
+    logs_to_stderr();
+    let runtime = (|| -> Result<Runtime, Box<dyn std::error::Error>> {
+        let mut runtime = Runtime::from_env()?;
+        runtime.output_root = jobs.into();
+        if let Some(c) = args.value("cache") {
+            runtime.cache = finetune_local::ModelCache::at(c);
+        }
+        if let Some(d) = args.value("device") {
+            runtime.device = Some(parse_device(d)?);
+        }
+        if let Some(d) = args.value("dtype") {
+            runtime.dtype = Some(parse_dtype(d)?);
+        }
+        if let Some(n) = args.parsed(USAGE, "threads") {
+            runtime.threads = Some(n);
+        }
+        Ok(runtime)
+    })();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let provider = finetune_local::LocalProvider::new(runtime);
+    let id = finetune_core::JobId::new(id);
+    match finetune_examples::block_on(provider.run_recorded(&id)) {
+        Ok(job) => {
+            println!("{}", serde_json::to_string(&job).unwrap_or_default());
+            match job.state {
+                finetune_core::JobState::Succeeded { .. } => 0,
+                _ => 3,
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Logs go to stderr (plain, no colours) unless it is a terminal.
+fn logs_to_stderr() {
+    if !std::io::stderr().is_terminal() {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
     }
 }
 
@@ -150,15 +219,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let model = args.value("model").unwrap_or_else(|| usage_error(USAGE, "--model is required"));
     let train = args.value("train").unwrap_or_else(|| usage_error(USAGE, "--train is required"));
     let terminal = std::io::stderr().is_terminal();
-    if !terminal {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    logs_to_stderr();
     let mut runtime = Runtime::from_env()?;
     if let Some(d) = args.value("device") {
         runtime.device = Some(parse_device(d)?);
@@ -202,19 +263,17 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let cancel = Arc::new(AtomicBool::new(false));
     let bar = ProgressBar::hidden();
     let on_event = |event: &TrainEvent| match event {
-        TrainEvent::Started { total_steps, resumed_from, .. } => {
-            if terminal {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_length(*total_steps as u64);
-                bar.set_position(resumed_from.unwrap_or(0) as u64);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                bar.reset_eta();
-            }
+        TrainEvent::Started { total_steps, resumed_from, .. } if terminal => {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length(*total_steps as u64);
+            bar.set_position(resumed_from.unwrap_or(0) as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.reset_eta();
         }
         TrainEvent::Step(r) => {
             if terminal {
@@ -251,6 +310,17 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         TrainEvent::Checkpoint { path, .. } => {
             tracing::info!("checkpoint {}", path.display());
         }
+        TrainEvent::Planned(plan) => {
+            let line = format!("memory plan: {plan}");
+            if terminal { bar.println(line) } else { tracing::info!("{line}") }
+        }
+        TrainEvent::MicroBatchHalved { step, micro_batch_size } => {
+            let line = format!(
+                "step {step} ran out of memory: running it again with micro-batch {micro_batch_size}"
+            );
+            if terminal { bar.println(line) } else { tracing::warn!("{line}") }
+        }
+        _ => {}
     };
     let (report, _) = finetune_local::run_job(&job, &runtime, Arc::clone(&cancel), on_event)?;
     bar.finish_and_clear();

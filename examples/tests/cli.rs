@@ -790,3 +790,95 @@ fn deploy_lifecycle_runs_on_bedrock_with_the_usual_environment() {
     assert_eq!(live, vec![(theirs.clone(), "Active".to_owned())]);
     assert_eq!(fake.deleted_deployments(), 2);
 }
+
+/// The path of an example's binary, built (by cargo) when it is missing or
+/// older than this test.
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_owned();
+    let binary = dir.join("examples").join(name);
+    let test_built = std::env::current_exe().unwrap().metadata().unwrap().modified().unwrap();
+    let fresh = binary.metadata().and_then(|m| m.modified()).is_ok_and(|b| b >= test_built);
+    if !fresh {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "--manifest-path"])
+            .arg(&manifest)
+            .args(["--example", name])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    binary
+}
+
+#[test]
+fn a_recorded_job_killed_mid_training_resumes_in_a_new_process_to_the_same_adapter() {
+    use finetune_core::{DatasetSource, JobSpec};
+    use finetune_local::{LocalProvider, Runtime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../finetune-local/tests/fixtures/models/llama")
+        .canonicalize()
+        .unwrap();
+    let spec = JobSpec::new(model.to_str().unwrap(), DatasetSource::new(&sample()).unwrap())
+        .with_hyperparameters(finetune_core::Hyperparameters {
+            epochs: finetune_core::Setting::Value(6),
+            batch_size: finetune_core::Setting::Value(8),
+            ..Default::default()
+        })
+        .with_extra("checkpoint_every", 2)
+        .with_extra("lora_dropout", 0.1);
+    let runtime = || Runtime { output_root: jobs.clone(), threads: Some(1), ..Runtime::default() };
+    let provider = LocalProvider::new(runtime());
+    let record = |spec: &JobSpec| finetune_examples::block_on(provider.record(spec)).unwrap().id;
+    let (killed, whole) = (record(&spec), record(&spec));
+    let binary = example_binary("finetune_local");
+    let run = |id: &finetune_core::JobId| {
+        Command::new(&binary)
+            .args(["--run-job", id.as_str(), "--jobs", jobs.to_str().unwrap()])
+            .args(["--device", "cpu", "--threads", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The pod: killed (SIGKILL) once its second checkpoint is on disk.
+    let mut child = run(&killed);
+    let checkpoints = jobs.join(killed.as_str()).join("checkpoints");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed().as_secs() < 300);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The restarted pod resumes; the other job runs uninterrupted.
+    for id in [&killed, &whole] {
+        let out = run(id).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(job["state"]["state"], "succeeded", "{job}");
+    }
+    let adapter = |id: &finetune_core::JobId| {
+        let path = jobs.join(id.as_str()).join("adapter/adapter_model.safetensors");
+        let mut t = finetune_local::tch::Tensor::read_safetensors(&path).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (a, b) = (adapter(&killed), adapter(&whole));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{na}: {diff}");
+    }
+    // The killed job's record counts one more start than the other's.
+    let starts = |id: &finetune_core::JobId| {
+        let text = std::fs::read_to_string(jobs.join(id.as_str()).join("job.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["resumed"].as_u64().unwrap()
+    };
+    assert_eq!(starts(&killed), starts(&whole) + 1);
+}

@@ -324,6 +324,10 @@ pub struct LocalHfSettings {
     /// The model cache (HF hub layout) model ids resolve in.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Train in this container on a cluster instead of in the calling
+    /// process.
+    #[serde(default)]
+    pub container: Option<Box<crate::container::ContainerConfig>>,
 }
 
 impl LocalHfSettings {
@@ -347,6 +351,12 @@ impl LocalHfSettings {
     /// Sets libtorch's CPU threads.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Trains in `container` on a cluster.
+    pub fn with_container(mut self, container: crate::container::ContainerConfig) -> Self {
+        self.container = Some(Box::new(container));
         self
     }
 }

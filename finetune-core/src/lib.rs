@@ -44,6 +44,7 @@
 
 mod chat;
 mod connection;
+pub mod container;
 mod dataset;
 mod error;
 mod factory;
@@ -72,6 +73,7 @@ pub use connection::{
     AzureAuth, AzureOpenAiSettings, BedrockSettings, Connection, ConnectionSettings,
     LocalHfSettings, OpenAiSettings, ProviderKind, Secret,
 };
+pub use container::ContainerConfig;
 pub use dataset::{ColumnMapping, DatasetFormat, DatasetLocation, DatasetSource};
 pub use error::{Error, Location, Result};
 pub use factory::{EnabledConnection, ProviderFactory, Providers, expect_kind, require_deployment};

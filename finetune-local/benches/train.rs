@@ -131,12 +131,13 @@ fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str, ch
         ..TrainConfig::default()
     };
     let mut steps = Vec::new();
+    let mut plan = None;
     Trainer::new(&mut model, config)
         .unwrap()
-        .on_event(|e| {
-            if let TrainEvent::Step(r) = e {
-                steps.push(*r);
-            }
+        .on_event(|e| match e {
+            TrainEvent::Step(r) => steps.push(*r),
+            TrainEvent::Planned(p) => plan = Some(*p),
+            _ => {}
         })
         .fit(&examples, &[])
         .unwrap();
@@ -151,6 +152,7 @@ fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str, ch
             "first_loss": steps[0].loss,
             "last_loss": steps.last().unwrap().loss,
             "steps": steps.len(),
+            "plan_mib": plan.map_or(f64::NAN, |p| p.total() as f64 / (1024.0 * 1024.0)),
         })
     );
 }
@@ -272,11 +274,12 @@ fn main() {
             f(&me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
         );
         eprintln!(
-            "  [{case}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}",
+            "  [{case}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} MiB",
             f(&me, "first_loss"),
             f(&me, "last_loss"),
             f(&peer, "first_loss"),
-            f(&peer, "last_loss")
+            f(&peer, "last_loss"),
+            f(&me, "plan_mib")
         );
     }
 }

@@ -127,6 +127,16 @@ pub enum LocalError {
     #[error("{0}")]
     Core(Box<finetune_core::Error>),
 
+    /// The launcher's environment (torchrun, Slurm, a Kubernetes Indexed
+    /// Job) is missing a value or holds an inconsistent one.
+    #[error("process topology: `{variable}`: {message}")]
+    Topology {
+        /// The environment variable.
+        variable: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A checkpoint cannot be resumed: it is damaged or was written by a
     /// run with other settings or data.
     #[error("cannot resume from {}: {message}", path.display())]
@@ -145,6 +155,17 @@ impl From<finetune_core::Error> for LocalError {
 }
 
 impl LocalError {
+    /// Whether libtorch ran out of memory (CUDA's "out of memory", the CPU
+    /// allocator's "not enough memory" / "can't allocate memory"): the
+    /// trainer then retries the step with half the micro-batch.
+    pub fn is_out_of_memory(&self) -> bool {
+        let Self::Torch(e) = self else { return false };
+        let text = e.to_string().to_lowercase();
+        ["out of memory", "not enough memory", "can't allocate memory"]
+            .iter()
+            .any(|m| text.contains(m))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
     }
@@ -170,9 +191,9 @@ impl From<LocalError> for finetune_core::Error {
             }
             LocalError::Io { path, source } => Self::Io { path: Some(path), source },
             LocalError::Core(e) => *e,
-            LocalError::InvalidArgument(_) | LocalError::Template { .. } => {
-                Self::invalid(e.to_string())
-            }
+            LocalError::InvalidArgument(_)
+            | LocalError::Template { .. }
+            | LocalError::Topology { .. } => Self::invalid(e.to_string()),
             other => Self::other(other.to_string(), other),
         }
     }

@@ -82,6 +82,19 @@ impl ProviderFactory for LocalFactory {
         &self,
         connection: EnabledConnection<'_>,
     ) -> Result<Arc<dyn FineTuneProvider>> {
+        if let ConnectionSettings::LocalHf(LocalHfSettings { container: Some(_), .. }) =
+            &connection.settings
+        {
+            // Training here instead of in the configured container would
+            // put the job on the wrong machine without a word.
+            return Err(Error::Unsupported {
+                message: format!(
+                    "connection `{}` trains in a container on a cluster, which this version \
+                     cannot submit yet; remove `container` to train in this process",
+                    connection.name
+                ),
+            });
+        }
         let runtime = Runtime::from_connection(&connection)?;
         Ok(Arc::new(LocalProvider::new(runtime).with_object_stores(self.stores.clone())))
     }

@@ -69,11 +69,14 @@ pub mod hub;
 pub mod import;
 pub mod job;
 pub mod job_folder;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod lora;
 pub mod models;
 pub mod provider;
 pub mod sft;
 pub mod tokenizer;
+pub mod topology;
 pub mod train;
 pub mod weights;
 

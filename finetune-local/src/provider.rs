@@ -250,6 +250,101 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// Validates `spec`, makes its job folder with the validated data and
+    /// its record (queued), and returns the record, the settings and the
+    /// folder's lock: everything but starting it.
+    async fn record_job(
+        &self,
+        spec: &JobSpec,
+    ) -> finetune_core::Result<(Record, Settings, std::fs::File)> {
+        let settings = self.prepare(spec)?;
+        let root = &self.runtime.output_root;
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let (id, folder) = loop {
+            let id = new_job_id();
+            let folder = self.folder(&id)?;
+            match std::fs::create_dir(&folder.dir) {
+                Ok(()) => break (id, folder),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&folder.dir, e)),
+            }
+        };
+        // No counter when the model cannot be read yet: the run says why.
+        let counter = self.token_counter(spec).await.ok().flatten();
+        let staged = async {
+            let training = self.stage(&spec.training, "training", &folder, counter.clone()).await?;
+            let validation = match &spec.validation {
+                Some(v) => Some(self.stage(v, "validation", &folder, counter.clone()).await?),
+                None => None,
+            };
+            Ok::<_, Error>((training, validation))
+        }
+        .await;
+        let (training, validation) = match staged {
+            Ok(paths) => paths,
+            Err(e) => {
+                // A refused job leaves nothing behind.
+                let _ = std::fs::remove_dir_all(&folder.dir);
+                return Err(e);
+            }
+        };
+        let job = Job {
+            id: id.clone(),
+            provider: NAME.into(),
+            base_model: spec.base_model.clone(),
+            state: JobState::Queued,
+            created_at: Utc::now(),
+            metadata: spec.metadata.clone(),
+        };
+        let record =
+            Record { job: job.clone(), spec: spec.clone(), training, validation, resumed: 0 };
+        folder.write(&record)?;
+        let owner = folder
+            .try_own()?
+            .ok_or_else(|| Error::invalid(format!("job {id} is already owned")))?;
+        let _ = job;
+        Ok((record, settings, owner))
+    }
+
+    /// Records a job as `submit` does — validated, its data staged in its
+    /// folder — without starting it: a process with the same output root
+    /// (a container on a cluster, say) runs it with [`Self::run_recorded`].
+    pub async fn record(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
+        let (record, _, _owner) = self.record_job(spec).await?;
+        Ok(record.job)
+    }
+
+    /// Runs a recorded job to its end in this process: starts it, or
+    /// resumes it from its newest checkpoint when an earlier process was
+    /// stopped while training it (a restarted pod, say), and waits. A job
+    /// that another live process trains is an error; a finished one is
+    /// returned as it is.
+    pub async fn run_recorded(&self, id: &JobId) -> finetune_core::Result<Job> {
+        let folder = self.folder(id)?;
+        let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        if record.job.state.is_terminal() {
+            return Ok(record.job);
+        }
+        let job = self.job_in_folder(id, true)?;
+        if self.live(id).is_none() && !job.state.is_terminal() {
+            return Err(Error::invalid(format!("job {id} is being trained by another process")));
+        }
+        loop {
+            match self.live(id) {
+                Some((state, _)) if !state.is_terminal() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                _ => break,
+            }
+        }
+        // The worker writes the final record before it ends.
+        let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        match self.live(id) {
+            Some((state, _)) => Ok(Job { state, ..record.job }),
+            None => Ok(record.job),
+        }
+    }
+
     /// A job from its folder: taken over and resumed when it was
     /// interrupted (`take_over`), else as recorded.
     fn job_in_folder(&self, id: &JobId, take_over: bool) -> finetune_core::Result<Job> {
@@ -476,51 +571,8 @@ impl FineTuneProvider for LocalProvider {
     }
 
     async fn submit(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
-        let settings = self.prepare(spec)?;
-        let root = &self.runtime.output_root;
-        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let (id, folder) = loop {
-            let id = new_job_id();
-            let folder = self.folder(&id)?;
-            match std::fs::create_dir(&folder.dir) {
-                Ok(()) => break (id, folder),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io(&folder.dir, e)),
-            }
-        };
-        // No counter when the model cannot be read yet: the run says why.
-        let counter = self.token_counter(spec).await.ok().flatten();
-        let staged = async {
-            let training = self.stage(&spec.training, "training", &folder, counter.clone()).await?;
-            let validation = match &spec.validation {
-                Some(v) => Some(self.stage(v, "validation", &folder, counter.clone()).await?),
-                None => None,
-            };
-            Ok::<_, Error>((training, validation))
-        }
-        .await;
-        let (training, validation) = match staged {
-            Ok(paths) => paths,
-            Err(e) => {
-                // A refused job leaves nothing behind.
-                let _ = std::fs::remove_dir_all(&folder.dir);
-                return Err(e);
-            }
-        };
-        let job = Job {
-            id: id.clone(),
-            provider: NAME.into(),
-            base_model: spec.base_model.clone(),
-            state: JobState::Queued,
-            created_at: Utc::now(),
-            metadata: spec.metadata.clone(),
-        };
-        let record =
-            Record { job: job.clone(), spec: spec.clone(), training, validation, resumed: 0 };
-        folder.write(&record)?;
-        let owner = folder
-            .try_own()?
-            .ok_or_else(|| Error::invalid(format!("job {id} is already owned")))?;
+        let (record, settings, owner) = self.record_job(spec).await?;
+        let job = record.job.clone();
         self.start(record, settings, owner, false)?;
         Ok(job)
     }
@@ -775,7 +827,10 @@ impl Worker {
                     validation_token_accuracy: Some(r.validation_token_accuracy),
                     ..Default::default()
                 }),
-                TrainEvent::Checkpoint { .. } => {}
+                TrainEvent::MicroBatchHalved { step, micro_batch_size } => {
+                    tracing::warn!(step, micro_batch_size, "out of memory: micro-batch halved");
+                }
+                _ => {}
             })?;
         if report.stop == "cancelled" {
             return Ok(JobState::Cancelled);

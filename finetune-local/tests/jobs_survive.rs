@@ -336,3 +336,20 @@ fn folders_written_by_custom_code_are_imported_after_loading() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_container_connection_is_refused_rather_than_trained_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let container = finetune_core::ContainerConfig::new(
+        "registry.example.com/finetune-trainer:0.1",
+        finetune_core::container::Volume::Pvc { claim: "jobs".into(), sub_path: None },
+    );
+    let settings = LocalHfSettings::new(dir.path().join("jobs")).with_container(container);
+    let connection = Connection::new("cluster", ConnectionSettings::LocalHf(settings))
+        .with_fine_tuning_enabled(true);
+    let err = LocalFactory::default().connect(connection.enabled().unwrap()).await.unwrap_err();
+    assert!(matches!(err, finetune_core::Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("container"), "{err}");
+    // Nothing was started.
+    assert!(!dir.path().join("jobs").exists());
+}

@@ -323,10 +323,10 @@ fn resume_continues_exactly_even_after_a_kill_during_a_checkpoint_write() {
         .fit(&data, &[])
         .unwrap();
     assert_eq!(outcome.stop, StopReason::Completed);
+    let started = events.iter().find(|e| matches!(e, TrainEvent::Started { .. }));
     assert!(
-        matches!(events[0], TrainEvent::Started { resumed_from: Some(4), .. }),
-        "{:?}",
-        events[0]
+        matches!(started, Some(TrainEvent::Started { resumed_from: Some(4), .. })),
+        "{started:?}"
     );
     assert!(!torn.exists(), "the partial checkpoint is removed");
     let resumed = losses(&events);
@@ -445,4 +445,137 @@ fn cancel_stops_before_the_next_step() {
         .fit(&data, &[])
         .unwrap();
     assert_eq!((outcome.stop, outcome.steps, outcome.total_steps), (StopReason::Cancelled, 3, 10));
+}
+
+#[test]
+fn an_out_of_memory_step_halves_the_micro_batch_and_trains_the_same() {
+    let _rng = rng();
+    let data = data(12, words);
+    // Three steps of four examples; the second runs out of memory at
+    // micro-batch 4 and is run again at 2, as is the third.
+    let mut model_oom = model();
+    let mut events = Vec::new();
+    Trainer::new(&mut model_oom, config())
+        .unwrap()
+        .inject_out_of_memory(2)
+        .on_event(|e| events.push(e.clone()))
+        .fit(&data, &[])
+        .unwrap();
+    let halved: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::MicroBatchHalved { step, micro_batch_size } => {
+                Some((*step, *micro_batch_size))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(halved, [(2, 2)]);
+    assert_eq!(losses(&events).len(), 3);
+    // The same as a run started at micro-batch 2.
+    let (small, small_events) = train(TrainConfig { micro_batch_size: 2, ..config() }, &data);
+    let diff = max_diff(&adapters(&model_oom), &adapters(&small));
+    assert!(diff < 1e-6, "adapters differ by {diff}");
+    for ((_, a), (_, b)) in losses(&events).iter().zip(losses(&small_events)) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // And the run moved: B starts at zero.
+    let moved = adapters(&small)
+        .iter()
+        .filter(|(n, _)| n.contains("lora_B"))
+        .fold(0.0, |m, (_, t)| f64::max(m, t.abs().max().double_value(&[])));
+    assert!(moved > 1e-3, "{moved}");
+    // The plan was announced before the first step, with every part.
+    let plan = events.iter().find_map(|e| match e {
+        TrainEvent::Planned(p) => Some(*p),
+        _ => None,
+    });
+    let plan = plan.unwrap();
+    assert!(plan.weights > 0 && plan.activations > 0 && plan.logits > 0 && plan.optimizer > 0);
+    assert!(matches!(events[0], TrainEvent::Planned(_)), "{:?}", events[0]);
+}
+
+#[test]
+fn the_memory_plan_follows_the_settings() {
+    let _rng = rng();
+    let data = data(8, words);
+    let plan = |config: TrainConfig| {
+        let mut m = model();
+        Trainer::new(&mut m, config).unwrap().memory_plan(&data)
+    };
+    let base = plan(config());
+    let full = plan(TrainConfig { method: Method::Full, ..config() });
+    let half = plan(TrainConfig { micro_batch_size: 2, ..config() });
+    let checkpointed = plan(TrainConfig { gradient_checkpointing: true, ..config() });
+    let unchunked = plan(TrainConfig { loss_chunk_tokens: None, ..config() });
+    let chunked = plan(TrainConfig { loss_chunk_tokens: Some(8), ..config() });
+    // Full fine-tuning trains every weight: gradients as large as them.
+    assert_eq!(full.gradients, full.weights);
+    assert!(base.gradients < base.weights / 10);
+    assert_eq!(full.optimizer, 2 * full.gradients);
+    // Half the micro-batch, half the activations.
+    assert_eq!(half.activations * 2, base.activations);
+    assert!(checkpointed.activations < base.activations);
+    assert!(chunked.logits < unchunked.logits);
+    assert_eq!(
+        base.total(),
+        base.weights + base.gradients + base.optimizer + base.activations + base.logits
+    );
+}
+
+#[test]
+fn full_fine_tuning_in_bf16_resumes_exactly_from_its_f32_master_weights() {
+    use finetune_local::tch::Kind;
+    let _rng = rng();
+    let data = data(8, words);
+    let bf16 = || {
+        CausalLm::load(
+            &dir("llama"),
+            &LoadOptions { dtype: Some(Kind::BFloat16), ..Default::default() },
+        )
+        .unwrap()
+    };
+    let config = TrainConfig {
+        method: Method::Full,
+        epochs: 2,
+        learning_rate: 1e-4,
+        checkpoint_every: Some(2),
+        ..config()
+    };
+    let weights = |m: &CausalLm| -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = m.var_store().variables().into_iter().collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v.into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float))).collect()
+    };
+    let mut whole = bf16();
+    Trainer::new(&mut whole, config.clone()).unwrap().fit(&data, &[]).unwrap();
+    // Stopped after the checkpoint at step 2, then resumed in a new model.
+    let out = tempfile::tempdir().unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let mut m = bf16();
+        let flag = Arc::clone(&cancel);
+        Trainer::new(&mut m, config.clone())
+            .unwrap()
+            .output_dir(out.path())
+            .cancel_flag(Arc::clone(&cancel))
+            .on_event(move |e| {
+                if matches!(e, TrainEvent::Checkpoint { step: 2, .. }) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            })
+            .fit(&data, &[])
+            .unwrap();
+    }
+    let mut resumed = bf16();
+    Trainer::new(&mut resumed, config)
+        .unwrap()
+        .output_dir(out.path())
+        .resume(true)
+        .fit(&data, &[])
+        .unwrap();
+    // With only the bf16 weights saved, the resumed run would restart its
+    // master copy from rounded values and end elsewhere.
+    assert_eq!(max_diff(&weights(&whole), &weights(&resumed)), 0.0);
+    assert!(max_diff(&weights(&whole), &weights(&bf16())) > 0.0, "the run moved the weights");
 }

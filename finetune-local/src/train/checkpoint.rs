@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::optim::AdamW;
 use crate::error::{LocalError, Result};
@@ -76,10 +76,12 @@ pub(crate) fn save(
         .iter()
         .flat_map(|s| {
             [
-                (format!("m.{}", s.name), s.m.shallow_clone()),
-                (format!("v.{}", s.name), s.v.shallow_clone()),
+                Some((format!("m.{}", s.name), s.m.shallow_clone())),
+                Some((format!("v.{}", s.name), s.v.shallow_clone())),
+                s.master.as_ref().map(|t| (format!("master.{}", s.name), t.shallow_clone())),
             ]
         })
+        .flatten()
         .collect();
     write_safetensors(&partial.join("optimizer.safetensors"), &moments)?;
     let state = TrainerState { adam_steps: optimizer.steps, ..state.clone() };
@@ -166,6 +168,16 @@ pub(crate) fn load(path: &Path, optimizer: &mut AdamW) -> Result<TrainerState> {
             let v =
                 moments.load(&format!("v.{}", slot.name), &size, slot.v.kind(), slot.v.device())?;
             slot.v.f_copy_(&v)?;
+            if let Some(master) = &mut slot.master {
+                // A checkpoint from before master copies: the parameter.
+                let name = format!("master.{}", slot.name);
+                let t = if moments.contains(&name) {
+                    moments.load(&name, &size, Kind::Float, master.device())?
+                } else {
+                    slot.param.f_to_kind(Kind::Float)?
+                };
+                master.f_copy_(&t)?;
+            }
         }
         Ok(())
     })?;

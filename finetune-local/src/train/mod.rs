@@ -20,6 +20,7 @@
 
 mod checkpoint;
 mod config;
+mod memory;
 mod metrics;
 pub mod optim;
 
@@ -34,6 +35,7 @@ use finetune_core::LossCurve;
 use tch::{Kind, Tensor};
 
 pub use config::{Method, TrainConfig};
+pub use memory::MemoryPlan;
 use metrics::rewrite_metrics;
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, read_metrics, save_loss_graph};
 pub use optim::{AdamWConfig, Schedule};
@@ -45,6 +47,7 @@ use crate::sft::{self, Batch, IGNORE, TokenizedExample};
 
 /// What the trainer reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum TrainEvent {
     /// Training begins (or resumes).
     Started {
@@ -59,6 +62,16 @@ pub enum TrainEvent {
     Step(StepRecord),
     /// An evaluation is done.
     Eval(EvalRecord),
+    /// The memory plan, before the first step.
+    Planned(MemoryPlan),
+    /// A step ran out of memory and is run again with half the
+    /// micro-batch (the step's gradient is the same); later steps keep it.
+    MicroBatchHalved {
+        /// The step (1-based).
+        step: usize,
+        /// The micro-batch size from now on.
+        micro_batch_size: usize,
+    },
     /// A checkpoint was written.
     Checkpoint {
         /// The step it holds.
@@ -105,6 +118,12 @@ pub struct Trainer<'a> {
     resume: bool,
     cancel: Arc<AtomicBool>,
     on_event: Option<Callback<'a>>,
+    /// The micro-batch size in use: the configured one until a step runs
+    /// out of memory.
+    micro_batch_size: usize,
+    /// Test hook: the step whose first micro-batch reports running out of
+    /// memory, once.
+    inject_oom: Option<usize>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -139,11 +158,50 @@ impl<'a> Trainer<'a> {
         }
         Ok(Self {
             model,
+            micro_batch_size: config.micro_batch_size,
             config,
             output_dir: None,
             resume: false,
             cancel: Arc::new(AtomicBool::new(false)),
             on_event: None,
+            inject_oom: None,
+        })
+    }
+
+    /// Test hook: the first micro-batch of step `step` (1-based) fails as
+    /// if memory ran out, once.
+    #[doc(hidden)]
+    pub fn inject_out_of_memory(mut self, step: usize) -> Self {
+        self.inject_oom = Some(step);
+        self
+    }
+
+    /// The memory a step needs with these settings (see [`MemoryPlan`]).
+    pub fn memory_plan(&self, train: &[TokenizedExample]) -> MemoryPlan {
+        let numel =
+            |ts: Vec<(String, Tensor)>| -> u64 { ts.iter().map(|(_, t)| t.numel() as u64).sum() };
+        let mut parameters = numel(self.model.var_store().variables().into_iter().collect());
+        if let Some((adapters, _)) = self.model.adapter_store() {
+            parameters += numel(adapters.variables().into_iter().collect());
+        }
+        let longest = train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0) as u64;
+        let row_tokens = if self.config.packing { self.config.max_length as u64 } else { longest };
+        let dtype_bytes = self
+            .model
+            .var_store()
+            .variables()
+            .values()
+            .next()
+            .map_or(4, |t| t.kind().elt_size_in_bytes() as u64);
+        memory::plan(&memory::PlanInputs {
+            config: self.model.config(),
+            parameters,
+            dtype_bytes,
+            trained: numel(self.trainable()),
+            rows: self.micro_batch_size as u64,
+            row_tokens,
+            loss_chunk: self.config.loss_chunk_tokens.map(|n| n as u64),
+            checkpointing: self.config.gradient_checkpointing,
         })
     }
 
@@ -256,6 +314,9 @@ impl<'a> Trainer<'a> {
             );
         }
         let resumed_from = (state.step > 0).then_some(state.step);
+        let memory = self.memory_plan(train);
+        tracing::info!("memory plan: {memory}");
+        self.emit(TrainEvent::Planned(memory));
         self.emit(TrainEvent::Started {
             total_steps: total,
             steps_per_epoch: per_epoch,
@@ -286,16 +347,28 @@ impl<'a> Trainer<'a> {
             let examples: Vec<&TokenizedExample> =
                 indices[within * self.config.batch_size..end].iter().map(|&i| &train[i]).collect();
 
-            tch::manual_seed(step_seed(self.config.seed, s));
             let started = Instant::now();
-            let batches = self.micro_batches(&examples, pad, device)?;
-            let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
-            let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
-            let mut loss_sum = 0.0;
-            for (i, batch) in batches.iter().enumerate() {
-                let seed = step_seed(self.config.seed, s).wrapping_add(1_000_003 * i as i64);
-                loss_sum += self.micro_step(batch, trained as f64, seed)?;
-            }
+            let (trained, real, loss_sum) = loop {
+                tch::manual_seed(step_seed(self.config.seed, s));
+                match self.accumulate(&examples, s, pad, device) {
+                    Ok(done) => break done,
+                    Err(e) if e.is_out_of_memory() && self.micro_batch_size > 1 => {
+                        // Nothing of the failed attempt may count.
+                        optimizer.zero_grad();
+                        self.micro_batch_size /= 2;
+                        tracing::warn!(
+                            step = s + 1,
+                            micro_batch_size = self.micro_batch_size,
+                            "out of memory: running the step again with half the micro-batch ({e})"
+                        );
+                        self.emit(TrainEvent::MicroBatchHalved {
+                            step: s + 1,
+                            micro_batch_size: self.micro_batch_size,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let grad_norm = optimizer.grad_norm()?;
             if let Some(max) = self.config.max_grad_norm {
                 optimizer.clip(grad_norm, max)?;
@@ -394,13 +467,43 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// The forward and backward passes of step `s` over `examples`, in
+    /// micro-batches; returns the trained and real tokens and the summed
+    /// loss. The loss is normalised by the step's trained tokens, so the
+    /// gradient does not depend on the micro-batch size.
+    fn accumulate(
+        &mut self,
+        examples: &[&TokenizedExample],
+        s: usize,
+        pad: i64,
+        device: tch::Device,
+    ) -> Result<(i64, i64, f64)> {
+        let batches = self.micro_batches(examples, pad, device)?;
+        let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+        let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
+        let mut loss_sum = 0.0;
+        for (i, batch) in batches.iter().enumerate() {
+            if i == 0 && self.inject_oom == Some(s + 1) {
+                self.inject_oom = None;
+                return Err(LocalError::Torch(tch::TchError::Torch(
+                    "DefaultCPUAllocator: not enough memory: you tried to allocate (injected \
+                     out of memory)"
+                        .into(),
+                )));
+            }
+            let seed = step_seed(self.config.seed, s).wrapping_add(1_000_003 * i as i64);
+            loss_sum += self.micro_step(batch, trained as f64, seed)?;
+        }
+        Ok((trained, real, loss_sum))
+    }
+
     fn micro_batches(
         &self,
         examples: &[&TokenizedExample],
         pad: i64,
         device: tch::Device,
     ) -> Result<Vec<Batch>> {
-        let m = self.config.micro_batch_size;
+        let m = self.micro_batch_size;
         if self.config.packing {
             let rows = sft::pack_rows(examples, self.config.max_length)?;
             rows.chunks(m).map(|rows| sft::packed_batch(rows, pad, device)).collect()

@@ -81,6 +81,10 @@ pub(crate) struct Slot {
     pub(crate) param: Tensor,
     pub(crate) m: Tensor,
     pub(crate) v: Tensor,
+    /// The f32 master copy of a parameter held in a narrower type (bf16,
+    /// f16): updates accumulate here, and the parameter is its rounding, so
+    /// updates smaller than the parameter's precision are not lost.
+    pub(crate) master: Option<Tensor>,
     decay: bool,
 }
 
@@ -94,14 +98,21 @@ pub(crate) struct AdamW {
 }
 
 impl AdamW {
-    /// Moments start at zero, in fp32, on each parameter's device.
+    /// Moments start at zero, in fp32, on each parameter's device; a
+    /// parameter narrower than fp32 gets an fp32 master copy.
     pub(crate) fn new(params: Vec<(String, Tensor)>, config: AdamWConfig) -> Result<Self> {
         let mut slots = Vec::with_capacity(params.len());
         for (name, param) in params {
             let zeros = || param.f_zeros_like()?.f_to_kind(Kind::Float);
             let (m, v) = (zeros()?, zeros()?);
             let decay = param.dim() >= 2;
-            slots.push(Slot { name, param, m, v, decay });
+            let master = match param.kind() {
+                Kind::BFloat16 | Kind::Half => {
+                    Some(tch::no_grad(|| param.f_to_kind(Kind::Float))?.f_detach_copy()?)
+                }
+                _ => None,
+            };
+            slots.push(Slot { name, param, m, v, master, decay });
         }
         Ok(Self { slots, steps: 0, config })
     }
@@ -149,7 +160,10 @@ impl AdamW {
                     continue;
                 }
                 let g = grad.f_to_kind(Kind::Float)?;
-                let mut p = slot.param.f_to_kind(Kind::Float)?;
+                let mut p = match &slot.master {
+                    Some(master) => master.shallow_clone(),
+                    None => slot.param.f_to_kind(Kind::Float)?,
+                };
                 if slot.decay && c.weight_decay != 0.0 {
                     p = p.f_mul_scalar(1.0 - lr * c.weight_decay)?;
                 }
@@ -161,6 +175,9 @@ impl AdamW {
                 let denom = slot.v.f_sqrt()?.f_div_scalar(bias2_sqrt)?.f_add_scalar(c.eps)?;
                 let update = slot.m.f_div(&denom)?.f_mul_scalar(lr / bias1)?;
                 let new = p.f_sub(&update)?;
+                if let Some(master) = &mut slot.master {
+                    master.f_copy_(&new)?;
+                }
                 slot.param.f_copy_(&new)?;
             }
             Ok(())
@@ -216,6 +233,32 @@ mod tests {
         let got: Vec<f32> = Vec::try_from(&w.detach().view([-1])).unwrap();
         let expected = 1.0 * (1.0 - 0.01 * 0.1) - 0.01;
         assert!((got[0] - expected as f32).abs() < 1e-6, "{got:?} vs {expected}");
+    }
+
+    #[test]
+    fn bf16_parameters_keep_updates_smaller_than_their_precision() {
+        // bf16 has 8 bits of mantissa: near 1.0 its step is 2^-7 ≈ 0.0078.
+        // Adam moves each weight by about lr = 1e-3 per step, so without an
+        // f32 master copy every update rounds away and the weight never
+        // moves; with one, 20 updates move it by about 0.02.
+        let p = Tensor::from_slice(&[1.0f32]).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let mut opt =
+            AdamW::new(vec![("p".into(), p.shallow_clone())], AdamWConfig::default()).unwrap();
+        assert!(opt.slots[0].master.is_some());
+        for _ in 0..20 {
+            (&p * 1.0).sum(Kind::Float).backward();
+            opt.step(1e-3).unwrap();
+            opt.zero_grad();
+        }
+        let master = opt.slots[0].master.as_ref().unwrap().double_value(&[0]);
+        assert!((master - 0.98).abs() < 1e-4, "{master}");
+        let param = p.to_kind(Kind::Float).double_value(&[0]);
+        assert!((param - master).abs() <= 2f64.powi(-8), "{param} vs {master}");
+        assert!(param < 1.0, "the parameter follows its master copy");
+        // An f32 parameter needs no copy.
+        let q = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        let opt = AdamW::new(vec![("q".into(), q)], AdamWConfig::default()).unwrap();
+        assert!(opt.slots[0].master.is_none());
     }
 
     #[test]
