@@ -36,6 +36,13 @@ pub const DATASETS_MOUNT: &str = "/data";
 pub struct ContainerConfig {
     /// The image holding the trainer and libtorch.
     pub image: String,
+    /// The kubeconfig file naming the cluster (else `KUBECONFIG`,
+    /// `~/.kube/config`, or the pod's service account in a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context (else its current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
     /// Replaces the image's entry point, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -92,6 +99,8 @@ impl ContainerConfig {
     pub fn new(image: impl Into<String>, output: Volume) -> Self {
         Self {
             image: image.into(),
+            kubeconfig: None,
+            context: None,
             command: None,
             namespace: None,
             resources: Resources::default(),

@@ -193,6 +193,12 @@ impl Progress {
 pub enum JobState {
     /// Accepted, waiting for capacity.
     Queued,
+    /// Accepted but cannot start, for the reason the platform gives (no
+    /// node with a free GPU, an image that cannot be pulled, …).
+    Pending {
+        /// The platform's reason.
+        reason: String,
+    },
     /// The provider is checking the data.
     Validating,
     /// Training.
@@ -237,6 +243,7 @@ impl JobState {
     pub fn name(&self) -> &str {
         match self {
             Self::Queued => "queued",
+            Self::Pending { .. } => "pending",
             Self::Validating => "validating",
             Self::Running { .. } => "running",
             Self::Paused => "paused",

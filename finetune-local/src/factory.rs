@@ -72,6 +72,64 @@ impl LocalFactory {
     }
 }
 
+impl LocalFactory {
+    /// The provider of a connection that trains in a container on a
+    /// cluster (feature `kubernetes`).
+    #[cfg(feature = "kubernetes")]
+    async fn cluster(
+        &self,
+        connection: &Connection,
+        container: &finetune_core::ContainerConfig,
+    ) -> Result<Arc<dyn FineTuneProvider>> {
+        let bad = |e: String| {
+            Error::invalid(format!(
+                "connection `{}`: the cluster's configuration: {e}",
+                connection.name
+            ))
+        };
+        let config = match &container.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                let options = kube::config::KubeConfigOptions {
+                    context: container.context.clone(),
+                    ..Default::default()
+                };
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?
+            }
+            None => kube::Config::infer().await.map_err(|e| bad(e.to_string()))?,
+        };
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Error::other("connecting to the Kubernetes API", e))?;
+        let runtime = Runtime::from_connection(connection)?;
+        let local = LocalProvider::new(runtime).with_object_stores(self.stores.clone());
+        Ok(Arc::new(crate::kubernetes::KubernetesProvider::new(
+            local,
+            client,
+            (*container).clone(),
+        )))
+    }
+
+    /// Without the `kubernetes` feature a container connection is refused:
+    /// training here instead would put the job on the wrong machine.
+    #[cfg(not(feature = "kubernetes"))]
+    async fn cluster(
+        &self,
+        connection: &Connection,
+        _container: &finetune_core::ContainerConfig,
+    ) -> Result<Arc<dyn FineTuneProvider>> {
+        Err(Error::Unsupported {
+            message: format!(
+                "connection `{}` trains in a container on a cluster: build finetune-local with \
+                 its `kubernetes` feature (or remove `container` to train in this process)",
+                connection.name
+            ),
+        })
+    }
+}
+
 #[async_trait]
 impl ProviderFactory for LocalFactory {
     fn kind(&self) -> ProviderKind {
@@ -82,18 +140,10 @@ impl ProviderFactory for LocalFactory {
         &self,
         connection: EnabledConnection<'_>,
     ) -> Result<Arc<dyn FineTuneProvider>> {
-        if let ConnectionSettings::LocalHf(LocalHfSettings { container: Some(_), .. }) =
+        if let ConnectionSettings::LocalHf(LocalHfSettings { container: Some(container), .. }) =
             &connection.settings
         {
-            // Training here instead of in the configured container would
-            // put the job on the wrong machine without a word.
-            return Err(Error::Unsupported {
-                message: format!(
-                    "connection `{}` trains in a container on a cluster, which this version \
-                     cannot submit yet; remove `container` to train in this process",
-                    connection.name
-                ),
-            });
+            return self.cluster(&connection, container).await;
         }
         let runtime = Runtime::from_connection(&connection)?;
         Ok(Arc::new(LocalProvider::new(runtime).with_object_stores(self.stores.clone())))

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use finetune_core::container::{
     ContainerConfig, DATASETS_MOUNT, MODEL_CACHE_MOUNT, OUTPUT_MOUNT, Volume as VolumeConfig,
 };
-use finetune_core::{Error, JobId, Result};
+use finetune_core::{Error, JobId, JobState, Result};
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
@@ -223,4 +223,357 @@ fn volume(name: &str, config: &VolumeConfig, read_only: bool) -> Result<Volume> 
             });
         }
     })
+}
+
+/// The annotation holding the job id the Job trains.
+pub const JOB_ID_ANNOTATION: &str = "finetune.dev/job-id";
+
+/// Log lines of a failed trainer quoted in the job's failure.
+const LOG_LINES: i64 = 20;
+
+/// The local provider on a cluster: `submit` records the job in the output
+/// volume (validated, its data staged) and creates a Kubernetes Job that
+/// runs the trainer on it in the configured container; `job` reads the
+/// Job, its pods and the job's folder; `cancel` deletes the Job with its
+/// pods. This process must see the output volume at its runtime's output
+/// root (and the model cache, to validate).
+pub struct KubernetesProvider {
+    local: crate::LocalProvider,
+    client: kube::Client,
+    namespace: String,
+    container: ContainerConfig,
+}
+
+impl std::fmt::Debug for KubernetesProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesProvider")
+            .field("namespace", &self.namespace)
+            .field("image", &self.container.image)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kube_error(what: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(status) if status.code == 404 => {
+            Error::NotFound { what: format!("{what}: {}", status.message) }
+        }
+        kube::Error::Api(status) if status.code == 429 => {
+            Error::RateLimited { retry_after: None, message: format!("{what}: {}", status.message) }
+        }
+        kube::Error::Api(status) if status.code >= 500 => {
+            Error::Transient { message: format!("{what}: {} ({})", status.message, status.code) }
+        }
+        kube::Error::Api(status) => Error::Provider {
+            status: Some(status.code),
+            code: Some(status.reason.clone()),
+            message: format!("{what}: {}", status.message),
+            param: None,
+        },
+        other => Error::other(format!("Kubernetes API: {what}"), other),
+    }
+}
+
+impl KubernetesProvider {
+    /// A provider submitting to the cluster `client` talks to, recording
+    /// jobs through `local` (whose output root is the output volume).
+    pub fn new(
+        local: crate::LocalProvider,
+        client: kube::Client,
+        container: ContainerConfig,
+    ) -> Self {
+        let namespace =
+            container.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+        Self { local, client, namespace, container }
+    }
+
+    fn jobs(&self) -> kube::Api<Job> {
+        kube::Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn pods(&self) -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+        kube::Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The job id a spec gets: derived from the spec alone, so submitting
+    /// the same spec again (a retry after a lost answer, a restarted
+    /// caller) finds the job and Job it made.
+    pub fn job_id(spec: &finetune_core::JobSpec) -> JobId {
+        use sha2::{Digest, Sha256};
+        let text = serde_json::to_string(spec).unwrap_or_default();
+        let digest = Sha256::digest(text.as_bytes());
+        JobId::new(format!(
+            "k8s-{}",
+            digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+        ))
+    }
+
+    /// Calls `f` again while the API answers 429 or 5xx (with back-off),
+    /// at most five times.
+    async fn retried<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    {
+        let mut wait = std::time::Duration::from_millis(200);
+        for attempt in 1.. {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(kube::Error::Api(s)) if (s.code == 429 || s.code >= 500) && attempt < 5 => {
+                    tracing::debug!(what, code = s.code, attempt, "Kubernetes API busy; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(kube_error(what, e)),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// The state the Job and its pods say, given the job's record.
+    async fn state_of(&self, id: &JobId, recorded: &finetune_core::Job) -> Result<JobState> {
+        if recorded.state.is_terminal() {
+            return Ok(recorded.state.clone());
+        }
+        let name = job_name(id);
+        let Some(job) = self
+            .retried("reading the Job", || {
+                let (api, name) = (self.jobs(), name.clone());
+                async move { api.get_opt(&name).await }
+            })
+            .await?
+        else {
+            // Recorded but no Job (yet, or deleted): the record says.
+            return Ok(recorded.state.clone());
+        };
+        let status = job.status.unwrap_or_default();
+        let condition = |kind: &str| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == kind && c.status == "True")
+                .cloned()
+        };
+        let selector = format!("{JOB_LABEL}={name}");
+        let pods = self
+            .retried("listing the pods", || {
+                let (api, lp) = (self.pods(), kube::api::ListParams::default().labels(&selector));
+                async move { api.list(&lp).await }
+            })
+            .await?;
+        let mut pods = pods.items;
+        // Oldest first; pods made in the same second by name (`<job>-<n>`).
+        pods.sort_by_key(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            (p.metadata.creation_timestamp.clone().map(|t| t.0), name.len(), name)
+        });
+        if let Some(failed) = condition("Failed") {
+            let mut reason = format!(
+                "{}: {}",
+                failed.reason.clone().unwrap_or_default(),
+                failed.message.clone().unwrap_or_default()
+            );
+            let mut code = failed.reason.clone();
+            if let Some(pod) = pods.last() {
+                let terminated = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER))
+                    .and_then(|c| c.state.as_ref()?.terminated.clone());
+                if let Some(t) = terminated {
+                    let why = t.reason.clone().unwrap_or_default();
+                    reason =
+                        format!("{reason}; the trainer's last exit: {why} (code {})", t.exit_code);
+                    if why == "OOMKilled" {
+                        code = Some(why);
+                    }
+                }
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let params = kube::api::LogParams {
+                    container: Some(CONTAINER.into()),
+                    tail_lines: Some(LOG_LINES),
+                    ..kube::api::LogParams::default()
+                };
+                if let Ok(log) = self.pods().logs(&name, &params).await
+                    && !log.trim().is_empty()
+                {
+                    reason = format!("{reason}\n{}", log.trim_end());
+                }
+            }
+            // A failure the trainer recorded itself says more.
+            if let JobState::Failed { .. } = recorded.state {
+                return Ok(recorded.state.clone());
+            }
+            return Ok(JobState::Failed { reason, code });
+        }
+        if condition("Complete").is_some() {
+            // The trainer writes the final record before it exits.
+            return Ok(self.local.recorded(id)?.map_or(recorded.state.clone(), |j| j.state));
+        }
+        let pending = pods.iter().rev().find_map(|p| {
+            let status = p.status.as_ref()?;
+            if status.phase.as_deref() != Some("Pending") {
+                return None;
+            }
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .map(|c| {
+                    format!(
+                        "{}: {}",
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default()
+                    )
+                })
+        });
+        if let Some(reason) = pending {
+            return Ok(JobState::Pending { reason });
+        }
+        Ok(match &recorded.state {
+            JobState::Running { .. } => recorded.state.clone(),
+            _ if status.active.unwrap_or(0) > 0 => {
+                JobState::Running { progress: Default::default() }
+            }
+            other => other.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl finetune_core::FineTuneProvider for KubernetesProvider {
+    fn name(&self) -> &str {
+        self.local.name()
+    }
+
+    fn capabilities(&self) -> finetune_core::Capabilities {
+        self.local.capabilities()
+    }
+
+    async fn validate(&self, spec: &finetune_core::JobSpec) -> Result<()> {
+        self.local.validate(spec).await?;
+        job_manifest(&Self::job_id(spec), &self.container).map(|_| ())
+    }
+
+    fn data_rules(&self, spec: &finetune_core::JobSpec) -> Option<finetune_core::DataRules> {
+        self.local.data_rules(spec)
+    }
+
+    async fn token_counter(
+        &self,
+        spec: &finetune_core::JobSpec,
+    ) -> Result<Option<std::sync::Arc<dyn finetune_core::TokenCounter>>> {
+        self.local.token_counter(spec).await
+    }
+
+    async fn submit(&self, spec: &finetune_core::JobSpec) -> Result<finetune_core::Job> {
+        let id = Self::job_id(spec);
+        let mut manifest = job_manifest(&id, &self.container)?;
+        manifest
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(JOB_ID_ANNOTATION.into(), id.as_str().into());
+        let job = self.local.record_as(spec, &id).await?;
+        let created = self
+            .retried("creating the Job", || {
+                let (api, manifest) = (self.jobs(), manifest.clone());
+                async move { api.create(&kube::api::PostParams::default(), &manifest).await }
+            })
+            .await;
+        match created {
+            Ok(_) => tracing::info!(job = %id, name = %job_name(&id), "Kubernetes Job created"),
+            // Made by an earlier submit of the same spec.
+            Err(Error::Provider { status: Some(409), .. }) => {
+                tracing::info!(job = %id, "the Kubernetes Job exists already");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(job)
+    }
+
+    async fn job(&self, id: &JobId) -> Result<finetune_core::Job> {
+        let recorded = self
+            .local
+            .recorded(id)?
+            .ok_or_else(|| Error::NotFound { what: format!("job {id}") })?;
+        let state = self.state_of(id, &recorded).await?;
+        Ok(finetune_core::Job { state, ..recorded })
+    }
+
+    async fn metrics(&self, id: &JobId) -> Result<finetune_core::LossCurve> {
+        let folder = crate::job_folder::JobFolder::of(self.local.output_root(), id)?;
+        let path = folder.dir.join("metrics.jsonl");
+        let mut curve = finetune_core::LossCurve::new();
+        if path.is_file() {
+            for line in crate::train::read_metrics(&path)? {
+                curve.upsert(line.point());
+            }
+        }
+        Ok(curve)
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<JobState> {
+        let recorded = self
+            .local
+            .recorded(id)?
+            .ok_or_else(|| Error::NotFound { what: format!("job {id}") })?;
+        if recorded.state.is_terminal() {
+            return match recorded.state {
+                JobState::Cancelled => Ok(JobState::Cancelled),
+                other => Err(Error::invalid(format!("job {id} has already {}", other.name()))),
+            };
+        }
+        let name = job_name(id);
+        let deleted = self
+            .retried("deleting the Job", || {
+                let (api, name) = (self.jobs(), name.clone());
+                async move { api.delete(&name, &kube::api::DeleteParams::foreground()).await }
+            })
+            .await;
+        match deleted {
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.local.set_recorded_state(id, JobState::Cancelled)?;
+        Ok(JobState::Cancelled)
+    }
+
+    async fn list_jobs(
+        &self,
+        query: &finetune_core::ListJobs,
+    ) -> Result<finetune_core::Page<finetune_core::Job>> {
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let list = self
+            .retried("listing the Jobs", || {
+                let (api, lp) = (self.jobs(), kube::api::ListParams::default().labels(&selector));
+                async move { api.list(&lp).await }
+            })
+            .await?;
+        let mut jobs = Vec::new();
+        for item in list.items {
+            let Some(id) =
+                item.metadata.annotations.as_ref().and_then(|a| a.get(JOB_ID_ANNOTATION))
+            else {
+                continue;
+            };
+            if let Ok(job) = self.job(&JobId::new(id.clone())).await {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        let start = match &query.after {
+            Some(after) => jobs.iter().position(|j| j.id.as_str() == after).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        let limit = query.limit.unwrap_or(20).max(1) as usize;
+        let items: Vec<_> = jobs.iter().skip(start).take(limit).cloned().collect();
+        let next = (start + items.len() < jobs.len())
+            .then(|| items.last().map(|j| j.id.to_string()))
+            .flatten();
+        Ok(finetune_core::Page { items, next })
+    }
 }

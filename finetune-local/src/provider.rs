@@ -256,16 +256,19 @@ impl LocalProvider {
     async fn record_job(
         &self,
         spec: &JobSpec,
+        given: Option<&JobId>,
     ) -> finetune_core::Result<(Record, Settings, std::fs::File)> {
         let settings = self.prepare(spec)?;
         let root = &self.runtime.output_root;
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let (id, folder) = loop {
-            let id = new_job_id();
+            let id = given.cloned().unwrap_or_else(new_job_id);
             let folder = self.folder(&id)?;
             match std::fs::create_dir(&folder.dir) {
                 Ok(()) => break (id, folder),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && given.is_none() => {
+                    continue;
+                }
                 Err(e) => return Err(Error::io(&folder.dir, e)),
             }
         };
@@ -310,8 +313,43 @@ impl LocalProvider {
     /// folder — without starting it: a process with the same output root
     /// (a container on a cluster, say) runs it with [`Self::run_recorded`].
     pub async fn record(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
-        let (record, _, _owner) = self.record_job(spec).await?;
+        let (record, _, _owner) = self.record_job(spec, None).await?;
         Ok(record.job)
+    }
+
+    /// [`Self::record`] under a given id; a job already recorded under it
+    /// is returned as it stands (a retried submit makes no second job).
+    pub async fn record_as(&self, spec: &JobSpec, id: &JobId) -> finetune_core::Result<Job> {
+        if let Some(record) = self.folder(id)?.read()? {
+            return Ok(record.job);
+        }
+        let (record, _, _owner) = self.record_job(spec, Some(id)).await?;
+        Ok(record.job)
+    }
+
+    /// The job as its folder records it (no take-over).
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn recorded(&self, id: &JobId) -> finetune_core::Result<Option<Job>> {
+        Ok(self.folder(id)?.read()?.map(|r| r.job))
+    }
+
+    /// Records `state` for a job nobody trains (a cancelled cluster job).
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn set_recorded_state(
+        &self,
+        id: &JobId,
+        state: JobState,
+    ) -> finetune_core::Result<()> {
+        let folder = self.folder(id)?;
+        let mut record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        record.job.state = state;
+        folder.write(&record)?;
+        Ok(())
+    }
+
+    /// The output root job folders are under.
+    pub fn output_root(&self) -> &std::path::Path {
+        &self.runtime.output_root
     }
 
     /// Runs a recorded job to its end in this process: starts it, or
@@ -571,7 +609,7 @@ impl FineTuneProvider for LocalProvider {
     }
 
     async fn submit(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
-        let (record, settings, owner) = self.record_job(spec).await?;
+        let (record, settings, owner) = self.record_job(spec, None).await?;
         let job = record.job.clone();
         self.start(record, settings, owner, false)?;
         Ok(job)

@@ -119,3 +119,176 @@ fn a_cpu_job_has_no_gpu_and_names_stay_dns_labels() {
     both.env.push(var);
     assert!(job_manifest(&JobId::new("x"), &both).is_err());
 }
+
+mod fake_kube;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fake_kube::FakeKube;
+use finetune_core::{DatasetSource, FineTuneProvider, JobSpec, JobState};
+use finetune_local::kubernetes::KubernetesProvider;
+use finetune_local::{LocalProvider, Runtime};
+
+/// The trainer binary (the image's entry point): the `finetune_local`
+/// example, built when missing.
+fn trainer() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "--manifest-path"])
+        .arg(root.join("examples/Cargo.toml"))
+        .args(["--example", "finetune_local"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
+    target.join("debug/examples/finetune_local")
+}
+
+fn spec() -> JobSpec {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize().unwrap();
+    let model = root.join("tests/fixtures/models/llama");
+    let data = root.join("../examples/data/reverse-words.jsonl").canonicalize().unwrap();
+    JobSpec::new(model.to_str().unwrap(), DatasetSource::new(data.to_str().unwrap()).unwrap())
+        .with_hyperparameters(finetune_core::Hyperparameters {
+            epochs: finetune_core::Setting::Value(6),
+            batch_size: finetune_core::Setting::Value(8),
+            ..Default::default()
+        })
+        .with_extra("checkpoint_every", 2)
+        .with_extra("lora_dropout", 0.1)
+}
+
+fn cluster(
+    fake: &FakeKube,
+    jobs: &Path,
+    tweak: impl FnOnce(&mut ContainerConfig),
+) -> KubernetesProvider {
+    std::fs::create_dir_all(jobs).unwrap();
+    let local = LocalProvider::new(Runtime {
+        output_root: jobs.to_owned(),
+        threads: Some(1),
+        ..Runtime::default()
+    });
+    let mut container = ContainerConfig::new(
+        "registry.example.com/finetune-trainer:test",
+        Volume::HostPath { path: jobs.display().to_string() },
+    );
+    container.env =
+        vec![EnvVar::value("FINETUNE_DEVICE", "cpu"), EnvVar::value("FINETUNE_THREADS", "1")];
+    tweak(&mut container);
+    KubernetesProvider::new(local, fake.client(), container)
+}
+
+async fn wait_for(
+    provider: &KubernetesProvider,
+    id: &JobId,
+    what: &str,
+    done: impl Fn(&JobState) -> bool,
+) -> JobState {
+    let started = Instant::now();
+    loop {
+        let state = provider.job(id).await.unwrap().state;
+        if done(&state) {
+            return state;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "waiting for {what}: {state:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn adapter(dir: &Path) -> Vec<(String, finetune_local::tch::Tensor)> {
+    let path = dir.join("adapter/adapter_model.safetensors");
+    let mut t = finetune_local::tch::Tensor::read_safetensors(path).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_trains_in_its_pod_survives_a_killed_pod_and_ends_with_the_uninterrupted_adapter() {
+    let fake = FakeKube::start(trainer(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    let provider = cluster(&fake, &jobs, |_| {});
+    // Two throttled answers are ridden out.
+    fake.throttle(2);
+    let job = provider.submit(&spec()).await.unwrap();
+    assert_eq!(fake.throttled(), 2);
+    let name = job_name(&job.id);
+    // A retried submit finds the job and its Job: no second one.
+    let again = provider.submit(&spec()).await.unwrap();
+    assert_eq!(again.id, job.id);
+    assert_eq!(fake.objects().0, 1);
+    // Kill the pod (SIGKILL) once two checkpoints are on disk.
+    let checkpoints = jobs.join(job.id.as_str()).join("checkpoints");
+    wait_for(&provider, &job.id, "two checkpoints", |_| {
+        std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) >= 2
+    })
+    .await;
+    let running = provider.job(&job.id).await.unwrap().state;
+    assert!(matches!(running, JobState::Running { .. }), "{running:?}");
+    let pid = fake.running_pid(&name).expect("a running pod");
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let end = wait_for(&provider, &job.id, "the end", JobState::is_terminal).await;
+    let JobState::Succeeded { model } = end else { panic!("{end:?}") };
+    assert_eq!(fake.pods_of(&name), 2, "the Job made a second pod after the kill");
+    assert!(!provider.metrics(&job.id).await.unwrap().is_empty());
+    assert_eq!(model.job_id.as_ref(), Some(&job.id));
+    // The same spec trained in one uninterrupted process.
+    let whole_dir = dir.path().join("whole");
+    let local = LocalProvider::new(Runtime {
+        output_root: whole_dir.clone(),
+        threads: Some(1),
+        ..Runtime::default()
+    });
+    let whole = local.submit(&spec()).await.unwrap();
+    let started = Instant::now();
+    while !local.job(&whole.id).await.unwrap().state.is_terminal() {
+        assert!(started.elapsed() < Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (a, b) =
+        (adapter(&jobs.join(job.id.as_str())), adapter(&whole_dir.join(whole.id.as_str())));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{na}: {diff}");
+    }
+    // Listed by label.
+    let listed = provider.list_jobs(&Default::default()).await.unwrap();
+    assert_eq!(listed.items.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [job.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unschedulable_job_is_pending_with_the_reason_and_cancel_leaves_nothing() {
+    let fake = FakeKube::start(trainer(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let provider = cluster(&fake, &dir.path().join("jobs"), |c| c.gpus = 1);
+    let job = provider.submit(&spec()).await.unwrap();
+    let state =
+        wait_for(&provider, &job.id, "pending", |s| matches!(s, JobState::Pending { .. })).await;
+    let JobState::Pending { reason } = state else { unreachable!() };
+    assert!(
+        reason.contains("Unschedulable") && reason.contains("Insufficient nvidia.com/gpu"),
+        "{reason}"
+    );
+    assert_eq!(provider.cancel(&job.id).await.unwrap(), JobState::Cancelled);
+    assert_eq!(fake.objects(), (0, 0), "no Job or Pod of ours is left");
+    assert_eq!(provider.job(&job.id).await.unwrap().state, JobState::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_memory_limit_fails_the_job_as_oom_killed() {
+    let fake = FakeKube::start(trainer(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let provider = cluster(&fake, &dir.path().join("jobs"), |c| {
+        c.resources.limits.insert("memory".into(), "64Mi".into());
+        c.backoff_limit = Some(0);
+    });
+    let job = provider.submit(&spec()).await.unwrap();
+    let state = wait_for(&provider, &job.id, "failure", JobState::is_terminal).await;
+    let JobState::Failed { reason, code } = state else { panic!("{state:?}") };
+    assert_eq!(code.as_deref(), Some("OOMKilled"), "{reason}");
+    assert!(reason.contains("BackoffLimitExceeded") && reason.contains("OOMKilled"), "{reason}");
+}
