@@ -108,23 +108,13 @@ fn main() {
 fn run_recorded(args: &Args, id: &str) -> i32 {
     let jobs = args.value("jobs").unwrap_or_else(|| usage_error(USAGE, "--run-job needs --jobs"));
     logs_to_stderr();
-    let runtime = (|| -> Result<Runtime, Box<dyn std::error::Error>> {
-        let mut runtime = Runtime::from_env()?;
+    let runtime = runtime(args).map(|mut runtime| {
         runtime.output_root = jobs.into();
         if let Some(c) = args.value("cache") {
             runtime.cache = finetune_local::ModelCache::at(c);
         }
-        if let Some(d) = args.value("device") {
-            runtime.device = Some(parse_device(d)?);
-        }
-        if let Some(d) = args.value("dtype") {
-            runtime.dtype = Some(parse_dtype(d)?);
-        }
-        if let Some(n) = args.parsed(USAGE, "threads") {
-            runtime.threads = Some(n);
-        }
-        Ok(runtime)
-    })();
+        runtime
+    });
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
@@ -147,6 +137,21 @@ fn run_recorded(args: &Args, id: &str) -> i32 {
             1
         }
     }
+}
+
+/// The runtime of the environment (`FINETUNE_*`) and the command line.
+fn runtime(args: &Args) -> Result<Runtime, Box<dyn std::error::Error>> {
+    let mut runtime = Runtime::from_env()?;
+    if let Some(d) = args.value("device") {
+        runtime.device = Some(parse_device(d)?);
+    }
+    if let Some(d) = args.value("dtype") {
+        runtime.dtype = Some(parse_dtype(d)?);
+    }
+    if let Some(n) = args.parsed(USAGE, "threads") {
+        runtime.threads = Some(n);
+    }
+    Ok(runtime)
 }
 
 /// Logs go to stderr (plain, no colours) unless it is a terminal.
@@ -220,16 +225,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let train = args.value("train").unwrap_or_else(|| usage_error(USAGE, "--train is required"));
     let terminal = std::io::stderr().is_terminal();
     logs_to_stderr();
-    let mut runtime = Runtime::from_env()?;
-    if let Some(d) = args.value("device") {
-        runtime.device = Some(parse_device(d)?);
-    }
-    if let Some(d) = args.value("dtype") {
-        runtime.dtype = Some(parse_dtype(d)?);
-    }
-    if let Some(n) = args.parsed(USAGE, "threads") {
-        runtime.threads = Some(n);
-    }
+    let runtime = runtime(args)?;
     let read = |location: &str| -> Result<_, Box<dyn std::error::Error>> {
         let local = localize_or_exit(&dataset_source(USAGE, location, args));
         Ok(examples_from(local.open()?)?)

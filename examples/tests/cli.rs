@@ -791,26 +791,6 @@ fn deploy_lifecycle_runs_on_bedrock_with_the_usual_environment() {
     assert_eq!(fake.deleted_deployments(), 2);
 }
 
-/// The path of an example's binary, built (by cargo) when it is missing or
-/// older than this test.
-fn example_binary(name: &str) -> std::path::PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_owned();
-    let binary = dir.join("examples").join(name);
-    let test_built = std::env::current_exe().unwrap().metadata().unwrap().modified().unwrap();
-    let fresh = binary.metadata().and_then(|m| m.modified()).is_ok_and(|b| b >= test_built);
-    if !fresh {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "--manifest-path"])
-            .arg(&manifest)
-            .args(["--example", name])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    binary
-}
-
 #[test]
 fn a_recorded_job_killed_mid_training_resumes_in_a_new_process_to_the_same_adapter() {
     use finetune_core::{DatasetSource, JobSpec};
@@ -834,7 +814,7 @@ fn a_recorded_job_killed_mid_training_resumes_in_a_new_process_to_the_same_adapt
     let provider = LocalProvider::new(runtime());
     let record = |spec: &JobSpec| finetune_examples::block_on(provider.record(spec)).unwrap().id;
     let (killed, whole) = (record(&spec), record(&spec));
-    let binary = example_binary("finetune_local");
+    let binary = support::example_binary("finetune_local");
     let run = |id: &finetune_core::JobId| {
         Command::new(&binary)
             .args(["--run-job", id.as_str(), "--jobs", jobs.to_str().unwrap()])

@@ -9,8 +9,6 @@
 mod fake_kube;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use finetune_core::container::{EnvVar, Volume};
@@ -21,29 +19,9 @@ use finetune_core::{
 use finetune_deploy::{Lifecycle, Recipe, Registry, WaitPolicy};
 use support::{dataset, local_model, providers};
 
-/// The trainer binary (the image's entry point), built when missing or
-/// older than this test.
-fn trainer() -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_owned();
-    let binary = dir.join("examples").join("finetune_local");
-    let test_built = std::env::current_exe().unwrap().metadata().unwrap().modified().unwrap();
-    let fresh = binary.metadata().and_then(|m| m.modified()).is_ok_and(|b| b >= test_built);
-    if !fresh {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "--manifest-path"])
-            .arg(&manifest)
-            .args(["--example", "finetune_local"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    binary
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recipe_trains_through_the_kubernetes_api_and_registers_the_version() {
-    let fake = fake_kube::FakeKube::start(trainer(), 0).await;
+    let fake = fake_kube::FakeKube::start(support::example_binary("finetune_local"), 0).await;
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs).unwrap();

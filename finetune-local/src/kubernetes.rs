@@ -564,16 +564,6 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
                 jobs.push(job);
             }
         }
-        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-        let start = match &query.after {
-            Some(after) => jobs.iter().position(|j| j.id.as_str() == after).map_or(0, |i| i + 1),
-            None => 0,
-        };
-        let limit = query.limit.unwrap_or(20).max(1) as usize;
-        let items: Vec<_> = jobs.iter().skip(start).take(limit).cloned().collect();
-        let next = (start + items.len() < jobs.len())
-            .then(|| items.last().map(|j| j.id.to_string()))
-            .flatten();
-        Ok(finetune_core::Page { items, next })
+        Ok(crate::provider::page_of(jobs, query))
     }
 }

@@ -705,18 +705,23 @@ impl FineTuneProvider for LocalProvider {
             };
             jobs.push(job);
         }
-        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-        let start = match &query.after {
-            Some(after) => jobs.iter().position(|j| j.id.as_str() == after).map_or(0, |i| i + 1),
-            None => 0,
-        };
-        let limit = query.limit.unwrap_or(20).max(1) as usize;
-        let items: Vec<Job> = jobs.iter().skip(start).take(limit).cloned().collect();
-        let next = (start + items.len() < jobs.len())
-            .then(|| items.last().map(|j| j.id.to_string()))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(page_of(jobs, query))
     }
+}
+
+/// One page of `jobs`, newest first, after `query.after`'s job.
+pub(crate) fn page_of(mut jobs: Vec<Job>, query: &ListJobs) -> Page<Job> {
+    jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+    let start = match &query.after {
+        Some(after) => jobs.iter().position(|j| j.id.as_str() == after).map_or(0, |i| i + 1),
+        None => 0,
+    };
+    let limit = query.limit.unwrap_or(20).max(1) as usize;
+    let items: Vec<Job> = jobs.iter().skip(start).take(limit).cloned().collect();
+    let next = (start + items.len() < jobs.len())
+        .then(|| items.last().map(|j| j.id.to_string()))
+        .flatten();
+    Page { items, next }
 }
 
 /// One job's training thread. It owns the job (its folder's lock) while it

@@ -24,6 +24,11 @@ use finetune_local::{LocalFactory, LocalProvider, ModelCache, Runtime};
 
 const CHILD_ROOT: &str = "FINETUNE_TEST_CHILD_ROOT";
 
+/// libtorch's random generator is one per process: a LoRA initialised
+/// while another test trains draws other numbers, so the tests that train
+/// in this process, and compare weights, take turns.
+static TRAINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama")
 }
@@ -109,6 +114,7 @@ fn a_job_killed_mid_training_is_listed_and_resumed_by_a_new_process() {
         child(Path::new(&root));
         return;
     }
+    let _turn = TRAINING.blocking_lock();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     let rt = rt.unwrap();
 
@@ -205,6 +211,7 @@ async fn bad_rows_are_refused_at_submit_and_leave_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_jobs_on_one_device_take_turns() {
+    let _turn = TRAINING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path());
     // Two providers, as two connections to the same machine would make.
@@ -267,6 +274,7 @@ impl FactoryHarness for LocalHarness {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_factory_passes_the_factory_checks() {
+    let _turn = TRAINING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path());
     let harness = LocalHarness { dir, data };
@@ -289,6 +297,7 @@ async fn the_local_factory_passes_the_factory_checks() {
 /// the loss curve; a folder that does not load is refused, naming the file.
 #[test]
 fn folders_written_by_custom_code_are_imported_after_loading() {
+    let _turn = TRAINING.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(dir.path());
     // A whole model, with Trainer-style metrics.

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use finetune_core::{
@@ -165,4 +166,24 @@ impl Peers {
             }
         }
     }
+}
+
+/// The path of an example's binary, built (by cargo) when it is missing or
+/// older than this test.
+pub(crate) fn example_binary(name: &str) -> std::path::PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_owned();
+    let binary = dir.join("examples").join(name);
+    let test_built = std::env::current_exe().unwrap().metadata().unwrap().modified().unwrap();
+    let fresh = binary.metadata().and_then(|m| m.modified()).is_ok_and(|b| b >= test_built);
+    if !fresh {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "--manifest-path"])
+            .arg(&manifest)
+            .args(["--example", name])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    binary
 }
