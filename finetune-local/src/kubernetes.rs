@@ -242,6 +242,7 @@ pub struct KubernetesProvider {
     client: kube::Client,
     namespace: String,
     container: ContainerConfig,
+    page_size: u32,
 }
 
 impl std::fmt::Debug for KubernetesProvider {
@@ -284,7 +285,62 @@ impl KubernetesProvider {
     ) -> Self {
         let namespace =
             container.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
-        Self { local, client, namespace, container }
+        Self { local, client, namespace, container, page_size: 500 }
+    }
+
+    /// Lists in pages of `n` objects (500 unless set; the API's `limit`).
+    #[must_use]
+    pub fn with_list_page_size(mut self, n: u32) -> Self {
+        self.page_size = n.max(1);
+        self
+    }
+
+    /// Every object `api` lists under `selector`, page by page (`limit`
+    /// and `continue`). A continue token the API has expired (410 Gone:
+    /// the revision it pinned was compacted away) starts the list again,
+    /// at most three times: a list is one consistent snapshot, so the
+    /// pages already read are dropped.
+    async fn list_all<K>(&self, api: &kube::Api<K>, what: &str, selector: &str) -> Result<Vec<K>>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let mut restarts = 0;
+        'list: loop {
+            let mut items = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut params =
+                    kube::api::ListParams::default().labels(selector).limit(self.page_size);
+                if let Some(token) = &token {
+                    params = params.continue_token(token);
+                }
+                let page = self
+                    .retried(what, || {
+                        let (api, params) = (api.clone(), params.clone());
+                        async move { api.list(&params).await }
+                    })
+                    .await;
+                match page {
+                    Ok(page) => {
+                        items.extend(page.items);
+                        match page.metadata.continue_ {
+                            Some(next) if !next.is_empty() => token = Some(next),
+                            _ => return Ok(items),
+                        }
+                    }
+                    Err(Error::Provider { status: Some(410), .. }) if restarts < 3 => {
+                        restarts += 1;
+                        tracing::debug!(
+                            what,
+                            restarts,
+                            "list continue token expired; listing again"
+                        );
+                        continue 'list;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 
     fn jobs(&self) -> kube::Api<Job> {
@@ -330,6 +386,34 @@ impl KubernetesProvider {
         unreachable!("the loop returns")
     }
 
+    /// The pod wrote the model's paths as it mounts the volumes (`/output`,
+    /// `/models`): here they are under the output root and the cache.
+    fn on_this_side(&self, model: &mut finetune_core::FineTunedModel) {
+        let runtime = self.local.runtime();
+        let mounts = [
+            (OUTPUT_MOUNT, runtime.output_root.as_path()),
+            (MODEL_CACHE_MOUNT, runtime.cache.root()),
+        ];
+        let map = |path: &std::path::Path| -> Option<std::path::PathBuf> {
+            mounts.iter().find_map(|(inside, here)| {
+                let rest = path.strip_prefix(inside).ok()?;
+                Some(here.join(rest))
+            })
+        };
+        if let finetune_core::ModelArtifacts::LocalDir { path } = &mut model.artifacts
+            && let Some(here) = map(path)
+        {
+            *path = here;
+        }
+        for key in ["output_dir", "base_model_dir", "adapter_dir", "merged_dir"] {
+            if let Some(value) = model.metadata.get_mut(key)
+                && let Some(here) = map(std::path::Path::new(value.as_str()))
+            {
+                *value = here.display().to_string();
+            }
+        }
+    }
+
     /// The state the Job and its pods say, given the job's record.
     async fn state_of(&self, id: &JobId, recorded: &finetune_core::Job) -> Result<JobState> {
         if recorded.state.is_terminal() {
@@ -356,13 +440,7 @@ impl KubernetesProvider {
                 .cloned()
         };
         let selector = format!("{JOB_LABEL}={name}");
-        let pods = self
-            .retried("listing the pods", || {
-                let (api, lp) = (self.pods(), kube::api::ListParams::default().labels(&selector));
-                async move { api.list(&lp).await }
-            })
-            .await?;
-        let mut pods = pods.items;
+        let mut pods = self.list_all(&self.pods(), "listing the pods", &selector).await?;
         // Oldest first; pods made in the same second by name (`<job>-<n>`).
         pods.sort_by_key(|p| {
             let name = p.metadata.name.clone().unwrap_or_default();
@@ -500,7 +578,18 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
             .local
             .recorded(id)?
             .ok_or_else(|| Error::NotFound { what: format!("job {id}") })?;
-        let state = self.state_of(id, &recorded).await?;
+        // A pod that was still writing when its Job was deleted may have
+        // recorded a step after the cancel: the cancel stands.
+        if !recorded.state.is_terminal() && self.local.cancel_requested(id)? {
+            return Ok(finetune_core::Job { state: JobState::Cancelled, ..recorded });
+        }
+        let state = match self.state_of(id, &recorded).await? {
+            JobState::Succeeded { mut model } => {
+                self.on_this_side(&mut model);
+                JobState::Succeeded { model }
+            }
+            other => other,
+        };
         Ok(finetune_core::Job { state, ..recorded })
     }
 
@@ -527,6 +616,9 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
                 other => Err(Error::invalid(format!("job {id} has already {}", other.name()))),
             };
         }
+        // A pod that runs on (its grace period) stops at its next step, and
+        // none started later trains.
+        self.local.request_cancel(id)?;
         let name = job_name(id);
         let deleted = self
             .retried("deleting the Job", || {
@@ -547,14 +639,9 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
         query: &finetune_core::ListJobs,
     ) -> Result<finetune_core::Page<finetune_core::Job>> {
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-        let list = self
-            .retried("listing the Jobs", || {
-                let (api, lp) = (self.jobs(), kube::api::ListParams::default().labels(&selector));
-                async move { api.list(&lp).await }
-            })
-            .await?;
+        let listed = self.list_all(&self.jobs(), "listing the Jobs", &selector).await?;
         let mut jobs = Vec::new();
-        for item in list.items {
+        for item in listed {
             let Some(id) =
                 item.metadata.annotations.as_ref().and_then(|a| a.get(JOB_ID_ANNOTATION))
             else {
@@ -565,5 +652,62 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
             }
         }
         Ok(crate::provider::page_of(jobs, query))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_model_the_pod_wrote_is_found_under_the_output_root_and_cache() {
+        let runtime = crate::Runtime {
+            output_root: "/srv/jobs".into(),
+            cache: crate::ModelCache::at("/srv/models"),
+            ..crate::Runtime::default()
+        };
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        let provider = KubernetesProvider::new(
+            crate::LocalProvider::new(runtime),
+            client,
+            ContainerConfig::new("trainer:1", VolumeConfig::HostPath { path: "/srv/jobs".into() }),
+        );
+        let metadata = [
+            ("output_dir", "/output/job-1"),
+            ("merged_dir", "/output/job-1/merged"),
+            ("base_model_dir", "/models/models--acme--tiny/snapshots/abc"),
+            ("adapter_dir", "/elsewhere/adapter"),
+            ("seed", "3"),
+        ];
+        let mut model = finetune_core::FineTunedModel {
+            provider: "local".into(),
+            model_id: "job-1".into(),
+            base_model: "acme/tiny".into(),
+            job_id: None,
+            created_at: chrono::Utc::now(),
+            requires_deployment: false,
+            artifacts: finetune_core::ModelArtifacts::LocalDir {
+                path: "/output/job-1/merged".into(),
+            },
+            loss_curve: finetune_core::LossCurve::new(),
+            metadata: metadata.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        };
+        provider.on_this_side(&mut model);
+        let finetune_core::ModelArtifacts::LocalDir { path } = &model.artifacts else {
+            unreachable!()
+        };
+        assert_eq!(path, std::path::Path::new("/srv/jobs/job-1/merged"));
+        assert_eq!(model.metadata["output_dir"], "/srv/jobs/job-1");
+        assert_eq!(model.metadata["merged_dir"], "/srv/jobs/job-1/merged");
+        assert_eq!(
+            model.metadata["base_model_dir"],
+            "/srv/models/models--acme--tiny/snapshots/abc"
+        );
+        // Paths outside the mounts, and values that are no paths, stay.
+        assert_eq!(model.metadata["adapter_dir"], "/elsewhere/adapter");
+        assert_eq!(model.metadata["seed"], "3");
     }
 }

@@ -38,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -207,7 +207,9 @@ impl LocalProvider {
         .await
         .map_err(|e| Error::other("validating the dataset", e))??;
         report.ensure_valid(role)?;
-        Ok(path)
+        // Recorded relative to the job's folder: a process that mounts the
+        // output root elsewhere (a pod's /output) finds it too.
+        Ok(path.strip_prefix(&folder.dir).map_or(path.clone(), Path::to_path_buf))
     }
 
     /// Starts training `record`'s job with `settings` on its own thread,
@@ -331,6 +333,19 @@ impl LocalProvider {
     #[cfg(feature = "kubernetes")]
     pub(crate) fn recorded(&self, id: &JobId) -> finetune_core::Result<Option<Job>> {
         Ok(self.folder(id)?.read()?.map(|r| r.job))
+    }
+
+    /// Asks whoever trains the job (another process, a pod) to stop at its
+    /// next step, and any later run of it not to start.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn request_cancel(&self, id: &JobId) -> finetune_core::Result<()> {
+        self.folder(id)?.request_cancel()
+    }
+
+    /// Whether a cancel was asked for the job.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn cancel_requested(&self, id: &JobId) -> finetune_core::Result<bool> {
+        Ok(self.folder(id)?.cancel_requested())
     }
 
     /// Records `state` for a job nobody trains (a cancelled cluster job).
@@ -813,6 +828,9 @@ impl Worker {
             (r.spec.clone(), r.training.clone(), r.validation.clone())
         };
         let read = |path: &PathBuf| -> finetune_core::Result<Vec<crate::sft::Example>> {
+            // Relative to the folder (an absolute path, from an older
+            // record, stays as it is).
+            let path = self.folder.dir.join(path);
             let source = DatasetSource::new(&path.display().to_string())?;
             Ok(crate::data::examples_from(LocalDataset::local(&source)?.open()?)?)
         };

@@ -292,3 +292,182 @@ async fn a_pod_over_its_memory_limit_fails_the_job_as_oom_killed() {
     assert_eq!(code.as_deref(), Some("OOMKilled"), "{reason}");
     assert!(reason.contains("BackoffLimitExceeded") && reason.contains("OOMKilled"), "{reason}");
 }
+
+/// Submits a job that stays Pending (it wants a GPU the node lacks) for
+/// each seed: Jobs to list without running a trainer.
+async fn pending_jobs(provider: &KubernetesProvider, seeds: std::ops::Range<u64>) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for seed in seeds {
+        ids.push(provider.submit(&spec().with_seed(seed)).await.unwrap().id);
+    }
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_page_and_start_again_when_the_continue_token_expires() {
+    let fake = FakeKube::start(trainer(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let provider = cluster(&fake, &dir.path().join("jobs"), |c| c.gpus = 1).with_list_page_size(2);
+    let ids = pending_jobs(&provider, 0..5).await;
+    assert_eq!(fake.objects().0, 5, "one Job per spec");
+    let listed = |page: finetune_core::Page<finetune_core::Job>| {
+        let mut ids: Vec<JobId> = page.items.into_iter().map(|j| j.id).collect();
+        ids.sort();
+        ids
+    };
+    // Three pages of Jobs.
+    let before = fake.requests().iter().filter(|r| r.ends_with("/jobs")).count();
+    assert_eq!(listed(provider.list_jobs(&Default::default()).await.unwrap()), ids);
+    let pages = fake.requests().iter().filter(|r| r.ends_with("/jobs")).count() - before;
+    assert_eq!(pages, 3);
+    // The store is compacted after the first page: the token the client
+    // holds is 410 Expired, and the list starts again from the top.
+    fake.compact_while_listing();
+    assert_eq!(listed(provider.list_jobs(&Default::default()).await.unwrap()), ids);
+    assert_eq!(fake.expired(), 1);
+    for id in &ids {
+        assert!(matches!(provider.job(id).await.unwrap().state, JobState::Pending { .. }));
+        assert_eq!(provider.cancel(id).await.unwrap(), JobState::Cancelled);
+    }
+    assert_eq!(fake.objects(), (0, 0));
+    assert!(provider.list_jobs(&Default::default()).await.unwrap().items.is_empty());
+}
+
+/// The cluster provider through the core conformance suite: each job's pod
+/// is the trainer binary (run by the fake API, or in a real cluster).
+struct ClusterHarness {
+    fake: Option<FakeKube>,
+    provider: KubernetesProvider,
+    /// The datasets (the controller stages them on the output volume).
+    data: tempfile::TempDir,
+    jobs: PathBuf,
+    model: String,
+    seed: std::sync::atomic::AtomicU64,
+}
+
+impl ClusterHarness {
+    fn new(provider: KubernetesProvider, fake: Option<FakeKube>, jobs: &Path, model: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let write = |name: &str, rows: usize, offset: usize| {
+            let text: String = (offset..offset + rows)
+                .map(|n| {
+                    format!(
+                        "{{\"prompt\":\"What is {n} plus one?\",\"completion\":\"{}\"}}\n",
+                        n + 1
+                    )
+                })
+                .collect();
+            std::fs::write(data.path().join(name), text).unwrap();
+        };
+        write("train.jsonl", 12, 0);
+        write("valid.jsonl", 4, 100);
+        let (jobs, model) = (jobs.to_owned(), model.to_owned());
+        Self { fake, provider, data, jobs, model, seed: 0.into() }
+    }
+
+    fn spec(&self, model: &str) -> JobSpec {
+        let path =
+            |name: &str| DatasetSource::new(self.data.path().join(name).to_str().unwrap()).unwrap();
+        // A new seed each time: a new request, so a new job (the same
+        // spec would find the job it made).
+        let seed = self.seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        JobSpec::new(model, path("train.jsonl"))
+            .with_validation(path("valid.jsonl"))
+            .with_seed(seed)
+            .with_hyperparameters(finetune_core::Hyperparameters {
+                epochs: finetune_core::Setting::Value(2),
+                batch_size: finetune_core::Setting::Value(4),
+                ..Default::default()
+            })
+            .with_extra("lora_r", 4)
+            .with_extra("max_length", 128)
+    }
+}
+
+#[async_trait::async_trait]
+impl finetune_core::testing::ConformanceHarness for ClusterHarness {
+    fn provider(&self) -> &dyn FineTuneProvider {
+        &self.provider
+    }
+
+    fn valid_spec(&self) -> JobSpec {
+        self.spec(&self.model)
+    }
+
+    fn invalid_spec(&self) -> JobSpec {
+        self.spec("acme/no-such-model")
+    }
+
+    /// Anything staged for a job (its folder on the output volume) or sent
+    /// to the cluster (a Job created, where the fake can tell).
+    async fn uploads(&self) -> u64 {
+        let folders = std::fs::read_dir(&self.jobs).map_or(0, Iterator::count);
+        let creates = self
+            .fake
+            .as_ref()
+            .map_or(0, |f| f.requests().iter().filter(|r| r.starts_with("POST ")).count());
+        (folders + creates) as u64
+    }
+
+    fn poll_policy(&self) -> finetune_core::PollPolicy {
+        finetune_core::PollPolicy::fixed(Duration::from_millis(20), Duration::from_secs(600))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_provider_passes_the_conformance_suite() {
+    let fake = FakeKube::start(trainer(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    let provider = cluster(&fake, &jobs, |_| {});
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    let harness = ClusterHarness::new(provider, Some(fake.clone()), &jobs, model.to_str().unwrap());
+    let report = finetune_core::testing::run_conformance(&harness).await.unwrap();
+    assert_eq!(report.passed.len(), 4);
+    // The cancelled job's Job and pod are gone; the finished one's remain
+    // (until its TTL, which the cluster applies).
+    assert_eq!(fake.objects().0, 1);
+}
+
+/// The same suite on a real cluster. Set `KUBECONFIG`; `FINETUNE_K8S_IMAGE`
+/// to an image built from the Containerfile that the cluster can pull;
+/// `FINETUNE_K8S_SHARED` to a folder this machine and the cluster's node
+/// both see at that path (a one-node cluster's hostPath: kind with
+/// `extraMounts`, minikube with `minikube mount`); optionally
+/// `FINETUNE_K8S_NAMESPACE`. Then
+/// `cargo test -p finetune-local --features kubernetes --test kubernetes -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: KUBECONFIG, FINETUNE_K8S_IMAGE and FINETUNE_K8S_SHARED"]
+async fn a_real_cluster_passes_the_conformance_suite() {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (see the test's comment)"))
+    };
+    let _ = var("KUBECONFIG");
+    let image = var("FINETUNE_K8S_IMAGE");
+    let run = PathBuf::from(var("FINETUNE_K8S_SHARED"))
+        .join(format!("finetune-test-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
+    // The tiny model in a model cache on the shared folder, under an id.
+    let cache_dir = run.join("models");
+    let id = finetune_local::ModelId::parse("finetune-test/tiny-llama").unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    finetune_local::ModelCache::at(&cache_dir).preload(&fixture, &id).unwrap();
+    let jobs = run.join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let local = LocalProvider::new(Runtime {
+        output_root: jobs.clone(),
+        cache: finetune_local::ModelCache::at(&cache_dir),
+        threads: Some(1),
+        ..Runtime::default()
+    });
+    let mut container =
+        ContainerConfig::new(image, Volume::HostPath { path: jobs.display().to_string() });
+    container.model_cache = Some(Volume::HostPath { path: cache_dir.display().to_string() });
+    container.namespace = std::env::var("FINETUNE_K8S_NAMESPACE").ok();
+    container.env = vec![EnvVar::value("FINETUNE_DEVICE", "cpu")];
+    let client = kube::Client::try_default().await.unwrap();
+    let provider = KubernetesProvider::new(local, client, container);
+    let harness = ClusterHarness::new(provider, None, &jobs, &id.repo);
+    let report = finetune_core::testing::run_conformance(&harness).await.unwrap();
+    assert_eq!(report.passed.len(), 4);
+}

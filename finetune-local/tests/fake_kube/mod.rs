@@ -1,8 +1,10 @@
 //! A stateful fake of the part of the Kubernetes API the cluster provider
 //! uses, faithful where a client can tell: Jobs (create, with 409 on a
 //! replayed name; get; list by label; delete with foreground propagation),
-//! Pods (list by label, logs with `tailLines`), `Status` bodies for errors,
-//! and throttling (429 with `Retry-After`) on demand.
+//! Pods (list by label, logs with `tailLines`), lists in pages (`limit`,
+//! `continue`; a token whose revision was compacted away is 410 `Expired`,
+//! and compaction can be made to happen while a client pages), `Status`
+//! bodies for errors, and throttling (429 with `Retry-After`) on demand.
 //!
 //! Its Job controller is real enough to test against: each pod is the real
 //! trainer binary run as a child process, its `hostPath` volumes mapped to
@@ -36,6 +38,12 @@ struct Inner {
     throttle: u32,
     throttled: u32,
     gpus: u32,
+    /// Revisions at or below this one are compacted away.
+    compacted: u64,
+    /// Compact right after the next page that hands out a continue token.
+    compact_while_listing: bool,
+    /// Continue tokens answered 410 so far.
+    expired: u32,
 }
 
 struct Pod {
@@ -125,6 +133,17 @@ impl FakeKube {
     /// Requests answered 429 so far.
     pub(crate) fn throttled(&self) -> u32 {
         self.lock().throttled
+    }
+
+    /// The next list that hands out a continue token sees the store
+    /// compacted right after: the token expires before the client uses it.
+    pub(crate) fn compact_while_listing(&self) {
+        self.lock().compact_while_listing = true;
+    }
+
+    /// Continue tokens answered 410 `Expired` so far.
+    pub(crate) fn expired(&self) -> u32 {
+        self.lock().expired
     }
 
     /// Jobs and pods of ours that exist.
@@ -450,20 +469,69 @@ async fn get_job(
     }
 }
 
+/// One page of a list: `items` (by key, as etcd orders them) after the
+/// continue token's key, at most `limit`, and the token for the rest. A
+/// token pins the revision its list began at; once that revision is
+/// compacted the token is 410 `Expired`, as the API server answers. (The
+/// fake keeps no history: a later page shows the objects as they are now.)
+fn page(
+    inner: &mut Inner,
+    kind: &str,
+    items: Vec<(String, Value)>,
+    q: &BTreeMap<String, String>,
+) -> Response {
+    let (revision, after) = match q.get("continue").filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let Some((rv, key)) =
+                token.split_once(':').and_then(|(rv, key)| Some((rv.parse::<u64>().ok()?, key)))
+            else {
+                return status(400, "BadRequest", "continue key is not valid");
+            };
+            if rv <= inner.compacted {
+                inner.expired += 1;
+                return status(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                );
+            }
+            (rv, Some(key.to_owned()))
+        }
+        None => (inner.resource_version, None),
+    };
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|&l| l > 0);
+    let mut rest: Vec<(String, Value)> =
+        items.into_iter().filter(|(k, _)| after.as_ref().is_none_or(|a| k > a)).collect();
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(limit) = limit
+        && rest.len() > limit
+    {
+        rest.truncate(limit);
+        let last = rest.last().map(|(k, _)| k.clone()).unwrap_or_default();
+        metadata["continue"] = format!("{revision}:{last}").into();
+        if std::mem::take(&mut inner.compact_while_listing) {
+            inner.compacted = inner.resource_version;
+            inner.resource_version += 1;
+        }
+    }
+    let items: Vec<Value> = rest.into_iter().map(|(_, v)| v).collect();
+    let api_version = if kind == "JobList" { "batch/v1" } else { "v1" };
+    Json(json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}))
+        .into_response()
+}
+
 async fn list_jobs(
     State(fake): State<FakeKube>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let inner = fake.lock();
-    let items: Vec<Value> = inner
+    let mut inner = fake.lock();
+    let items = inner
         .jobs
-        .values()
-        .filter(|j| matches(&j["metadata"]["labels"], q.get("labelSelector")))
-        .cloned()
+        .iter()
+        .filter(|(_, j)| matches(&j["metadata"]["labels"], q.get("labelSelector")))
+        .map(|(k, j)| (k.clone(), j.clone()))
         .collect();
-    Json(json!({"apiVersion": "batch/v1", "kind": "JobList",
-        "metadata": {"resourceVersion": inner.resource_version.to_string()}, "items": items}))
-    .into_response()
+    page(&mut inner, "JobList", items, &q)
 }
 
 async fn delete_job(
@@ -500,16 +568,14 @@ async fn list_pods(
     State(fake): State<FakeKube>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let inner = fake.lock();
-    let items: Vec<Value> = inner
+    let mut inner = fake.lock();
+    let items = inner
         .pods
-        .values()
-        .filter(|p| matches(&p.object["metadata"]["labels"], q.get("labelSelector")))
-        .map(|p| p.object.clone())
+        .iter()
+        .filter(|(_, p)| matches(&p.object["metadata"]["labels"], q.get("labelSelector")))
+        .map(|(k, p)| (k.clone(), p.object.clone()))
         .collect();
-    Json(json!({"apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": inner.resource_version.to_string()}, "items": items}))
-    .into_response()
+    page(&mut inner, "PodList", items, &q)
 }
 
 async fn pod_log(
