@@ -3,10 +3,37 @@
 //! that torch-sys found (`DEP_TCH_LIBTORCH_LIB`) on to dependents' build
 //! scripts as `DEP_FINETUNE_LOCAL_LIBTORCH_LIB`, where
 //! `finetune_build::link_libtorch` reads it.
+//!
+//! With the `distributed` feature it also compiles `csrc/c10d.cpp` (the C
+//! side of `distributed::ffi`) against that libtorch's headers.
 
 fn main() {
-    if let Some(lib) = finetune_build::libtorch_lib() {
+    let lib = finetune_build::libtorch_lib();
+    if let Some(lib) = &lib {
         println!("cargo::metadata=libtorch_lib={}", lib.display());
     }
     finetune_build::link_libtorch();
+    #[cfg(feature = "distributed")]
+    compile_c10d(lib.as_deref());
+}
+
+#[cfg(feature = "distributed")]
+fn compile_c10d(lib: Option<&std::path::Path>) {
+    let Some(lib) = lib else {
+        panic!("the distributed feature needs libtorch's headers: no libtorch folder is known");
+    };
+    let include = lib.join("../include");
+    println!("cargo::rerun-if-changed=csrc");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/c10d.cpp")
+        // Declarations standing in for Gloo's headers (see its README).
+        .include("csrc/gloo-decl")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("USE_C10D_GLOO", None)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("finetune_c10d");
 }

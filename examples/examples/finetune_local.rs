@@ -53,6 +53,11 @@ const USAGE: &str =
   --chat | --base          the prompt format (default: the chat template when there is one)
   --device cpu|cuda[:N]  --dtype float32|bfloat16|float16  --threads N
 
+Under a launcher (torchrun's RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, Slurm's srun,
+a Kubernetes Indexed Job) with more than one process, and built with the `distributed` feature,
+each process trains its share of every step over c10d's Gloo (--batch-size is the global batch);
+rank 0 alone writes the output folder. FINETUNE_DIST_TIMEOUT_SECS bounds each collective (300).
+
 mapping flags: --format jsonl|csv|parquet|arrow, --prompt COL, --completion COL, --system COL";
 
 fn main() {
@@ -318,11 +323,48 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {}
     };
-    let (report, _) = finetune_local::run_job(&job, &runtime, Arc::clone(&cancel), on_event)?;
+    let (report, _) = train_job(&job, &runtime, Arc::clone(&cancel), on_event)?;
     bar.finish_and_clear();
     if cancel.load(Ordering::Relaxed) {
         eprintln!("cancelled");
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Runs the job alone, or as one rank of the run the launcher describes.
+#[cfg(feature = "distributed")]
+fn train_job(
+    job: &LocalJob,
+    runtime: &Runtime,
+    cancel: Arc<AtomicBool>,
+    on_event: impl FnMut(&TrainEvent),
+) -> finetune_local::Result<(finetune_local::JobReport, finetune_local::train::TrainOutcome)> {
+    let topology = finetune_local::topology::Topology::from_env()?;
+    if topology.world_size < 2 {
+        return finetune_local::run_job(job, runtime, cancel, on_event);
+    }
+    let secs = std::env::var("FINETUNE_DIST_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok());
+    let timeout = std::time::Duration::from_secs(secs.unwrap_or(300));
+    let mut group = finetune_local::distributed::ProcessGroup::gloo(&topology, timeout)?;
+    finetune_local::run_job_on(job, runtime, cancel, on_event, Some(&mut group))
+}
+
+/// Runs the job in this process (built without the `distributed` feature).
+#[cfg(not(feature = "distributed"))]
+fn train_job(
+    job: &LocalJob,
+    runtime: &Runtime,
+    cancel: Arc<AtomicBool>,
+    on_event: impl FnMut(&TrainEvent),
+) -> finetune_local::Result<(finetune_local::JobReport, finetune_local::train::TrainOutcome)> {
+    let topology = finetune_local::topology::Topology::from_env()?;
+    if topology.world_size > 1 {
+        return Err(finetune_local::LocalError::InvalidArgument(format!(
+            "the launcher started {} processes, but this binary was built without the \
+             `distributed` feature: each would train alone",
+            topology.world_size
+        )));
+    }
+    finetune_local::run_job(job, runtime, cancel, on_event)
 }

@@ -137,6 +137,16 @@ pub enum LocalError {
         message: String,
     },
 
+    /// A collective across the training processes failed: a rank was lost
+    /// (named when the others can tell which), the rendezvous timed out.
+    #[error("data-parallel training: {}{message}", lost_rank.map(|r| format!("rank {r} was lost: ")).unwrap_or_default())]
+    Distributed {
+        /// The rank that stopped answering, when known.
+        lost_rank: Option<usize>,
+        /// What c10d said.
+        message: String,
+    },
+
     /// A checkpoint cannot be resumed: it is damaged or was written by a
     /// run with other settings or data.
     #[error("cannot resume from {}: {message}", path.display())]

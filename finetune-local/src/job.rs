@@ -207,7 +207,21 @@ pub fn run_job(
     cancel: Arc<AtomicBool>,
     on_event: impl FnMut(&TrainEvent),
 ) -> Result<(JobReport, TrainOutcome)> {
+    run_job_on(job, runtime, cancel, on_event, None)
+}
+
+/// [`run_job`] as one rank of a data-parallel run when `group` is given
+/// (see [`Trainer::data_parallel`]): every rank trains, rank 0 alone writes
+/// the job folder's outputs; the others report none.
+pub fn run_job_on(
+    job: &LocalJob,
+    runtime: &Runtime,
+    cancel: Arc<AtomicBool>,
+    on_event: impl FnMut(&TrainEvent),
+    group: Option<&mut dyn crate::train::Collective>,
+) -> Result<(JobReport, TrainOutcome)> {
     runtime.apply_threads();
+    let main = group.as_ref().is_none_or(|g| g.rank() == 0);
     let (model_dir, mut model, tokenizer) = load_model(&job.model, runtime)?;
     let format = job.format.unwrap_or(if tokenizer.chat_template().is_some() {
         PromptFormat::Chat
@@ -226,15 +240,18 @@ pub fn run_job(
         )));
     }
     let started = std::time::Instant::now();
-    let outcome = Trainer::new(&mut model, job.config.clone())?
+    let mut trainer = Trainer::new(&mut model, job.config.clone())?
         .output_dir(&job.output_dir)
         .resume(job.resume)
         .cancel_flag(cancel)
-        .on_event(on_event)
-        .fit(&train, &validation)?;
+        .on_event(on_event);
+    if let Some(group) = group {
+        trainer = trainer.data_parallel(group);
+    }
+    let outcome = trainer.fit(&train, &validation)?;
     let train_seconds = started.elapsed().as_secs_f64();
     let (mut adapter_dir, mut merged_dir) = (None, None);
-    if outcome.stop != StopReason::Cancelled {
+    if outcome.stop != StopReason::Cancelled && main {
         let base = model_dir.display().to_string();
         if matches!(job.config.method, Method::Lora(_)) && job.outputs.adapter {
             let dir = job.output_dir.join("adapter");
@@ -271,7 +288,9 @@ pub fn run_job(
         final_train_loss: outcome.curve.last_train_loss(),
         train_seconds,
     };
-    write_summary(&job.output_dir, &report)?;
+    if main {
+        write_summary(&job.output_dir, &report)?;
+    }
     Ok((report, outcome))
 }
 

@@ -61,6 +61,8 @@ pub mod chat;
 pub mod chat_model;
 pub mod config;
 pub mod data;
+#[cfg(feature = "distributed")]
+pub mod distributed;
 mod error;
 pub mod factory;
 pub mod generate;
@@ -88,7 +90,7 @@ pub use factory::LocalFactory;
 pub use finetune_core::{ChatMessage, ChatModel, ChatRequest, ChatResponse, Role};
 pub use hub::{ModelCache, ModelId, locate};
 pub use import::import_trained;
-pub use job::{JobReport, LocalJob, Outputs, Runtime, run_job};
+pub use job::{JobReport, LocalJob, Outputs, Runtime, run_job, run_job_on};
 pub use models::{CausalLm, ForwardInput, KvCache, LoadOptions};
 pub use provider::LocalProvider;
 // The foreign crates in this crate's public API (tensors, devices, dtypes;

@@ -181,9 +181,23 @@ pub(crate) fn example_binary(name: &str) -> std::path::PathBuf {
             .args(["build", "-q", "--manifest-path"])
             .arg(&manifest)
             .args(["--example", name])
+            // The features this test was built with: the same binary cargo
+            // built for it, not one without them.
+            .args(["--features", &binary_features().join(",")])
             .status()
             .unwrap();
         assert!(status.success());
     }
     binary
+}
+
+fn binary_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "kubernetes") {
+        features.push("kubernetes");
+    }
+    if cfg!(feature = "distributed") {
+        features.push("distributed");
+    }
+    features
 }

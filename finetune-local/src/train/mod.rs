@@ -109,6 +109,25 @@ pub struct TrainOutcome {
 
 type Callback<'a> = Box<dyn FnMut(&TrainEvent) + 'a>;
 
+/// What data-parallel training needs from the group of training processes
+/// (implemented over c10d's Gloo by `distributed::ProcessGroup`, feature
+/// `distributed`). Every rank makes the same calls in the same order.
+pub trait Collective {
+    /// This process's rank, `0..world_size`.
+    fn rank(&self) -> usize;
+    /// Processes in the group.
+    fn world_size(&self) -> usize;
+    /// Sums `tensor` (contiguous, the same shape and kind on every rank)
+    /// over every rank, in place.
+    fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()>;
+    /// Overwrites `tensor` on every rank with rank `root`'s.
+    fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()>;
+}
+
+/// Gradients are summed across ranks in buckets of at most this many
+/// elements (100 MB of f32), one collective each.
+const GRADIENT_BUCKET: i64 = 25 << 20;
+
 /// Trains a model in place. Build it with [`Trainer::new`], set the output
 /// folder and hooks, then call [`Trainer::fit`].
 pub struct Trainer<'a> {
@@ -124,6 +143,8 @@ pub struct Trainer<'a> {
     /// Test hook: the step whose first micro-batch reports running out of
     /// memory, once.
     inject_oom: Option<usize>,
+    /// The other ranks of a data-parallel run.
+    collective: Option<&'a mut dyn Collective>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -165,7 +186,28 @@ impl<'a> Trainer<'a> {
             cancel: Arc::new(AtomicBool::new(false)),
             on_event: None,
             inject_oom: None,
+            collective: None,
         })
+    }
+
+    /// Trains as one rank of a data-parallel run: the trained weights start
+    /// as rank 0's; each rank runs its share of every step's examples (the
+    /// step's `batch_size` is the global batch); the loss is normalised by
+    /// the step's trained tokens summed over all ranks and the gradients
+    /// are summed across ranks, so every rank takes the step one process
+    /// would take on the whole batch (clipping on that global norm). Only
+    /// rank 0 writes metrics, checkpoints and the loss graph; every rank
+    /// reads the checkpoint it resumes from. Every rank stops together on a
+    /// cancel. A step that runs out of memory fails the run rather than
+    /// halving the micro-batch on one rank.
+    pub fn data_parallel(mut self, collective: &'a mut dyn Collective) -> Self {
+        self.collective = Some(collective);
+        self
+    }
+
+    /// Whether this process writes the run's files (rank 0, or alone).
+    fn is_main(&self) -> bool {
+        self.collective.as_ref().is_none_or(|c| c.rank() == 0)
     }
 
     /// Test hook: the first micro-batch of step `step` (1-based) fails as
@@ -280,15 +322,25 @@ impl<'a> Trainer<'a> {
         }
         let (per_epoch, total) = self.plan(train.len());
         let fingerprint = fingerprint(&self.config, train);
+        let params = self.trainable();
+        if let Some(c) = self.collective.as_deref_mut() {
+            // Every rank starts from rank 0's weights.
+            tch::no_grad(|| params.iter().try_for_each(|(_, p)| c.broadcast(&mut p.detach(), 0)))?;
+        }
+        let main = self.is_main();
         let mut optimizer = optim::AdamW::new(self.trainable(), self.config.optimizer)?;
         let mut state = checkpoint::TrainerState::new(fingerprint.clone());
         let mut curve = LossCurve::new();
         let mut metrics = None;
         if let Some(dir) = &self.output_dir {
-            std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+            if main {
+                std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+            }
             let mut resumed = None;
             if self.resume {
-                checkpoint::remove_partials(dir)?;
+                if main {
+                    checkpoint::remove_partials(dir)?;
+                }
                 if let Some(path) = checkpoint::latest(dir)? {
                     state = checkpoint::load(&path, &mut optimizer)?;
                     if state.fingerprint != fingerprint {
@@ -301,17 +353,19 @@ impl<'a> Trainer<'a> {
                 }
             }
             let path = dir.join("metrics.jsonl");
-            let kept = rewrite_metrics(&path, resumed.unwrap_or(0))?;
-            for line in &kept {
-                curve.upsert(line.point());
+            if main {
+                let kept = rewrite_metrics(&path, resumed.unwrap_or(0))?;
+                for line in &kept {
+                    curve.upsert(line.point());
+                }
+                metrics = Some(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| LocalError::io(&path, e))?,
+                );
             }
-            metrics = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| LocalError::io(&path, e))?,
-            );
         }
         let resumed_from = (state.step > 0).then_some(state.step);
         let memory = self.memory_plan(train);
@@ -332,7 +386,14 @@ impl<'a> Trainer<'a> {
         let mut stop = StopReason::Completed;
         self.model.set_training(true);
         while state.step < total {
-            if self.cancel.load(Ordering::Relaxed) {
+            let mut cancelled = self.cancel.load(Ordering::Relaxed);
+            if let Some(c) = self.collective.as_deref_mut() {
+                // Every rank stops together.
+                let mut flag = Tensor::from_slice(&[f64::from(u8::from(cancelled))]);
+                c.all_reduce_sum(&mut flag)?;
+                cancelled = flag.f_double_value(&[0])? > 0.0;
+            }
+            if cancelled {
                 stop = StopReason::Cancelled;
                 break;
             }
@@ -344,15 +405,26 @@ impl<'a> Trainer<'a> {
             let indices = order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
             let within = s % per_epoch;
             let end = ((within + 1) * self.config.batch_size).min(train.len());
-            let examples: Vec<&TokenizedExample> =
+            let mut examples: Vec<&TokenizedExample> =
                 indices[within * self.config.batch_size..end].iter().map(|&i| &train[i]).collect();
+            if let Some(c) = &self.collective {
+                // This rank's share: a contiguous slice of the step's order.
+                let share = examples.len().div_ceil(c.world_size());
+                let from = (c.rank() * share).min(examples.len());
+                let to = (from + share).min(examples.len());
+                examples = examples[from..to].to_vec();
+            }
 
             let started = Instant::now();
             let (trained, real, loss_sum) = loop {
                 tch::manual_seed(step_seed(self.config.seed, s));
                 match self.accumulate(&examples, s, pad, device) {
                     Ok(done) => break done,
-                    Err(e) if e.is_out_of_memory() && self.micro_batch_size > 1 => {
+                    Err(e)
+                        if e.is_out_of_memory()
+                            && self.micro_batch_size > 1
+                            && self.collective.is_none() =>
+                    {
                         // Nothing of the failed attempt may count.
                         optimizer.zero_grad();
                         self.micro_batch_size /= 2;
@@ -369,6 +441,13 @@ impl<'a> Trainer<'a> {
                     Err(e) => return Err(e),
                 }
             };
+            let mut loss_sum = loss_sum;
+            if let Some(c) = self.collective.as_deref_mut() {
+                all_reduce_gradients(c, &params)?;
+                let mut sum = Tensor::from_slice(&[loss_sum]);
+                c.all_reduce_sum(&mut sum)?;
+                loss_sum = sum.f_double_value(&[0])?;
+            }
             let grad_norm = optimizer.grad_norm()?;
             if let Some(max) = self.config.max_grad_norm {
                 optimizer.clip(grad_norm, max)?;
@@ -426,6 +505,7 @@ impl<'a> Trainer<'a> {
             }
             if let (Some(dir), Some(every)) = (&self.output_dir, self.config.checkpoint_every)
                 && state.step.is_multiple_of(every)
+                && main
             {
                 state.elapsed_seconds = elapsed_before + clock.elapsed().as_secs_f64();
                 let path = checkpoint::save(dir, &optimizer, &state, self.config.keep_checkpoints)?;
@@ -438,6 +518,7 @@ impl<'a> Trainer<'a> {
         self.model.set_training(false);
         if let Some(dir) = &self.output_dir
             && !curve.is_empty()
+            && main
         {
             save_loss_graph(&curve, dir)?;
         }
@@ -479,8 +560,24 @@ impl<'a> Trainer<'a> {
         device: tch::Device,
     ) -> Result<(i64, i64, f64)> {
         let batches = self.micro_batches(examples, pad, device)?;
-        let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
-        let real: i64 = batches.iter().map(|b| b.real_tokens).sum();
+        let mut trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+        let mut real: i64 = batches.iter().map(|b| b.real_tokens).sum();
+        if let Some(c) = self.collective.as_deref_mut() {
+            // The whole step's counts: every rank divides by the same.
+            let mut counts = Tensor::from_slice(&[trained as f64, real as f64]);
+            c.all_reduce_sum(&mut counts)?;
+            trained = counts.f_double_value(&[0])? as i64;
+            real = counts.f_double_value(&[1])? as i64;
+            if batches.is_empty() {
+                // No share this step: zero gradients, defined, to sum.
+                let params = self.trainable();
+                let zero = params
+                    .iter()
+                    .map(|(_, p)| p.f_sum(Kind::Float))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Tensor::f_stack(&zero, 0)?.f_sum(Kind::Float)?.f_mul_scalar(0.0)?.f_backward()?;
+            }
+        }
         let mut loss_sum = 0.0;
         for (i, batch) in batches.iter().enumerate() {
             if i == 0 && self.inject_oom == Some(s + 1) {
@@ -601,6 +698,45 @@ impl<'a> Trainer<'a> {
 /// mask no real token attends to it, and its own positions take no loss, so
 /// the plain causal path (no key-padding bias) computes the same loss,
 /// faster.
+/// Sums every trained tensor's gradient across the ranks, in buckets of
+/// [`GRADIENT_BUCKET`] elements flattened into one buffer each.
+fn all_reduce_gradients(c: &mut dyn Collective, params: &[(String, Tensor)]) -> Result<()> {
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < params.len() {
+            let (mut end, mut numel) = (start, 0);
+            while end < params.len()
+                && (end == start || numel + params[end].1.numel() as i64 <= GRADIENT_BUCKET)
+            {
+                numel += params[end].1.numel() as i64;
+                end += 1;
+            }
+            let grads: Vec<Tensor> = params[start..end].iter().map(|(_, p)| p.grad()).collect();
+            if let Some((name, _)) =
+                params[start..end].iter().zip(&grads).find(|(_, g)| !g.defined()).map(|(p, _)| p)
+            {
+                return Err(LocalError::InvalidArgument(format!(
+                    "`{name}` has no gradient to sum"
+                )));
+            }
+            let flat = grads
+                .iter()
+                .map(|g| g.f_reshape([-1]))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut flat = Tensor::f_cat(&flat, 0)?;
+            c.all_reduce_sum(&mut flat)?;
+            let mut offset = 0;
+            for grad in &grads {
+                let n = grad.numel() as i64;
+                grad.shallow_clone().f_copy_(&flat.f_narrow(0, offset, n)?.f_view_as(grad)?)?;
+                offset += n;
+            }
+            start = end;
+        }
+        Ok(())
+    })
+}
+
 fn forward_input(batch: &Batch) -> ForwardInput<'_> {
     ForwardInput {
         input_ids: &batch.input_ids,

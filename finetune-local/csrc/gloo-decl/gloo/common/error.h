@@ -1,0 +1,2 @@
+// See ../../README.md: declarations only, for ProcessGroupGloo.hpp.
+#pragma once

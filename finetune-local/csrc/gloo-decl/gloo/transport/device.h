@@ -1,0 +1,12 @@
+// See ../../README.md: declarations only, for ProcessGroupGloo.hpp.
+#pragma once
+
+namespace gloo {
+namespace transport {
+class Device;
+class UnboundBuffer {
+ public:
+  virtual ~UnboundBuffer();
+};
+} // namespace transport
+} // namespace gloo

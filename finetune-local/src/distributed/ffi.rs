@@ -1,0 +1,246 @@
+//! The unsafe boundary to `csrc/c10d.cpp`: the only module of the crate
+//! that may use `unsafe`.
+//!
+//! Invariants (also written at the top of the C++ file):
+//! * each handle (`*mut c_void`) comes from its `_new` function, is not
+//!   null, and is freed exactly once, by [`Handle`]'s drop;
+//! * a tensor pointer is tch's `*mut C_tensor`, an `at::Tensor*` that
+//!   outlives the call (the caller holds the `Tensor`);
+//! * a group is used from one thread at a time (`&mut self`), in the same
+//!   order on every rank;
+//! * on failure a function returns null or -1 and sets `*error` to a
+//!   C string that we own and free; no C++ exception crosses the boundary.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+
+unsafe extern "C" {
+    fn ft_c10d_string_free(s: *mut c_char);
+    fn ft_c10d_store_new(
+        host: *const c_char,
+        port: u16,
+        is_server: c_int,
+        world_size: usize,
+        timeout_ms: i64,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn ft_c10d_store_free(store: *mut c_void);
+    fn ft_c10d_store_set(
+        store: *mut c_void,
+        key: *const c_char,
+        data: *const u8,
+        len: usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_c10d_store_get(
+        store: *mut c_void,
+        key: *const c_char,
+        data: *mut *mut u8,
+        len: *mut usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_c10d_store_check(
+        store: *mut c_void,
+        key: *const c_char,
+        present: *mut c_int,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_c10d_gloo_new(
+        store: *mut c_void,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn ft_c10d_group_free(group: *mut c_void);
+    fn ft_c10d_allreduce_sum(
+        group: *mut c_void,
+        tensors: *const *mut c_void,
+        n: usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_c10d_broadcast(
+        group: *mut c_void,
+        tensors: *const *mut c_void,
+        n: usize,
+        root: c_int,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_c10d_barrier(group: *mut c_void, error: *mut *mut c_char) -> c_int;
+}
+
+/// What the C++ side said went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CError(pub(crate) String);
+
+fn take_error(error: *mut c_char) -> CError {
+    if error.is_null() {
+        return CError("c10d failed without a message".into());
+    }
+    // SAFETY: a non-null error is a NUL-terminated string the C++ side
+    // allocated for us; we free it once, here.
+    let text = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { ft_c10d_string_free(error) };
+    CError(text)
+}
+
+fn c_string(text: &str) -> Result<CString, CError> {
+    CString::new(text).map_err(|_| CError(format!("`{text}` holds a NUL byte")))
+}
+
+fn status(rc: c_int, error: *mut c_char) -> Result<(), CError> {
+    if rc == 0 { Ok(()) } else { Err(take_error(error)) }
+}
+
+/// A c10d object owned by Rust.
+#[derive(Debug)]
+struct Handle {
+    ptr: *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from the `_new` function matching `free`, and
+        // this is the only place it is freed.
+        unsafe { (self.free)(self.ptr) }
+    }
+}
+
+// SAFETY: a TCPStore client serialises its operations with its own mutex
+// (`activeOpLock_`), and a process group is only reached through `&mut`
+// (one thread at a time); neither is tied to the thread that made it.
+unsafe impl Send for Handle {}
+
+/// A TCPStore client (and, on rank 0, its server).
+#[derive(Debug)]
+pub(crate) struct Store(Handle);
+
+// SAFETY: see `Handle`: the store's operations lock internally.
+unsafe impl Sync for Store {}
+
+impl Store {
+    pub(crate) fn new(
+        host: &str,
+        port: u16,
+        is_server: bool,
+        world_size: usize,
+        timeout_ms: i64,
+    ) -> Result<Self, CError> {
+        let host = c_string(host)?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: `host` is a valid C string for the call; `error` is ours.
+        let ptr = unsafe {
+            ft_c10d_store_new(
+                host.as_ptr(),
+                port,
+                c_int::from(is_server),
+                world_size,
+                timeout_ms,
+                &raw mut error,
+            )
+        };
+        if ptr.is_null() {
+            return Err(take_error(error));
+        }
+        Ok(Self(Handle { ptr, free: ft_c10d_store_free }))
+    }
+
+    pub(crate) fn set(&self, key: &str, value: &[u8]) -> Result<(), CError> {
+        let key = c_string(key)?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: the handle is live; `key` and `value` outlive the call.
+        let rc = unsafe {
+            ft_c10d_store_set(self.0.ptr, key.as_ptr(), value.as_ptr(), value.len(), &raw mut error)
+        };
+        status(rc, error)
+    }
+
+    /// Waits (up to the store's timeout) for `key` and returns its value.
+    pub(crate) fn get(&self, key: &str) -> Result<Vec<u8>, CError> {
+        let key = c_string(key)?;
+        let (mut data, mut len, mut error) = (std::ptr::null_mut(), 0usize, std::ptr::null_mut());
+        // SAFETY: the handle is live; the out-pointers are ours.
+        let rc = unsafe {
+            ft_c10d_store_get(self.0.ptr, key.as_ptr(), &raw mut data, &raw mut len, &raw mut error)
+        };
+        status(rc, error)?;
+        // SAFETY: on success `data` is a malloc'd buffer of `len` bytes that
+        // we copy and then free (the string free is `free`).
+        let value = unsafe { std::slice::from_raw_parts(data, len) }.to_vec();
+        unsafe { ft_c10d_string_free(data.cast()) };
+        Ok(value)
+    }
+
+    pub(crate) fn check(&self, key: &str) -> Result<bool, CError> {
+        let key = c_string(key)?;
+        let (mut present, mut error) = (0, std::ptr::null_mut());
+        // SAFETY: the handle is live; the out-pointers are ours.
+        let rc = unsafe {
+            ft_c10d_store_check(self.0.ptr, key.as_ptr(), &raw mut present, &raw mut error)
+        };
+        status(rc, error)?;
+        Ok(present != 0)
+    }
+}
+
+/// A ProcessGroupGloo.
+#[derive(Debug)]
+pub(crate) struct Gloo(Handle);
+
+impl Gloo {
+    pub(crate) fn new(
+        store: &Store,
+        rank: usize,
+        size: usize,
+        timeout_ms: i64,
+    ) -> Result<Self, CError> {
+        let rank = c_int::try_from(rank).map_err(|_| CError(format!("rank {rank}")))?;
+        let size = c_int::try_from(size).map_err(|_| CError(format!("world size {size}")))?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: the store handle is live for the call (the group keeps its
+        // own reference to the store).
+        let ptr = unsafe { ft_c10d_gloo_new(store.0.ptr, rank, size, timeout_ms, &raw mut error) };
+        if ptr.is_null() {
+            return Err(take_error(error));
+        }
+        Ok(Self(Handle { ptr, free: ft_c10d_group_free }))
+    }
+
+    fn pointers(tensors: &mut [tch::Tensor]) -> Vec<*mut c_void> {
+        tensors.iter_mut().map(|t| t.as_mut_ptr().cast::<c_void>()).collect()
+    }
+
+    pub(crate) fn all_reduce_sum(&mut self, tensors: &mut [tch::Tensor]) -> Result<(), CError> {
+        let pointers = Self::pointers(tensors);
+        let mut error = std::ptr::null_mut();
+        // SAFETY: the group is live and used by this thread alone (`&mut`);
+        // each pointer is an `at::Tensor*` held by `tensors` for the call.
+        let rc = unsafe {
+            ft_c10d_allreduce_sum(self.0.ptr, pointers.as_ptr(), pointers.len(), &raw mut error)
+        };
+        status(rc, error)
+    }
+
+    pub(crate) fn broadcast(
+        &mut self,
+        tensors: &mut [tch::Tensor],
+        root: usize,
+    ) -> Result<(), CError> {
+        let root = c_int::try_from(root).map_err(|_| CError(format!("root {root}")))?;
+        let pointers = Self::pointers(tensors);
+        let mut error = std::ptr::null_mut();
+        // SAFETY: as for `all_reduce_sum`.
+        let rc = unsafe {
+            ft_c10d_broadcast(self.0.ptr, pointers.as_ptr(), pointers.len(), root, &raw mut error)
+        };
+        status(rc, error)
+    }
+
+    pub(crate) fn barrier(&mut self) -> Result<(), CError> {
+        let mut error = std::ptr::null_mut();
+        // SAFETY: the group is live and used by this thread alone.
+        let rc = unsafe { ft_c10d_barrier(self.0.ptr, &raw mut error) };
+        status(rc, error)
+    }
+}

@@ -1,0 +1,166 @@
+//! Data-parallel training over PyTorch's own collectives (feature
+//! `distributed`): a TCPStore rendezvous served by rank 0 and
+//! ProcessGroupGloo across the ranks, both from the libtorch we link (the
+//! C++ side is `csrc/c10d.cpp`; the unsafe boundary is one module,
+//! [`ffi`]).
+//!
+//! [`ProcessGroup::gloo`] joins the run a launcher describes
+//! ([`Topology::from_env`]: torchrun, Slurm, a Kubernetes Indexed Job) and
+//! implements the trainer's [`Collective`]. Each rank also writes a
+//! heartbeat to the store; when a collective fails (a peer's connection
+//! closed, or the timeout passed), the error names the rank whose heartbeat
+//! stopped — rank 0 when the store itself is gone with it.
+
+mod ffi;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tch::Tensor;
+
+use crate::error::{LocalError, Result};
+use crate::topology::Topology;
+use crate::train::Collective;
+
+/// How often each rank writes its heartbeat.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn heartbeat_key(rank: usize) -> String {
+    format!("finetune/heartbeat/{rank}")
+}
+
+/// This process's membership of a data-parallel run.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    gloo: ffi::Gloo,
+    store: Arc<ffi::Store>,
+    rank: usize,
+    world_size: usize,
+    stop: Arc<AtomicBool>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl ProcessGroup {
+    /// Joins the run `topology` describes: rank 0 serves the TCPStore at
+    /// `master_addr:master_port`, every rank connects to it, and Gloo
+    /// connects the ranks (on the interface `GLOO_SOCKET_IFNAME` names,
+    /// else the host's address). `timeout` bounds the rendezvous and each
+    /// collective.
+    pub fn gloo(topology: &Topology, timeout: Duration) -> Result<Self> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let failed = |e: ffi::CError| LocalError::Distributed { lost_rank: None, message: e.0 };
+        let store = Arc::new(
+            ffi::Store::new(
+                &topology.master_addr,
+                topology.master_port,
+                topology.rank == 0,
+                topology.world_size,
+                timeout_ms,
+            )
+            .map_err(failed)?,
+        );
+        store.set(&heartbeat_key(topology.rank), &now_ms().to_le_bytes()).map_err(failed)?;
+        let gloo = ffi::Gloo::new(&store, topology.rank, topology.world_size, timeout_ms)
+            .map_err(failed)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (store, stop, key) =
+                (Arc::clone(&store), Arc::clone(&stop), heartbeat_key(topology.rank));
+            std::thread::Builder::new()
+                .name(format!("finetune-heartbeat-{}", topology.rank))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // A store that is gone (rank 0 ended) is not ours to report.
+                        if store.set(&key, &now_ms().to_le_bytes()).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(HEARTBEAT);
+                    }
+                })
+                .map_err(|e| LocalError::Distributed { lost_rank: None, message: e.to_string() })?
+        };
+        tracing::info!(
+            rank = topology.rank,
+            world_size = topology.world_size,
+            master = %format!("{}:{}", topology.master_addr, topology.master_port),
+            "joined the data-parallel run (Gloo)"
+        );
+        Ok(Self {
+            gloo,
+            store,
+            rank: topology.rank,
+            world_size: topology.world_size,
+            stop,
+            heartbeat: Some(heartbeat),
+        })
+    }
+
+    /// Waits until every rank reaches this call.
+    pub fn barrier(&mut self) -> Result<()> {
+        let result = self.gloo.barrier();
+        result.map_err(|e| self.lost(e))
+    }
+
+    /// The error for a failed collective, naming the rank whose heartbeat
+    /// stopped (rank 0 when the store, which it serves, cannot be reached).
+    fn lost(&self, e: ffi::CError) -> LocalError {
+        // Give a dead rank's heartbeat time to go stale.
+        std::thread::sleep(HEARTBEAT * 3);
+        let now = now_ms();
+        let mut lost_rank = None;
+        for rank in (0..self.world_size).filter(|&r| r != self.rank) {
+            let key = heartbeat_key(rank);
+            let beat = match self.store.check(&key) {
+                Ok(true) => self.store.get(&key).ok(),
+                Ok(false) => None,
+                Err(_) => {
+                    lost_rank = Some(0);
+                    break;
+                }
+            };
+            let last = beat
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            if now.saturating_sub(last) > 2 * HEARTBEAT.as_millis() as u64 {
+                lost_rank = Some(rank);
+                break;
+            }
+        }
+        LocalError::Distributed { lost_rank, message: e.0 }
+    }
+}
+
+impl Collective for ProcessGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
+        let result = self.gloo.all_reduce_sum(std::slice::from_mut(tensor));
+        result.map_err(|e| self.lost(e))
+    }
+
+    fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
+        let result = self.gloo.broadcast(std::slice::from_mut(tensor), root);
+        result.map_err(|e| self.lost(e))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(heartbeat) = self.heartbeat.take() {
+            let _ = heartbeat.join();
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Data-parallel training over c10d's Gloo on loopback, with real
+//! processes: each test re-runs this test binary as the ranks (torchrun's
+//! variables set), so every rank is its own process with its own
+//! libtorch, as under a launcher.
+#![cfg(feature = "distributed")]
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use finetune_local::distributed::ProcessGroup;
+use finetune_local::lora::LoraConfig;
+use finetune_local::sft::{Example, PromptFormat, TokenizeOptions, TokenizedExample, Truncation};
+use finetune_local::tch::Tensor;
+use finetune_local::topology::Topology;
+use finetune_local::train::{Method, Schedule, TrainConfig, TrainEvent, Trainer};
+use finetune_local::{CausalLm, LoadOptions, LocalError, Tokenizer};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama")
+}
+
+fn data() -> Vec<TokenizedExample> {
+    let tok = Tokenizer::from_dir(&fixture()).unwrap();
+    // Completions of different lengths: a mean per rank differs from the
+    // mean over the step.
+    let examples: Vec<Example> = (0..24)
+        .map(|i| Example {
+            system: None,
+            prompt: format!("Item {i}:"),
+            completion: " the cat sat on a mat"
+                .split(' ')
+                .take(2 + i % 5)
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+        .collect();
+    let options = TokenizeOptions {
+        format: PromptFormat::Base,
+        max_length: 64,
+        truncation: Truncation::KeepStart,
+    };
+    finetune_local::sft::tokenize_all(&tok, &examples, &options).unwrap().0
+}
+
+/// Global batch 8; `micro` examples per micro-batch.
+fn config(micro: usize) -> TrainConfig {
+    TrainConfig {
+        method: Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+            use_rslora: false,
+        }),
+        epochs: 2,
+        batch_size: 8,
+        micro_batch_size: micro,
+        learning_rate: 1e-2,
+        schedule: Schedule::Constant,
+        max_length: 64,
+        max_grad_norm: Some(0.5),
+        ..TrainConfig::default()
+    }
+}
+
+/// What a run leaves: its adapters and its step losses.
+struct Run {
+    adapters: Vec<(String, Tensor)>,
+    losses: Vec<f64>,
+    tokens_per_second: f64,
+}
+
+/// How a run is set up beyond its micro-batch.
+#[derive(Default)]
+struct Setup<'a> {
+    out: Option<&'a Path>,
+    resume: bool,
+    checkpoint_every: Option<usize>,
+    cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+fn train(
+    micro: usize,
+    setup: Setup<'_>,
+    group: Option<&mut ProcessGroup>,
+    on_step: impl FnMut(usize),
+) -> finetune_local::Result<Run> {
+    let mut model = CausalLm::load(&fixture(), &LoadOptions::default()).unwrap();
+    let mut losses = Vec::new();
+    let mut speed = Vec::new();
+    let mut on_step = on_step;
+    {
+        let config = TrainConfig { checkpoint_every: setup.checkpoint_every, ..config(micro) };
+        let mut trainer = Trainer::new(&mut model, config)?.resume(setup.resume).on_event(|e| {
+            if let TrainEvent::Step(r) = e {
+                losses.push(r.loss);
+                speed.push(r.tokens_per_second);
+                on_step(r.step);
+            }
+        });
+        if let Some(out) = setup.out {
+            trainer = trainer.output_dir(out);
+        }
+        if let Some(cancel) = setup.cancel {
+            trainer = trainer.cancel_flag(cancel);
+        }
+        if let Some(group) = group {
+            trainer = trainer.data_parallel(group);
+        }
+        trainer.fit(&data(), &[])?;
+    }
+    let tokens_per_second = speed.iter().sum::<f64>() / speed.len().max(1) as f64;
+    Ok(Run { adapters: model.peft_state(), losses, tokens_per_second })
+}
+
+fn assert_same_adapters(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
+    let sorted = |t: &[(String, Tensor)]| {
+        let mut t: Vec<(String, Tensor)> =
+            t.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (a, b) = (sorted(a), sorted(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{what} {na}: {diff}");
+    }
+}
+
+const ROLE: &str = "FINETUNE_TEST_RANK_OF";
+const OUT: &str = "FINETUNE_TEST_OUT";
+
+/// Starts `world` ranks of `test` (this binary, that test alone).
+fn launch(test: &str, world: usize, out: &Path) -> Vec<Child> {
+    launch_with(test, world, out, &[])
+}
+
+fn launch_with(test: &str, world: usize, out: &Path, env: &[(&str, &str)]) -> Vec<Child> {
+    let port = finetune_core::testing::free_loopback_port().unwrap();
+    (0..world)
+        .map(|rank| {
+            Command::new(std::env::current_exe().unwrap())
+                .envs(env.iter().copied())
+                .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+                .env(ROLE, test)
+                .env(OUT, out)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("GLOO_SOCKET_IFNAME", "lo")
+                .env("OMP_NUM_THREADS", "1")
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The rank this process plays in `test`, when it is one.
+fn as_rank(test: &str) -> Option<(Topology, PathBuf)> {
+    (std::env::var(ROLE).ok()? == test)
+        .then(|| (Topology::from_env().unwrap(), PathBuf::from(std::env::var(OUT).unwrap())))
+}
+
+fn wait(children: &mut [Child], within: Duration) -> Vec<i32> {
+    let started = Instant::now();
+    let mut codes = vec![None; children.len()];
+    while codes.iter().any(Option::is_none) {
+        for (child, code) in children.iter_mut().zip(&mut codes) {
+            if code.is_none()
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                *code = Some(status.code().unwrap_or(-1));
+            }
+        }
+        if started.elapsed() > within {
+            for child in children.iter_mut() {
+                let _ = child.kill();
+            }
+            panic!("the ranks did not end within {within:?}: {codes:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    codes.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn two_ranks_take_the_steps_one_process_takes_with_the_global_batch() {
+    const TEST: &str = "two_ranks_take_the_steps_one_process_takes_with_the_global_batch";
+    if let Some((topology, out)) = as_rank(TEST) {
+        let mut group = ProcessGroup::gloo(&topology, Duration::from_secs(60)).unwrap();
+        let rank_dir = out.join("run");
+        let setup = Setup { out: Some(&rank_dir), ..Setup::default() };
+        let run = train(4, setup, Some(&mut group), |_| {}).unwrap();
+        let file = out.join(format!("rank{}.safetensors", topology.rank));
+        Tensor::write_safetensors(&run.adapters, &file).unwrap();
+        let summary =
+            serde_json::json!({"losses": run.losses, "tokens_per_second": run.tokens_per_second});
+        std::fs::write(out.join(format!("rank{}.json", topology.rank)), summary.to_string())
+            .unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ranks = launch(TEST, 2, dir.path());
+    let started = Instant::now();
+    assert_eq!(wait(&mut ranks, Duration::from_secs(600)), [0, 0]);
+    let two = started.elapsed();
+    // One process, the global batch of 8 in one micro-batch.
+    let started = Instant::now();
+    let one = train(8, Setup::default(), None, |_| {}).unwrap();
+    let alone = started.elapsed();
+    let summary = |rank: usize| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("rank{rank}.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    for rank in 0..2 {
+        let losses: Vec<f64> = serde_json::from_value(summary(rank)["losses"].clone()).unwrap();
+        assert_eq!(losses.len(), one.losses.len());
+        for (step, (a, b)) in losses.iter().zip(&one.losses).enumerate() {
+            assert!((a - b).abs() < 1e-5, "rank {rank} step {}: {a} vs {b}", step + 1);
+        }
+        let adapters =
+            Tensor::read_safetensors(dir.path().join(format!("rank{rank}.safetensors"))).unwrap();
+        assert_same_adapters(&adapters, &one.adapters, &format!("rank {rank}"));
+    }
+    // Rank 0 alone wrote the run's files.
+    let run = dir.path().join("run");
+    assert!(run.join("metrics.jsonl").is_file() && run.join("loss.svg").is_file());
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, one.losses.len(), "one metrics line per step: one writer");
+    eprintln!(
+        "scaling (CPU, 1 thread per process): 1 process {:.0} tok/s, 2 processes {:.0} tok/s \
+         (rank 0's steps, global tokens); wall {:.1} s vs {:.1} s (2 processes include start-up)",
+        one.tokens_per_second,
+        summary(0)["tokens_per_second"].as_f64().unwrap(),
+        alone.as_secs_f64(),
+        two.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_killed_rank_fails_the_other_with_its_rank_named() {
+    const TEST: &str = "a_killed_rank_fails_the_other_with_its_rank_named";
+    if let Some((topology, out)) = as_rank(TEST) {
+        let mut group = ProcessGroup::gloo(&topology, Duration::from_secs(30)).unwrap();
+        let rank = topology.rank;
+        let result = train(4, Setup::default(), Some(&mut group), |step| {
+            if rank == 1 && step == 2 {
+                // Tell the parent to kill us, and wait for it.
+                std::fs::write(out.join("rank1-at-step-2"), "").unwrap();
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        });
+        let text = match result {
+            Ok(_) => "finished".to_owned(),
+            Err(e @ LocalError::Distributed { .. }) => format!("distributed: {e}"),
+            Err(e) => format!("other: {e}"),
+        };
+        std::fs::write(out.join(format!("rank{rank}.txt")), text).unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ranks = launch(TEST, 2, dir.path());
+    let started = Instant::now();
+    while !dir.path().join("rank1-at-step-2").exists() {
+        assert!(started.elapsed() < Duration::from_secs(300), "rank 1 never reached step 2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-9", &ranks[1].id().to_string()]).status().unwrap();
+    let killed = Instant::now();
+    let mut rank0 = vec![ranks.remove(0)];
+    assert_eq!(wait(&mut rank0, Duration::from_secs(60)), [0]);
+    let _ = ranks[0].wait();
+    let text = std::fs::read_to_string(dir.path().join("rank0.txt")).unwrap();
+    assert!(text.starts_with("distributed: data-parallel training: rank 1 was lost"), "{text}");
+    eprintln!(
+        "rank 0 failed {:.1} s after rank 1 was killed: {text}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(killed.elapsed() < Duration::from_secs(30), "within the 30 s timeout");
+}
+
+#[test]
+fn a_cancel_on_one_rank_stops_both_and_the_run_resumes_to_the_uninterrupted_adapters() {
+    const TEST: &str =
+        "a_cancel_on_one_rank_stops_both_and_the_run_resumes_to_the_uninterrupted_adapters";
+    if let Some((topology, out)) = as_rank(TEST) {
+        let resume = std::env::var("FINETUNE_TEST_PHASE").unwrap() == "resume";
+        let mut group = ProcessGroup::gloo(&topology, Duration::from_secs(60)).unwrap();
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&cancel);
+        let rank = topology.rank;
+        let setup = Setup {
+            out: Some(&out.join("run")),
+            resume,
+            checkpoint_every: Some(1),
+            cancel: Some(cancel),
+        };
+        let run = train(4, setup, Some(&mut group), |step| {
+            // Rank 1 alone is cancelled, after step 3.
+            if rank == 1 && step == 3 && !resume {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        let phase = if resume { "resume" } else { "first" };
+        let file = out.join(format!("{phase}-rank{rank}.safetensors"));
+        Tensor::write_safetensors(&run.adapters, &file).unwrap();
+        std::fs::write(out.join(format!("{phase}-rank{rank}.steps")), run.losses.len().to_string())
+            .unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for phase in ["first", "resume"] {
+        let mut ranks = launch_with(TEST, 2, dir.path(), &[("FINETUNE_TEST_PHASE", phase)]);
+        assert_eq!(wait(&mut ranks, Duration::from_secs(600)), [0, 0], "{phase}");
+    }
+    let steps = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    // Both ranks stopped after step 3 of 6; the resumed run did the rest.
+    for rank in 0..2 {
+        assert_eq!(steps(&format!("first-rank{rank}.steps")), "3");
+        assert_eq!(steps(&format!("resume-rank{rank}.steps")), "3");
+    }
+    let one = train(8, Setup::default(), None, |_| {}).unwrap();
+    for rank in 0..2 {
+        let adapters =
+            Tensor::read_safetensors(dir.path().join(format!("resume-rank{rank}.safetensors")))
+                .unwrap();
+        assert_same_adapters(&adapters, &one.adapters, &format!("resumed rank {rank}"));
+    }
+}
