@@ -4,8 +4,8 @@
 //! scripts as `DEP_FINETUNE_LOCAL_LIBTORCH_LIB`, where
 //! `finetune_build::link_libtorch` reads it.
 //!
-//! With the `distributed` feature it also compiles `csrc/c10d.cpp` (the C
-//! side of `distributed::ffi`) against that libtorch's headers.
+//! With the `distributed` feature it also compiles
+//! `src/distributed/c10d.cpp` (the C side of `distributed::ffi`) against that libtorch's headers.
 
 fn main() {
     let lib = finetune_build::libtorch_lib();
@@ -23,13 +23,14 @@ fn compile_c10d(lib: Option<&std::path::Path>) {
         panic!("the distributed feature needs libtorch's headers: no libtorch folder is known");
     };
     let include = lib.join("../include");
-    println!("cargo::rerun-if-changed=csrc");
+    println!("cargo::rerun-if-changed=src/distributed/c10d.cpp");
+    println!("cargo::rerun-if-changed=src/distributed/gloo-decl");
     cc::Build::new()
         .cpp(true)
         .std("c++17")
-        .file("csrc/c10d.cpp")
-        // Declarations standing in for Gloo's headers (see its README).
-        .include("csrc/gloo-decl")
+        .file("src/distributed/c10d.cpp")
+        // Declarations standing in for Gloo's headers (see c10d.cpp).
+        .include("src/distributed/gloo-decl")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .define("USE_C10D_GLOO", None)

@@ -1,4 +1,4 @@
-//! The unsafe boundary to `csrc/c10d.cpp`: the only module of the crate
+//! The unsafe boundary to `c10d.cpp` (beside this file): the only module of the crate
 //! that may use `unsafe`.
 //!
 //! Invariants (also written at the top of the C++ file):

@@ -1,7 +1,7 @@
 //! Data-parallel training over PyTorch's own collectives (feature
 //! `distributed`): a TCPStore rendezvous served by rank 0 and
 //! ProcessGroupGloo across the ranks, both from the libtorch we link (the
-//! C++ side is `csrc/c10d.cpp`; the unsafe boundary is one module,
+//! C++ side is `c10d.cpp` beside it; the unsafe boundary is one module,
 //! [`ffi`]).
 //!
 //! [`ProcessGroup::gloo`] joins the run a launcher describes

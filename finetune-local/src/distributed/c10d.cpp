@@ -10,6 +10,15 @@
 // * on failure a function returns null or -1 and sets `*error` to a string
 //   allocated here, which the caller frees with ft_c10d_string_free. No C++
 //   exception crosses this boundary.
+//
+// Gloo's headers: PyTorch's wheel does not ship them, although
+// ProcessGroupGloo.hpp includes them. gloo-decl/ stands in with
+// declarations only. We use ProcessGroupGloo through its constructor,
+// Options::create_default and the virtual functions of c10d::Backend, all
+// compiled into libtorch_cpu.so; the class holds Gloo's types only behind
+// std::shared_ptr/std::unique_ptr, so its layout does not depend on them.
+// What gloo-decl declares is exactly what the header's inline code names:
+// no Gloo function is defined or called from here.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>

@@ -1,4 +1,4 @@
-// See ../README.md: declarations only, for ProcessGroupGloo.hpp.
+// See c10d.cpp ("Gloo's headers"): declarations only, for ProcessGroupGloo.hpp.
 #pragma once
 #include <chrono>
 

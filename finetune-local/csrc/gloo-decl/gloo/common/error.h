@@ -1,2 +1,0 @@
-// See ../../README.md: declarations only, for ProcessGroupGloo.hpp.
-#pragma once

@@ -1,0 +1,2 @@
+// See c10d.cpp ("Gloo's headers"): declarations only, for ProcessGroupGloo.hpp.
+#pragma once
