@@ -129,7 +129,14 @@ fn run_recorded(args: &Args, id: &str) -> i32 {
     };
     let provider = finetune_local::LocalProvider::new(runtime);
     let id = finetune_core::JobId::new(id);
-    match finetune_examples::block_on(provider.run_recorded(&id)) {
+    let group = match group() {
+        Ok(group) => group,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match finetune_examples::block_on(provider.run_recorded_with(&id, group)) {
         Ok(job) => {
             println!("{}", serde_json::to_string(&job).unwrap_or_default());
             match job.state {
@@ -333,31 +340,34 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the job alone, or as one rank of the run the launcher describes.
-#[cfg(feature = "distributed")]
 fn train_job(
     job: &LocalJob,
     runtime: &Runtime,
     cancel: Arc<AtomicBool>,
     on_event: impl FnMut(&TrainEvent),
 ) -> finetune_local::Result<(finetune_local::JobReport, finetune_local::train::TrainOutcome)> {
+    let mut group = group()?;
+    let group = group.as_deref_mut().map(|g| g as &mut dyn finetune_local::train::Collective);
+    finetune_local::run_job_on(job, runtime, cancel, on_event, group)
+}
+
+/// The process group of the run the launcher describes, when it started
+/// more than one process.
+#[cfg(feature = "distributed")]
+fn group() -> finetune_local::Result<Option<finetune_local::provider::Group>> {
     let topology = finetune_local::topology::Topology::from_env()?;
     if topology.world_size < 2 {
-        return finetune_local::run_job(job, runtime, cancel, on_event);
+        return Ok(None);
     }
     let secs = std::env::var("FINETUNE_DIST_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok());
     let timeout = std::time::Duration::from_secs(secs.unwrap_or(300));
-    let mut group = finetune_local::distributed::ProcessGroup::gloo(&topology, timeout)?;
-    finetune_local::run_job_on(job, runtime, cancel, on_event, Some(&mut group))
+    let group = finetune_local::distributed::ProcessGroup::gloo(&topology, timeout)?;
+    Ok(Some(Box::new(group)))
 }
 
-/// Runs the job in this process (built without the `distributed` feature).
+/// Built without the `distributed` feature: one process, or an error.
 #[cfg(not(feature = "distributed"))]
-fn train_job(
-    job: &LocalJob,
-    runtime: &Runtime,
-    cancel: Arc<AtomicBool>,
-    on_event: impl FnMut(&TrainEvent),
-) -> finetune_local::Result<(finetune_local::JobReport, finetune_local::train::TrainOutcome)> {
+fn group() -> finetune_local::Result<Option<finetune_local::provider::Group>> {
     let topology = finetune_local::topology::Topology::from_env()?;
     if topology.world_size > 1 {
         return Err(finetune_local::LocalError::InvalidArgument(format!(
@@ -366,5 +376,5 @@ fn train_job(
             topology.world_size
         )));
     }
-    finetune_local::run_job(job, runtime, cancel, on_event)
+    Ok(None)
 }

@@ -92,6 +92,19 @@ pub struct ContainerConfig {
     /// newest checkpoint. 3 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_limit: Option<i32>,
+    /// Pods training together, data-parallel (each with `gpus` GPUs): an
+    /// Indexed Job whose pods find rank 0 through a headless Service. 1
+    /// when absent.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl ContainerConfig {
@@ -116,6 +129,7 @@ impl ContainerConfig {
             active_deadline_seconds: None,
             ttl_seconds_after_finished: None,
             backoff_limit: None,
+            replicas: 1,
         }
     }
 }

@@ -24,10 +24,10 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, HostPathVolumeSource, LocalObjectReference,
     PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecretKeySelector, Toleration, Volume, VolumeMount,
+    SecretKeySelector, Service, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 /// The label every object of ours carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "finetune");
@@ -40,6 +40,9 @@ pub const EXIT_DO_NOT_RETRY: i32 = 3;
 /// Pod restarts (each resuming from the newest checkpoint) unless the
 /// configuration says otherwise.
 pub const DEFAULT_BACKOFF_LIMIT: i32 = 3;
+/// The port rank 0 serves the rendezvous store on, in a run of several
+/// pods.
+pub const RENDEZVOUS_PORT: u16 = 29500;
 
 /// The Job's name for `id`: a DNS label (lowercase letters, digits and
 /// `-`, at most 63 characters) derived from the id alone, so a retried
@@ -64,6 +67,14 @@ pub fn job_manifest(id: &JobId, config: &ContainerConfig) -> Result<Job> {
     let mut args = vec!["--run-job".to_owned(), id.as_str().to_owned()];
     args.extend(["--jobs".to_owned(), OUTPUT_MOUNT.to_owned()]);
     let mut env = vec![plain("HF_HUB_OFFLINE", "1")];
+    let replicas = config.replicas.max(1);
+    if replicas > 1 {
+        // An Indexed Job: JOB_COMPLETION_INDEX is the rank, and pod 0 is
+        // `<name>-0.<name>` under the headless Service of the same name.
+        env.push(plain("WORLD_SIZE", &replicas.to_string()));
+        env.push(plain("MASTER_ADDR", &format!("{name}-0.{name}")));
+        env.push(plain("MASTER_PORT", &RENDEZVOUS_PORT.to_string()));
+    }
     if let Some(cache) = &config.model_cache {
         volumes.push(volume("model-cache", cache, true)?);
         mounts.push(mount("model-cache", cache, MODEL_CACHE_MOUNT, true));
@@ -147,8 +158,10 @@ pub fn job_manifest(id: &JobId, config: &ContainerConfig) -> Result<Job> {
         )
         .filter(|v: &Vec<_>| !v.is_empty()),
         volumes: Some(volumes),
+        subdomain: (replicas > 1).then(|| name.clone()),
         ..PodSpec::default()
     };
+    let replicas = i32::try_from(replicas).map_err(|_| Error::invalid("replicas: too many"))?;
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(name),
@@ -175,10 +188,50 @@ pub fn job_manifest(id: &JobId, config: &ContainerConfig) -> Result<Job> {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
                 spec: Some(pod),
             },
+            completion_mode: (replicas > 1).then(|| "Indexed".to_owned()),
+            completions: (replicas > 1).then_some(replicas),
+            parallelism: (replicas > 1).then_some(replicas),
             ..JobSpec::default()
         }),
         ..Job::default()
     })
+}
+
+/// The headless Service that gives the pods of a run of several replicas
+/// their DNS names (`<name>-<index>.<name>`), owned by the Job so that it
+/// goes with it.
+pub fn service_manifest(id: &JobId, owner: &Job) -> Service {
+    let name = job_name(id);
+    let owner = OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name: owner.metadata.name.clone().unwrap_or_default(),
+        uid: owner.metadata.uid.clone().unwrap_or_default(),
+        block_owner_deletion: Some(true),
+        controller: Some(false),
+    };
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                [
+                    (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                    (JOB_LABEL.to_owned(), name.clone()),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some([(JOB_LABEL.to_owned(), name)].into()),
+            // Rank 0's name resolves before any readiness.
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
@@ -344,6 +397,10 @@ impl KubernetesProvider {
     }
 
     fn jobs(&self) -> kube::Api<Job> {
+        kube::Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn services(&self) -> kube::Api<Service> {
         kube::Api::namespaced(self.client.clone(), &self.namespace)
     }
 
@@ -562,13 +619,35 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
                 async move { api.create(&kube::api::PostParams::default(), &manifest).await }
             })
             .await;
-        match created {
-            Ok(_) => tracing::info!(job = %id, name = %job_name(&id), "Kubernetes Job created"),
+        let created = match created {
+            Ok(created) => {
+                tracing::info!(job = %id, name = %job_name(&id), "Kubernetes Job created");
+                created
+            }
             // Made by an earlier submit of the same spec.
             Err(Error::Provider { status: Some(409), .. }) => {
                 tracing::info!(job = %id, "the Kubernetes Job exists already");
+                let name = job_name(&id);
+                self.retried("reading the Job", || {
+                    let (api, name) = (self.jobs(), name.clone());
+                    async move { api.get(&name).await }
+                })
+                .await?
             }
             Err(e) => return Err(e),
+        };
+        if self.container.replicas > 1 {
+            let service = service_manifest(&id, &created);
+            let made = self
+                .retried("creating the Service", || {
+                    let (api, service) = (self.services(), service.clone());
+                    async move { api.create(&kube::api::PostParams::default(), &service).await }
+                })
+                .await;
+            match made {
+                Ok(_) | Err(Error::Provider { status: Some(409), .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(job)
     }

@@ -1,4 +1,4 @@
-//! The local HuggingFace provider: [`FineTuneProvider`] over [`run_job`],
+//! The local HuggingFace provider: [`FineTuneProvider`] over [`run_job`](crate::run_job),
 //! each job training on its own thread, its state and loss curve shared
 //! with the caller, cancel honoured before the next step.
 //!
@@ -52,7 +52,7 @@ use finetune_core::{
 };
 use finetune_data::{ConvertOptions, LocalDataset, ObjectStores, OutputFormat};
 
-use crate::job::{LocalJob, Outputs, Runtime, run_job};
+use crate::job::{LocalJob, Outputs, Runtime, run_job_on};
 use crate::job_folder::{JobFolder, Record, device_lock_path, try_lock};
 use crate::lora::LoraConfig;
 use crate::sft::Truncation;
@@ -220,6 +220,7 @@ impl LocalProvider {
         settings: Settings,
         owner: File,
         resume: bool,
+        group: Option<Group>,
     ) -> finetune_core::Result<()> {
         let folder = self.folder(&record.job.id)?;
         let entry = Entry {
@@ -237,6 +238,7 @@ impl LocalProvider {
             state: Arc::clone(&entry.state),
             curve: Arc::clone(&entry.curve),
             cancel: Arc::clone(&entry.cancel),
+            group: Mutex::new(group),
             _owner: owner,
         };
         let name = format!("finetune-{}", entry.id);
@@ -373,12 +375,29 @@ impl LocalProvider {
     /// that another live process trains is an error; a finished one is
     /// returned as it is.
     pub async fn run_recorded(&self, id: &JobId) -> finetune_core::Result<Job> {
+        self.run_recorded_with(id, None).await
+    }
+
+    /// [`Self::run_recorded`] as one rank of a data-parallel run (see
+    /// [`crate::train::Trainer::data_parallel`]) when `group` is given.
+    /// Rank 0 runs the job as above, recording its state and writing its
+    /// outputs; any other rank trains its share, writes nothing, and
+    /// returns the job as rank 0 records it once it has ended.
+    pub async fn run_recorded_with(
+        &self,
+        id: &JobId,
+        group: Option<Group>,
+    ) -> finetune_core::Result<Job> {
+        let group = match group {
+            Some(g) if g.rank() > 0 => return self.run_as_rank(id, g).await,
+            other => other,
+        };
         let folder = self.folder(id)?;
         let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
         if record.job.state.is_terminal() {
             return Ok(record.job);
         }
-        let job = self.job_in_folder(id, true)?;
+        let job = self.job_in_folder(id, true, group)?;
         if self.live(id).is_none() && !job.state.is_terminal() {
             return Err(Error::invalid(format!("job {id} is being trained by another process")));
         }
@@ -398,9 +417,44 @@ impl LocalProvider {
         }
     }
 
+    /// A rank other than 0 of a data-parallel run of a recorded job: trains
+    /// its share (resuming, as rank 0 does, from the newest checkpoint) and
+    /// waits for rank 0's final record.
+    async fn run_as_rank(&self, id: &JobId, group: Group) -> finetune_core::Result<Job> {
+        let folder = self.folder(id)?;
+        let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+        if record.job.state.is_terminal() {
+            return Ok(record.job);
+        }
+        let settings = self.settings(&record.spec)?;
+        let job = local_job(&record, &settings, &folder, true)?;
+        let runtime = self.runtime.clone();
+        // Cancels reach every rank through rank 0 (the ranks agree each step).
+        let cancel = Arc::new(AtomicBool::new(false));
+        tokio::task::spawn_blocking(move || {
+            let mut group = group;
+            let group: &mut dyn crate::train::Collective = group.as_mut();
+            run_job_on(&job, &runtime, cancel, |_| {}, Some(group))
+        })
+        .await
+        .map_err(|e| Error::other("the training thread failed", e))??;
+        loop {
+            let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
+            if record.job.state.is_terminal() {
+                return Ok(record.job);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A job from its folder: taken over and resumed when it was
     /// interrupted (`take_over`), else as recorded.
-    fn job_in_folder(&self, id: &JobId, take_over: bool) -> finetune_core::Result<Job> {
+    fn job_in_folder(
+        &self,
+        id: &JobId,
+        take_over: bool,
+        group: Option<Group>,
+    ) -> finetune_core::Result<Job> {
         let folder = self.folder(id)?;
         let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
         if record.job.state.is_terminal() {
@@ -428,7 +482,7 @@ impl LocalProvider {
         folder.write(&record)?;
         let job = record.job.clone();
         let settings = self.settings(&record.spec)?;
-        self.start(record, settings, owner, true)?;
+        self.start(record, settings, owner, true, group)?;
         Ok(job)
     }
 }
@@ -626,7 +680,7 @@ impl FineTuneProvider for LocalProvider {
     async fn submit(&self, spec: &JobSpec) -> finetune_core::Result<Job> {
         let (record, settings, owner) = self.record_job(spec, None).await?;
         let job = record.job.clone();
-        self.start(record, settings, owner, false)?;
+        self.start(record, settings, owner, false, None)?;
         Ok(job)
     }
 
@@ -635,7 +689,7 @@ impl FineTuneProvider for LocalProvider {
             let record = self.folder(id)?.read()?.ok_or_else(|| Self::not_found(id))?;
             return Ok(Job { state, ..record.job });
         }
-        self.job_in_folder(id, true)
+        self.job_in_folder(id, true, None)
     }
 
     async fn metrics(&self, id: &JobId) -> finetune_core::Result<LossCurve> {
@@ -716,7 +770,7 @@ impl FineTuneProvider for LocalProvider {
                     Some(record) => Job { state, ..record.job },
                     None => continue,
                 },
-                None => self.job_in_folder(&id, false)?,
+                None => self.job_in_folder(&id, false, None)?,
             };
             jobs.push(job);
         }
@@ -739,6 +793,41 @@ pub(crate) fn page_of(mut jobs: Vec<Job>, query: &ListJobs) -> Page<Job> {
     Page { items, next }
 }
 
+/// The other ranks of a data-parallel run, as a job's worker holds them.
+pub type Group = Box<dyn crate::train::Collective + Send>;
+
+/// The job a record describes, its data read from the job's folder.
+fn local_job(
+    record: &Record,
+    settings: &Settings,
+    folder: &JobFolder,
+    resume: bool,
+) -> finetune_core::Result<LocalJob> {
+    let read = |path: &PathBuf| -> finetune_core::Result<Vec<crate::sft::Example>> {
+        // Relative to the folder (an absolute path, from an older record,
+        // stays as it is).
+        let path = folder.dir.join(path);
+        let source = DatasetSource::new(&path.display().to_string())?;
+        Ok(crate::data::examples_from(LocalDataset::local(&source)?.open()?)?)
+    };
+    let train = read(&record.training)?;
+    let validation = match &record.validation {
+        Some(v) => read(v)?,
+        None => Vec::new(),
+    };
+    Ok(LocalJob {
+        model: record.spec.base_model.clone(),
+        train,
+        validation,
+        config: settings.config.clone(),
+        format: None,
+        truncation: Truncation::KeepEnd,
+        outputs: settings.outputs,
+        output_dir: folder.dir.clone(),
+        resume,
+    })
+}
+
 /// One job's training thread. It owns the job (its folder's lock) while it
 /// lives.
 struct Worker {
@@ -750,6 +839,8 @@ struct Worker {
     state: Arc<Mutex<JobState>>,
     curve: Arc<Mutex<LossCurve>>,
     cancel: Arc<AtomicBool>,
+    /// The other ranks, when the job runs data-parallel.
+    group: Mutex<Option<Group>>,
     _owner: File,
 }
 
@@ -823,36 +914,18 @@ impl Worker {
             return Ok(JobState::Cancelled);
         }
         self.set(JobState::Validating);
-        let (spec, training, validation) = {
+        let (spec, job) = {
             let r = lock(&self.record);
-            (r.spec.clone(), r.training.clone(), r.validation.clone())
+            (r.spec.clone(), local_job(&r, &self.settings, &self.folder, self.resume)?)
         };
-        let read = |path: &PathBuf| -> finetune_core::Result<Vec<crate::sft::Example>> {
-            // Relative to the folder (an absolute path, from an older
-            // record, stays as it is).
-            let path = self.folder.dir.join(path);
-            let source = DatasetSource::new(&path.display().to_string())?;
-            Ok(crate::data::examples_from(LocalDataset::local(&source)?.open()?)?)
-        };
-        let train = read(&training)?;
-        let validation = match &validation {
-            Some(v) => read(v)?,
-            None => Vec::new(),
-        };
-        let job = LocalJob {
-            model: spec.base_model.clone(),
-            train,
-            validation,
-            config: self.settings.config.clone(),
-            format: None,
-            truncation: Truncation::KeepEnd,
-            outputs: self.settings.outputs,
-            output_dir: self.folder.dir.clone(),
-            resume: self.resume,
-        };
+        let mut group = lock(&self.group).take();
+        let group = group.as_deref_mut().map(|g| g as &mut dyn crate::train::Collective);
         let total = std::cell::Cell::new(0u64);
-        let (report, outcome) =
-            run_job(&job, &self.runtime, Arc::clone(&self.cancel), |event| match event {
+        let (report, outcome) = run_job_on(
+            &job,
+            &self.runtime,
+            Arc::clone(&self.cancel),
+            |event| match event {
                 TrainEvent::Started { total_steps, .. } => {
                     total.set(*total_steps as u64);
                     self.set(JobState::Running {
@@ -892,7 +965,9 @@ impl Worker {
                     tracing::warn!(step, micro_batch_size, "out of memory: micro-batch halved");
                 }
                 _ => {}
-            })?;
+            },
+            group,
+        )?;
         if report.stop == "cancelled" {
             return Ok(JobState::Cancelled);
         }

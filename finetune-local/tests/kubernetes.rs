@@ -120,6 +120,42 @@ fn a_cpu_job_has_no_gpu_and_names_stay_dns_labels() {
     assert!(job_manifest(&JobId::new("x"), &both).is_err());
 }
 
+#[test]
+fn replicas_make_an_indexed_job_whose_pods_find_rank_0_under_a_headless_service() {
+    let mut config = config();
+    config.replicas = 2;
+    let id = JobId::new("run-2");
+    let manifest = job_manifest(&id, &config).unwrap();
+    let name = job_name(&id);
+    let job = serde_json::to_value(&manifest).unwrap();
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    assert_eq!((spec["completions"].as_i64(), spec["parallelism"].as_i64()), (Some(2), Some(2)));
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["subdomain"], name.as_str());
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let var = |n: &str| env.iter().find(|v| v["name"] == n).map(|v| v["value"].clone());
+    assert_eq!(var("WORLD_SIZE"), Some("2".into()));
+    assert_eq!(var("MASTER_ADDR"), Some(format!("{name}-0.{name}").into()));
+    assert_eq!(var("MASTER_PORT"), Some("29500".into()));
+    // Each pod keeps its GPUs.
+    assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "2");
+    let mut created = manifest;
+    created.metadata.uid = Some("uid-7".into());
+    let service =
+        serde_json::to_value(finetune_local::kubernetes::service_manifest(&id, &created)).unwrap();
+    assert_eq!(service["metadata"]["name"], name.as_str());
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(service["spec"]["selector"][JOB_LABEL], name.as_str());
+    let owner = &service["metadata"]["ownerReferences"][0];
+    assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("Job"), Some("uid-7")));
+    // One replica: the plain Job of before.
+    let one = serde_json::to_value(job_manifest(&id, &self::config()).unwrap()).unwrap();
+    assert!(one["spec"].get("completionMode").is_none(), "{one}");
+    let env = one["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    assert!(!env.iter().any(|v| v["name"] == "WORLD_SIZE"));
+}
+
 mod fake_kube;
 
 use std::path::{Path, PathBuf};
@@ -134,10 +170,16 @@ use finetune_local::{LocalProvider, Runtime};
 /// example, built when missing.
 fn trainer() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // With the features the example tests build it with (a data-parallel
+    // trainer when this crate's `distributed` feature is on).
+    let mut features = vec!["kubernetes"];
+    if cfg!(feature = "distributed") {
+        features.push("distributed");
+    }
     let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "-q", "--manifest-path"])
         .arg(root.join("examples/Cargo.toml"))
-        .args(["--example", "finetune_local"])
+        .args(["--example", "finetune_local", "--features", &features.join(",")])
         .status()
         .unwrap();
     assert!(status.success());
@@ -291,6 +333,61 @@ async fn a_pod_over_its_memory_limit_fails_the_job_as_oom_killed() {
     let JobState::Failed { reason, code } = state else { panic!("{state:?}") };
     assert_eq!(code.as_deref(), Some("OOMKilled"), "{reason}");
     assert!(reason.contains("BackoffLimitExceeded") && reason.contains("OOMKilled"), "{reason}");
+}
+
+#[cfg(feature = "distributed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_train_as_an_indexed_job_to_the_adapter_of_one_process() {
+    let fake = FakeKube::start(trainer(), 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    let provider = cluster(&fake, &jobs, |c| c.replicas = 2);
+    // No dropout: the ranks' micro-batches draw other masks than one
+    // process's.
+    let spec = spec().with_extra("lora_dropout", 0.0);
+    let job = provider.submit(&spec).await.unwrap();
+    let name = job_name(&job.id);
+    assert_eq!(fake.services(), 1, "the headless Service pod 0 is found under");
+    let end = wait_for(&provider, &job.id, "the end", JobState::is_terminal).await;
+    let JobState::Succeeded { model } = end else { panic!("{end:?}") };
+    assert_eq!(fake.pods_of(&name), 2, "one pod per index");
+    // Rank 0 alone wrote the folder: one metrics line per step.
+    let folder = jobs.join(job.id.as_str());
+    let steps = model.loss_curve.train_series().len();
+    let lines = std::fs::read_to_string(folder.join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, steps);
+    // One process with the same spec (the global batch) trains the same
+    // adapter.
+    let whole_dir = dir.path().join("whole");
+    let local = LocalProvider::new(Runtime {
+        output_root: whole_dir.clone(),
+        threads: Some(1),
+        ..Runtime::default()
+    });
+    let whole = local.submit(&spec).await.unwrap();
+    let started = Instant::now();
+    while !local.job(&whole.id).await.unwrap().state.is_terminal() {
+        assert!(started.elapsed() < Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (a, b) = (adapter(&folder), adapter(&whole_dir.join(whole.id.as_str())));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{na}: {diff}");
+    }
+    // A cancelled run of several pods leaves no Job, Pod or Service.
+    let stuck = cluster(&fake, &dir.path().join("stuck"), |c| {
+        c.replicas = 2;
+        c.gpus = 1;
+    });
+    let pending = stuck.submit(&spec.clone().with_seed(9)).await.unwrap();
+    assert_eq!(fake.services(), 2);
+    wait_for(&stuck, &pending.id, "pending", |s| matches!(s, JobState::Pending { .. })).await;
+    assert_eq!(stuck.cancel(&pending.id).await.unwrap(), JobState::Cancelled);
+    assert_eq!(fake.services(), 1, "the cancelled Job's Service went with it");
+    assert_eq!(fake.pods_of(&job_name(&pending.id)), 0);
 }
 
 /// Submits a job that stays Pending (it wants a GPU the node lacks) for

@@ -11,7 +11,12 @@
 //! the host folders; a pod whose GPUs no node has stays Pending
 //! (`Unschedulable`); a pod over its memory limit is killed as `OOMKilled`
 //! (exit 137); a failed pod is replaced until `backoffLimit`, unless the
-//! pod failure policy's `FailJob` rule matches its exit code.
+//! pod failure policy's `FailJob` rule matches its exit code. An Indexed
+//! Job runs its completions at once, each pod with `JOB_COMPLETION_INDEX`;
+//! headless Services (garbage-collected with the Job that owns them) give
+//! pods the names `<job>-<index>.<service>`, which the fake's "DNS"
+//! resolves to loopback, and each Job gets its own port for `MASTER_PORT`
+//! (pods share the host's network here, as they do not on a cluster).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -31,6 +36,11 @@ use serde_json::{Value, json};
 struct Inner {
     jobs: BTreeMap<String, Value>,
     pods: BTreeMap<String, Pod>,
+    services: BTreeMap<String, Value>,
+    /// Jobs that ended (their remaining pods are stopped).
+    stopped: Vec<String>,
+    /// The port each Job's pods get for `MASTER_PORT`.
+    ports: BTreeMap<String, u16>,
     /// Jobs deleted (their controllers stop).
     deleted: Vec<String>,
     resource_version: u64,
@@ -96,6 +106,11 @@ impl FakeKube {
             .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
             .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job))
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route("/api/v1/namespaces/{ns}/services", get(list_services).post(create_service))
+            .route(
+                "/api/v1/namespaces/{ns}/services/{name}",
+                get(get_service).delete(delete_service),
+            )
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .layer(axum::middleware::from_fn_with_state(fake.clone(), gate))
             .with_state(fake.clone());
@@ -187,28 +202,84 @@ impl FakeKube {
         self.lock().deleted.iter().any(|d| d == job)
     }
 
-    /// The Job controller for `name`: pods until one succeeds, the
-    /// failure policy fails the Job, or the back-off limit is reached.
+    /// Deleted, or ended with its other pods still running.
+    fn is_over(&self, job: &str) -> bool {
+        let inner = self.lock();
+        inner.deleted.iter().chain(&inner.stopped).any(|d| d == job)
+    }
+
+    /// Services that exist.
+    pub(crate) fn services(&self) -> usize {
+        self.lock().services.len()
+    }
+
+    /// The process ids of `job`'s running pods, by completion index.
+    pub(crate) fn running_pids(&self, job: &str) -> BTreeMap<String, u32> {
+        self.lock()
+            .pods
+            .iter()
+            .filter(|(_, p)| p.job == job)
+            .filter_map(|(name, p)| Some((name.clone(), p.pid?)))
+            .collect()
+    }
+
+    /// The Job controller for `name`: for each completion (one, or an
+    /// Indexed Job's `completions` at once), pods until one succeeds; the
+    /// failure policy or the back-off limit (failures of all indexes
+    /// together) fails the Job and stops its other pods.
     async fn control(self, name: String) {
-        let job = self.lock().jobs.get(&name).cloned().unwrap();
+        let Some(job) = self.lock().jobs.get(&name).cloned() else { return };
+        let spec = &job["spec"];
+        let indexed = spec["completionMode"] == "Indexed";
+        let completions = if indexed { spec["completions"].as_u64().unwrap_or(1) } else { 1 };
+        let shared = Arc::new(Mutex::new((0u64, 0u64)));
+        let tasks: Vec<_> = (0..completions)
+            .map(|index| {
+                let (fake, name, shared) = (self.clone(), name.clone(), Arc::clone(&shared));
+                tokio::spawn(fake.complete(name, indexed.then_some(index), completions, shared))
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// One completion of Job `name`; `shared` counts the Job's failures
+    /// and succeeded completions.
+    async fn complete(
+        self,
+        name: String,
+        index: Option<u64>,
+        completions: u64,
+        shared: Arc<Mutex<(u64, u64)>>,
+    ) {
+        let Some(job) = self.lock().jobs.get(&name).cloned() else { return };
         let spec = &job["spec"];
         let backoff_limit = spec["backoffLimit"].as_u64().unwrap_or(6);
         let template = &spec["template"];
         let container = &template["spec"]["containers"][0];
-        let mut failures = 0;
         for attempt in 0.. {
-            if self.is_deleted(&name) {
+            if self.is_over(&name) {
                 return;
             }
-            let pod_name = format!("{name}-{attempt}");
+            let pod_name = match index {
+                Some(index) => format!("{name}-{index}-{attempt}"),
+                None => format!("{name}-{attempt}"),
+            };
             let mut labels = template["metadata"]["labels"].clone();
             labels["job-name"] = name.clone().into();
             labels["batch.kubernetes.io/job-name"] = name.clone().into();
+            let mut annotations = json!({});
+            if let Some(index) = index {
+                labels["batch.kubernetes.io/job-completion-index"] = index.to_string().into();
+                annotations["batch.kubernetes.io/job-completion-index"] = index.to_string().into();
+            }
             let created = chrono::Utc::now() + chrono::Duration::milliseconds(attempt);
             let object = json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod_name, "namespace": job["metadata"]["namespace"],
-                    "labels": labels, "creationTimestamp": created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)},
+                    "labels": labels, "annotations": annotations,
+                    "creationTimestamp": created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)},
                 "spec": template["spec"],
                 "status": {"phase": "Pending"},
             });
@@ -217,7 +288,9 @@ impl FakeKube {
                 pod_name.clone(),
                 Pod { object, job: name.clone(), pid: None, log: log.clone() },
             );
-            self.set_job_status(&name, |s| s["active"] = 1.into());
+            self.set_job_status(&name, |s| {
+                s["active"] = (s["active"].as_u64().unwrap_or(0) + 1).into();
+            });
             // Scheduling: the one node's GPUs.
             let wanted = container["resources"]["limits"]["nvidia.com/gpu"]
                 .as_str()
@@ -233,7 +306,8 @@ impl FakeKube {
                 });
                 return;
             }
-            let (code, reason) = self.run_container(&pod_name, &template["spec"], &log).await;
+            let (code, reason) =
+                self.run_container(&pod_name, &name, index, &template["spec"], &log).await;
             if self.is_deleted(&name) {
                 return;
             }
@@ -247,15 +321,31 @@ impl FakeKube {
                     "state": {"terminated": {"exitCode": code, "reason": reason}},
                 }]);
             });
+            self.set_job_status(&name, |s| {
+                s["active"] = s["active"].as_u64().unwrap_or(1).saturating_sub(1).into();
+            });
+            if self.is_over(&name) {
+                return;
+            }
             if code == 0 {
+                let succeeded = {
+                    let mut shared = shared.lock().unwrap();
+                    shared.1 += 1;
+                    shared.1
+                };
                 self.set_job_status(&name, |s| {
-                    s["active"] = 0.into();
-                    s["succeeded"] = 1.into();
-                    s["conditions"] = json!([{"type": "Complete", "status": "True"}]);
+                    s["succeeded"] = succeeded.into();
+                    if succeeded == completions {
+                        s["conditions"] = json!([{"type": "Complete", "status": "True"}]);
+                    }
                 });
                 return;
             }
-            failures += 1;
+            let failures = {
+                let mut shared = shared.lock().unwrap();
+                shared.0 += 1;
+                shared.0
+            };
             let policy = spec["podFailurePolicy"]["rules"].as_array().cloned().unwrap_or_default();
             let fail_job = policy.iter().any(|r| {
                 r["action"] == "FailJob"
@@ -284,12 +374,12 @@ impl FakeKube {
             };
             self.set_job_status(&name, |s| {
                 s["failed"] = failures.into();
-                s["active"] = 0.into();
                 if done {
                     s["conditions"] = json!([{"type": "Failed", "status": "True", "reason": why, "message": message}]);
                 }
             });
             if done {
+                self.lock().stopped.push(name.clone());
                 return;
             }
         }
@@ -297,7 +387,14 @@ impl FakeKube {
 
     /// Runs the container as a child process; returns its exit code and
     /// the reason Kubernetes would give.
-    async fn run_container(&self, pod: &str, spec: &Value, log: &std::path::Path) -> (i64, String) {
+    async fn run_container(
+        &self,
+        pod: &str,
+        job: &str,
+        index: Option<u64>,
+        spec: &Value,
+        log: &std::path::Path,
+    ) -> (i64, String) {
         let container = &spec["containers"][0];
         // Volumes: hostPath only, mapped by mount path.
         let mut mounts: Vec<(String, String)> = Vec::new();
@@ -327,10 +424,38 @@ impl FakeKube {
         for arg in container["args"].as_array().into_iter().flatten() {
             cmd.arg(map(arg.as_str().unwrap()));
         }
+        // The pod network: loopback for every pod, names under a Service
+        // resolved to it, and the Job's own rendezvous port. A pod of a
+        // subdomain starts once its Service exists (on a cluster it would
+        // start and retry the name until the DNS has it).
+        cmd.env("GLOO_SOCKET_IFNAME", "lo");
+        if let Some(subdomain) = spec["subdomain"].as_str() {
+            for _ in 0..600 {
+                if self.lock().services.contains_key(subdomain) || self.is_over(job) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let (services, port) = {
+            let inner = self.lock();
+            (inner.services.keys().cloned().collect::<Vec<_>>(), inner.ports.get(job).copied())
+        };
         for var in container["env"].as_array().into_iter().flatten() {
             if let Some(v) = var["value"].as_str() {
-                cmd.env(var["name"].as_str().unwrap(), map(v));
+                let name = var["name"].as_str().unwrap();
+                let resolved =
+                    v.rsplit_once('.').is_some_and(|(_, svc)| services.iter().any(|s| s == svc));
+                let value = match name {
+                    "MASTER_PORT" => port.map_or(v.to_owned(), |p| p.to_string()),
+                    _ if resolved => "127.0.0.1".to_owned(),
+                    _ => map(v),
+                };
+                cmd.env(name, value);
             }
+        }
+        if let Some(index) = index {
+            cmd.env("JOB_COMPLETION_INDEX", index.to_string());
         }
         let out = std::fs::File::create(log).unwrap();
         cmd.stdout(Stdio::from(out.try_clone().unwrap()))
@@ -357,7 +482,7 @@ impl FakeKube {
                 }
                 () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
                     let job = self.lock().pods.get(pod).map(|p| p.job.clone());
-                    if job.is_none_or(|j| self.is_deleted(&j)) {
+                    if job.is_none_or(|j| self.is_over(&j)) {
                         let _ = child.kill().await;
                         return (137, "Error".into());
                     }
@@ -453,6 +578,9 @@ async fn create_job(
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
         job["status"] = json!({});
         inner.deleted.retain(|d| d != &name);
+        inner.stopped.retain(|d| d != &name);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        inner.ports.insert(name.clone(), port);
         inner.jobs.insert(name.clone(), job.clone());
     }
     tokio::spawn(fake.clone().control(name));
@@ -548,9 +676,15 @@ async fn delete_job(
         return status(404, "NotFound", &format!("jobs.batch \"{name}\" not found"));
     };
     inner.deleted.push(name.clone());
-    // Foreground (and Background) propagation remove the Job's pods;
-    // Orphan would keep them.
+    // Foreground (and Background) propagation remove the Job's pods and
+    // the objects it owns; Orphan would keep them.
     if options["propagationPolicy"] != "Orphan" {
+        let uid = job["metadata"]["uid"].clone();
+        inner.services.retain(|_, s| {
+            !s["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|r| r["uid"] == uid))
+        });
         let pods: Vec<String> =
             inner.pods.iter().filter(|(_, p)| p.job == name).map(|(k, _)| k.clone()).collect();
         for pod in pods {
@@ -591,4 +725,58 @@ async fn pod_log(
     let tail = q.get("tailLines").and_then(|n| n.parse::<usize>().ok()).unwrap_or(lines.len());
     let start = lines.len().saturating_sub(tail);
     (StatusCode::OK, lines[start..].join("\n") + "\n").into_response()
+}
+
+async fn create_service(
+    State(fake): State<FakeKube>,
+    Path(ns): Path<String>,
+    Json(mut service): Json<Value>,
+) -> Response {
+    let Some(name) = service["metadata"]["name"].as_str().map(str::to_owned) else {
+        return status(422, "Invalid", "Service is invalid: metadata.name: Required value");
+    };
+    let mut inner = fake.lock();
+    if inner.services.contains_key(&name) {
+        return status(409, "AlreadyExists", &format!("services \"{name}\" already exists"));
+    }
+    let rv = FakeKube::next_version(&mut inner);
+    service["metadata"]["namespace"] = ns.into();
+    service["metadata"]["uid"] = format!("uid-{rv}").into();
+    service["metadata"]["resourceVersion"] = rv.into();
+    inner.services.insert(name, service.clone());
+    (StatusCode::CREATED, Json(service)).into_response()
+}
+
+async fn get_service(
+    State(fake): State<FakeKube>,
+    Path((_ns, name)): Path<(String, String)>,
+) -> Response {
+    match fake.lock().services.get(&name) {
+        Some(service) => Json(service.clone()).into_response(),
+        None => status(404, "NotFound", &format!("services \"{name}\" not found")),
+    }
+}
+
+async fn list_services(
+    State(fake): State<FakeKube>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let mut inner = fake.lock();
+    let items = inner
+        .services
+        .iter()
+        .filter(|(_, s)| matches(&s["metadata"]["labels"], q.get("labelSelector")))
+        .map(|(k, s)| (k.clone(), s.clone()))
+        .collect();
+    page(&mut inner, "ServiceList", items, &q)
+}
+
+async fn delete_service(
+    State(fake): State<FakeKube>,
+    Path((_ns, name)): Path<(String, String)>,
+) -> Response {
+    match fake.lock().services.remove(&name) {
+        Some(service) => Json(service).into_response(),
+        None => status(404, "NotFound", &format!("services \"{name}\" not found")),
+    }
 }
