@@ -22,10 +22,19 @@ fn fixture() -> PathBuf {
 }
 
 fn data() -> Vec<TokenizedExample> {
+    examples(0..24)
+}
+
+/// Five: the ranks' shares differ in size.
+fn validation() -> Vec<TokenizedExample> {
+    examples(100..105)
+}
+
+fn examples(range: std::ops::Range<usize>) -> Vec<TokenizedExample> {
     let tok = Tokenizer::from_dir(&fixture()).unwrap();
     // Completions of different lengths: a mean per rank differs from the
     // mean over the step.
-    let examples: Vec<Example> = (0..24)
+    let examples: Vec<Example> = range
         .map(|i| Example {
             system: None,
             prompt: format!("Item {i}:"),
@@ -69,6 +78,7 @@ fn config(micro: usize) -> TrainConfig {
 struct Run {
     adapters: Vec<(String, Tensor)>,
     losses: Vec<f64>,
+    validation_losses: Vec<f64>,
     tokens_per_second: f64,
 }
 
@@ -89,6 +99,7 @@ fn train(
 ) -> finetune_local::Result<Run> {
     let mut model = CausalLm::load(&fixture(), &LoadOptions::default()).unwrap();
     let mut losses = Vec::new();
+    let mut validation_losses = Vec::new();
     let mut speed = Vec::new();
     let mut on_step = on_step;
     {
@@ -98,6 +109,9 @@ fn train(
                 losses.push(r.loss);
                 speed.push(r.tokens_per_second);
                 on_step(r.step);
+            }
+            if let TrainEvent::Eval(r) = e {
+                validation_losses.push(r.validation_loss);
             }
         });
         if let Some(out) = setup.out {
@@ -109,10 +123,10 @@ fn train(
         if let Some(group) = group {
             trainer = trainer.data_parallel(group);
         }
-        trainer.fit(&data(), &[])?;
+        trainer.fit(&data(), &validation())?;
     }
     let tokens_per_second = speed.iter().sum::<f64>() / speed.len().max(1) as f64;
-    Ok(Run { adapters: model.peft_state(), losses, tokens_per_second })
+    Ok(Run { adapters: model.peft_state(), losses, validation_losses, tokens_per_second })
 }
 
 fn assert_same_adapters(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
@@ -199,8 +213,11 @@ fn two_ranks_take_the_steps_one_process_takes_with_the_global_batch() {
         let run = train(4, setup, Some(&mut group), |_| {}).unwrap();
         let file = out.join(format!("rank{}.safetensors", topology.rank));
         Tensor::write_safetensors(&run.adapters, &file).unwrap();
-        let summary =
-            serde_json::json!({"losses": run.losses, "tokens_per_second": run.tokens_per_second});
+        let summary = serde_json::json!({
+            "losses": run.losses,
+            "validation_losses": run.validation_losses,
+            "tokens_per_second": run.tokens_per_second,
+        });
         std::fs::write(out.join(format!("rank{}.json", topology.rank)), summary.to_string())
             .unwrap();
         return;
@@ -221,10 +238,15 @@ fn two_ranks_take_the_steps_one_process_takes_with_the_global_batch() {
         .unwrap()
     };
     for rank in 0..2 {
-        let losses: Vec<f64> = serde_json::from_value(summary(rank)["losses"].clone()).unwrap();
-        assert_eq!(losses.len(), one.losses.len());
-        for (step, (a, b)) in losses.iter().zip(&one.losses).enumerate() {
-            assert!((a - b).abs() < 1e-5, "rank {rank} step {}: {a} vs {b}", step + 1);
+        for (key, expected) in
+            [("losses", &one.losses), ("validation_losses", &one.validation_losses)]
+        {
+            let losses: Vec<f64> = serde_json::from_value(summary(rank)[key].clone()).unwrap();
+            assert_eq!(losses.len(), expected.len(), "{key}");
+            assert!(!losses.is_empty(), "{key}");
+            for (i, (a, b)) in losses.iter().zip(expected).enumerate() {
+                assert!((a - b).abs() < 1e-5, "rank {rank} {key}[{i}]: {a} vs {b}");
+            }
         }
         let adapters =
             Tensor::read_safetensors(dir.path().join(format!("rank{rank}.safetensors"))).unwrap();
@@ -234,7 +256,11 @@ fn two_ranks_take_the_steps_one_process_takes_with_the_global_batch() {
     let run = dir.path().join("run");
     assert!(run.join("metrics.jsonl").is_file() && run.join("loss.svg").is_file());
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
-    assert_eq!(lines, one.losses.len(), "one metrics line per step: one writer");
+    assert_eq!(
+        lines,
+        one.losses.len() + one.validation_losses.len(),
+        "one metrics line per step and evaluation: one writer"
+    );
     eprintln!(
         "scaling (CPU, 1 thread per process): 1 process {:.0} tok/s, 2 processes {:.0} tok/s \
          (rank 0's steps, global tokens); wall {:.1} s vs {:.1} s (2 processes include start-up)",

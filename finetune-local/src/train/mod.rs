@@ -667,9 +667,18 @@ impl<'a> Trainer<'a> {
 
     /// Mean loss and token accuracy over the completion tokens of
     /// `examples`, without dropout or gradients.
-    fn evaluate(&self, examples: &[TokenizedExample], pad: i64) -> Result<(f64, f64, u64)> {
+    /// The validation loss, token accuracy and trained tokens; in a
+    /// data-parallel run each rank evaluates its share and the sums are
+    /// added across ranks.
+    fn evaluate(&mut self, examples: &[TokenizedExample], pad: i64) -> Result<(f64, f64, u64)> {
         self.model.set_training(false);
-        let refs: Vec<&TokenizedExample> = examples.iter().collect();
+        let mut refs: Vec<&TokenizedExample> = examples.iter().collect();
+        if let Some(c) = &self.collective {
+            let share = refs.len().div_ceil(c.world_size());
+            let from = (c.rank() * share).min(refs.len());
+            let to = (from + share).min(refs.len());
+            refs = refs[from..to].to_vec();
+        }
         let batches = self.micro_batches(&refs, pad, self.model.device())?;
         let (mut loss, mut correct, mut tokens) = (0.0, 0i64, 0i64);
         tch::no_grad(|| -> Result<()> {
@@ -689,15 +698,18 @@ impl<'a> Trainer<'a> {
             }
             Ok(())
         })?;
+        if let Some(c) = self.collective.as_deref_mut() {
+            let mut sums = Tensor::from_slice(&[loss, correct as f64, tokens as f64]);
+            c.all_reduce_sum(&mut sums)?;
+            loss = sums.f_double_value(&[0])?;
+            correct = sums.f_double_value(&[1])? as i64;
+            tokens = sums.f_double_value(&[2])? as i64;
+        }
         let n = tokens.max(1) as f64;
         Ok((loss / n, correct as f64 / n, tokens as u64))
     }
 }
 
-/// The model input of a batch. Padding is on the right: under the causal
-/// mask no real token attends to it, and its own positions take no loss, so
-/// the plain causal path (no key-padding bias) computes the same loss,
-/// faster.
 /// Sums every trained tensor's gradient across the ranks, in buckets of
 /// [`GRADIENT_BUCKET`] elements flattened into one buffer each.
 fn all_reduce_gradients(c: &mut dyn Collective, params: &[(String, Tensor)]) -> Result<()> {
@@ -737,6 +749,10 @@ fn all_reduce_gradients(c: &mut dyn Collective, params: &[(String, Tensor)]) -> 
     })
 }
 
+/// The model input of a batch. Padding is on the right: under the causal
+/// mask no real token attends to it, and its own positions take no loss, so
+/// the plain causal path (no key-padding bias) computes the same loss,
+/// faster.
 fn forward_input(batch: &Batch) -> ForwardInput<'_> {
     ForwardInput {
         input_ids: &batch.input_ids,
