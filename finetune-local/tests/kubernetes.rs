@@ -246,6 +246,33 @@ fn adapter(dir: &Path) -> Vec<(String, finetune_local::tch::Tensor)> {
     t
 }
 
+/// Trains `spec` in this process, uninterrupted; returns its job folder.
+async fn uninterrupted(spec: &JobSpec, root: &Path) -> PathBuf {
+    let local = LocalProvider::new(Runtime {
+        output_root: root.to_owned(),
+        threads: Some(1),
+        ..Runtime::default()
+    });
+    let job = local.submit(spec).await.unwrap();
+    let started = Instant::now();
+    while !local.job(&job.id).await.unwrap().state.is_terminal() {
+        assert!(started.elapsed() < Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    root.join(job.id.as_str())
+}
+
+/// The adapters two job folders hold differ by less than `tolerance`.
+fn assert_same_adapter(a: &Path, b: &Path, tolerance: f64) {
+    let (a, b) = (adapter(a), adapter(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < tolerance, "{na}: {diff}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_trains_in_its_pod_survives_a_killed_pod_and_ends_with_the_uninterrupted_adapter() {
     let fake = FakeKube::start(trainer(), 0).await;
@@ -277,26 +304,8 @@ async fn a_job_trains_in_its_pod_survives_a_killed_pod_and_ends_with_the_uninter
     assert!(!provider.metrics(&job.id).await.unwrap().is_empty());
     assert_eq!(model.job_id.as_ref(), Some(&job.id));
     // The same spec trained in one uninterrupted process.
-    let whole_dir = dir.path().join("whole");
-    let local = LocalProvider::new(Runtime {
-        output_root: whole_dir.clone(),
-        threads: Some(1),
-        ..Runtime::default()
-    });
-    let whole = local.submit(&spec()).await.unwrap();
-    let started = Instant::now();
-    while !local.job(&whole.id).await.unwrap().state.is_terminal() {
-        assert!(started.elapsed() < Duration::from_secs(300));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (a, b) =
-        (adapter(&jobs.join(job.id.as_str())), adapter(&whole_dir.join(whole.id.as_str())));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        let diff = (ta - tb).abs().max().double_value(&[]);
-        assert!(diff < 1e-6, "{na}: {diff}");
-    }
+    let whole = uninterrupted(&spec(), &dir.path().join("whole")).await;
+    assert_same_adapter(&jobs.join(job.id.as_str()), &whole, 1e-6);
     // Listed by label.
     let listed = provider.list_jobs(&Default::default()).await.unwrap();
     assert_eq!(listed.items.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [job.id]);
@@ -358,25 +367,8 @@ async fn two_replicas_train_as_an_indexed_job_to_the_adapter_of_one_process() {
     assert_eq!(lines, steps);
     // One process with the same spec (the global batch) trains the same
     // adapter.
-    let whole_dir = dir.path().join("whole");
-    let local = LocalProvider::new(Runtime {
-        output_root: whole_dir.clone(),
-        threads: Some(1),
-        ..Runtime::default()
-    });
-    let whole = local.submit(&spec).await.unwrap();
-    let started = Instant::now();
-    while !local.job(&whole.id).await.unwrap().state.is_terminal() {
-        assert!(started.elapsed() < Duration::from_secs(300));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (a, b) = (adapter(&folder), adapter(&whole_dir.join(whole.id.as_str())));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        let diff = (ta - tb).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "{na}: {diff}");
-    }
+    let whole = uninterrupted(&spec, &dir.path().join("whole")).await;
+    assert_same_adapter(&folder, &whole, 1e-5);
     // A cancelled run of several pods leaves no Job, Pod or Service.
     let stuck = cluster(&fake, &dir.path().join("stuck"), |c| {
         c.replicas = 2;
