@@ -88,8 +88,9 @@ pub struct ContainerConfig {
     /// How long a finished Job is kept, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds_after_finished: Option<i32>,
-    /// Pod restarts before the Job fails; each restart resumes from the
-    /// newest checkpoint. 3 when absent.
+    /// Pod failures before the Job fails; each restart resumes from the
+    /// newest checkpoint. 3 per replica when absent (a lost pod of a run
+    /// of several fails the others too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_limit: Option<i32>,
     /// Pods training together, data-parallel (each with `gpus` GPUs): an

@@ -170,7 +170,11 @@ pub fn job_manifest(id: &JobId, config: &ContainerConfig) -> Result<Job> {
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
-            backoff_limit: Some(config.backoff_limit.unwrap_or(DEFAULT_BACKOFF_LIMIT)),
+            // A lost pod of a run of several fails the others too: each
+            // replica gets the default's restarts.
+            backoff_limit: Some(
+                config.backoff_limit.unwrap_or(DEFAULT_BACKOFF_LIMIT.saturating_mul(replicas)),
+            ),
             active_deadline_seconds: config.active_deadline_seconds,
             ttl_seconds_after_finished: config.ttl_seconds_after_finished,
             pod_failure_policy: Some(PodFailurePolicy {

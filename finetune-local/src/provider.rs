@@ -70,6 +70,9 @@ struct Entry {
     state: Arc<Mutex<JobState>>,
     curve: Arc<Mutex<LossCurve>>,
     cancel: Arc<AtomicBool>,
+    /// Why a data-parallel run stopped without an end (a rank was lost):
+    /// the job is left as recorded, for the restarted ranks to resume.
+    interrupted: Arc<Mutex<Option<String>>>,
 }
 
 /// Fine-tunes HF models on this machine.
@@ -228,6 +231,7 @@ impl LocalProvider {
             state: Arc::new(Mutex::new(record.job.state.clone())),
             curve: Arc::new(Mutex::new(LossCurve::new())),
             cancel: Arc::new(AtomicBool::new(false)),
+            interrupted: Arc::new(Mutex::new(None)),
         };
         let worker = Worker {
             record: Mutex::new(record),
@@ -239,6 +243,7 @@ impl LocalProvider {
             curve: Arc::clone(&entry.curve),
             cancel: Arc::clone(&entry.cancel),
             group: Mutex::new(group),
+            interrupted: Arc::clone(&entry.interrupted),
             _owner: owner,
         };
         let name = format!("finetune-{}", entry.id);
@@ -408,6 +413,15 @@ impl LocalProvider {
                 }
                 _ => break,
             }
+        }
+        let interrupted = {
+            let jobs = self.entries();
+            jobs.iter().find(|e| &e.id == id).and_then(|e| lock(&e.interrupted).clone())
+        };
+        if let Some(why) = interrupted {
+            return Err(Error::Transient {
+                message: format!("job {id}: {why}; it resumes when the ranks are started again"),
+            });
         }
         // The worker writes the final record before it ends.
         let record = folder.read()?.ok_or_else(|| Self::not_found(id))?;
@@ -841,6 +855,7 @@ struct Worker {
     cancel: Arc<AtomicBool>,
     /// The other ranks, when the job runs data-parallel.
     group: Mutex<Option<Group>>,
+    interrupted: Arc<Mutex<Option<String>>>,
     _owner: File,
 }
 
@@ -880,6 +895,13 @@ impl Worker {
             Ok(Err(e)) => JobState::Failed { reason: e.to_string(), code: None },
             Err(_) => JobState::Failed { reason: "the trainer panicked".into(), code: None },
         };
+        if let Some(why) = lock(&self.interrupted).clone() {
+            // Not an end: the record stays as it is (like a killed
+            // process's), and the restarted ranks resume from it.
+            tracing::warn!(job = %self.id(), "data-parallel run interrupted: {why}");
+            *lock(&self.state) = end;
+            return;
+        }
         tracing::info!(job = %self.id(), state = %end, "local job finished");
         self.set(end);
     }
@@ -967,7 +989,13 @@ impl Worker {
                 _ => {}
             },
             group,
-        )?;
+        )
+        .map_err(|e| {
+            if let crate::LocalError::Distributed { .. } = e {
+                *lock(&self.interrupted) = Some(e.to_string());
+            }
+            e
+        })?;
         if report.stop == "cancelled" {
             return Ok(JobState::Cancelled);
         }

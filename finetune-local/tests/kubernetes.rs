@@ -138,6 +138,7 @@ fn replicas_make_an_indexed_job_whose_pods_find_rank_0_under_a_headless_service(
     assert_eq!(var("WORLD_SIZE"), Some("2".into()));
     assert_eq!(var("MASTER_ADDR"), Some(format!("{name}-0.{name}").into()));
     assert_eq!(var("MASTER_PORT"), Some("29500".into()));
+    assert_eq!(spec["backoffLimit"], 6, "3 per replica");
     // Each pod keeps its GPUs.
     assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "2");
     let mut created = manifest;
@@ -369,16 +370,37 @@ async fn two_replicas_train_as_an_indexed_job_to_the_adapter_of_one_process() {
     // adapter.
     let whole = uninterrupted(&spec, &dir.path().join("whole")).await;
     assert_same_adapter(&folder, &whole, 1e-5);
+    // A pod killed mid-run fails the other rank's pod too; both are made
+    // again and resume from the newest checkpoint, to the same adapter.
+    let spec = spec.with_seed(5);
+    let job = provider.submit(&spec).await.unwrap();
+    let name = job_name(&job.id);
+    let checkpoints = jobs.join(job.id.as_str()).join("checkpoints");
+    wait_for(&provider, &job.id, "two checkpoints", |_| {
+        std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) >= 2
+    })
+    .await;
+    let (pod, pid) = fake
+        .running_pids(&name)
+        .into_iter()
+        .find(|(pod, _)| pod.starts_with(&format!("{name}-1-")))
+        .expect("rank 1's pod runs");
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let end = wait_for(&provider, &job.id, "the end", JobState::is_terminal).await;
+    assert!(matches!(end, JobState::Succeeded { .. }), "{end:?} (killed {pod})");
+    assert!(fake.pods_of(&name) >= 4, "both indexes ran again: {}", fake.pods_of(&name));
+    let whole = uninterrupted(&spec, &dir.path().join("whole-5")).await;
+    assert_same_adapter(&jobs.join(job.id.as_str()), &whole, 1e-5);
     // A cancelled run of several pods leaves no Job, Pod or Service.
     let stuck = cluster(&fake, &dir.path().join("stuck"), |c| {
         c.replicas = 2;
         c.gpus = 1;
     });
     let pending = stuck.submit(&spec.clone().with_seed(9)).await.unwrap();
-    assert_eq!(fake.services(), 2);
+    assert_eq!(fake.services(), 3);
     wait_for(&stuck, &pending.id, "pending", |s| matches!(s, JobState::Pending { .. })).await;
     assert_eq!(stuck.cancel(&pending.id).await.unwrap(), JobState::Cancelled);
-    assert_eq!(fake.services(), 1, "the cancelled Job's Service went with it");
+    assert_eq!(fake.services(), 2, "the cancelled Job's Service went with it");
     assert_eq!(fake.pods_of(&job_name(&pending.id)), 0);
 }
 

@@ -132,6 +132,12 @@ int ft_c10d_store_get(
   });
 }
 
+int ft_c10d_store_add(void* store, const char* key, int64_t value, int64_t* out, char** error) {
+  return guarded(error, [&] {
+    *out = static_cast<Store*>(store)->store->add(std::string(key), value);
+  });
+}
+
 int ft_c10d_store_check(void* store, const char* key, int* present, char** error) {
   return guarded(error, [&] {
     *present = static_cast<Store*>(store)->store->check({std::string(key)}) ? 1 : 0;

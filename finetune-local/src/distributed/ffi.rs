@@ -39,6 +39,13 @@ unsafe extern "C" {
         len: *mut usize,
         error: *mut *mut c_char,
     ) -> c_int;
+    fn ft_c10d_store_add(
+        store: *mut c_void,
+        key: *const c_char,
+        value: i64,
+        out: *mut i64,
+        error: *mut *mut c_char,
+    ) -> c_int;
     fn ft_c10d_store_check(
         store: *mut c_void,
         key: *const c_char,
@@ -170,6 +177,18 @@ impl Store {
         let value = unsafe { std::slice::from_raw_parts(data, len) }.to_vec();
         unsafe { ft_c10d_string_free(data.cast()) };
         Ok(value)
+    }
+
+    /// Adds `value` to the counter `key` (0 when new); returns the sum.
+    pub(crate) fn add(&self, key: &str, value: i64) -> Result<i64, CError> {
+        let key = c_string(key)?;
+        let (mut out, mut error) = (0i64, std::ptr::null_mut());
+        // SAFETY: the handle is live; the out-pointers are ours.
+        let rc = unsafe {
+            ft_c10d_store_add(self.0.ptr, key.as_ptr(), value, &raw mut out, &raw mut error)
+        };
+        status(rc, error)?;
+        Ok(out)
     }
 
     pub(crate) fn check(&self, key: &str) -> Result<bool, CError> {

@@ -55,16 +55,36 @@ impl ProcessGroup {
     pub fn gloo(topology: &Topology, timeout: Duration) -> Result<Self> {
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let failed = |e: ffi::CError| LocalError::Distributed { lost_rank: None, message: e.0 };
-        let store = Arc::new(
-            ffi::Store::new(
+        let started = std::time::Instant::now();
+        let store = loop {
+            let store = ffi::Store::new(
                 &topology.master_addr,
                 topology.master_port,
                 topology.rank == 0,
                 topology.world_size,
                 timeout_ms,
             )
-            .map_err(failed)?,
-        );
+            .map_err(failed)?;
+            // A restarted rank can reach the store of a rank 0 that has
+            // not yet noticed the run is over: that store has counted a
+            // whole world already. Wait for the new one.
+            let joined = store.add("finetune/joined", 1).map_err(failed)?;
+            if joined <= topology.world_size as i64 {
+                break Arc::new(store);
+            }
+            if started.elapsed() > timeout {
+                return Err(LocalError::Distributed {
+                    lost_rank: None,
+                    message: format!(
+                        "the store at {}:{} belongs to a run that already started",
+                        topology.master_addr, topology.master_port
+                    ),
+                });
+            }
+            tracing::info!("the rendezvous store belongs to an earlier run; waiting for a new one");
+            drop(store);
+            std::thread::sleep(Duration::from_secs(1));
+        };
         store.set(&heartbeat_key(topology.rank), &now_ms().to_le_bytes()).map_err(failed)?;
         let gloo = ffi::Gloo::new(&store, topology.rank, topology.world_size, timeout_ms)
             .map_err(failed)?;
