@@ -2,7 +2,7 @@
 //! `distributed`): a TCPStore rendezvous served by rank 0 and
 //! ProcessGroupGloo across the ranks, both from the libtorch we link (the
 //! C++ side is `c10d.cpp` beside it; the unsafe boundary is one module,
-//! [`ffi`]).
+//! `ffi`).
 //!
 //! [`ProcessGroup::gloo`] joins the run a launcher describes
 //! ([`Topology::from_env`]: torchrun, Slurm, a Kubernetes Indexed Job) and
