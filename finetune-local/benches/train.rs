@@ -6,8 +6,10 @@
 //! * **fixed**: every example `BENCH_SEQ` tokens (half prompt, half
 //!   completion); both sides pad nothing.
 //! * **variable**: prompts of 8–320 and completions of 8–192 tokens
-//!   (log-uniform), as real instruction data is long-tailed; HF pads each
-//!   batch to its longest example (TRL's default), we pack into rows of 512.
+//!   (log-uniform), as real instruction data is long-tailed; we pack into
+//!   rows of 512; HF pads each batch to its longest example (TRL's
+//!   default: `variable/padded`) or groups examples of similar length as
+//!   `group_by_length` does (`variable/grouped`).
 //!
 //! Each side runs in its own process, so peak RSS is its own. Tokens/s
 //! counts real (non-padding) tokens over the steps after the first two.
@@ -236,22 +238,49 @@ fn main() {
         "{subject}, batch {BATCH}, {steps} steps, {threads} threads, fp32 CPU{checkpointed}\n"
     );
     println!(
-        "{:<10} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
+        "{:<18} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
         "data", "ours tok/s", "HF tok/s", "speed", "ours RSS", "HF RSS", "RSS"
     );
+    let (threads_text, batch_text, warmup_text) =
+        (threads.to_string(), BATCH.to_string(), WARMUP.to_string());
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    let row = |label: &str, me: &serde_json::Value, peer: &serde_json::Value| {
+        println!(
+            "{:<18} {:>14.0} {:>14.0} {:>7.2}× {:>9.0} MiB {:>8.0} MiB {:>7.2}×",
+            label,
+            f(me, "tokens_per_s"),
+            f(peer, "tokens_per_s"),
+            f(me, "tokens_per_s") / f(peer, "tokens_per_s"),
+            f(me, "peak_rss_mib"),
+            f(peer, "peak_rss_mib"),
+            f(me, "peak_rss_mib") / f(peer, "peak_rss_mib"),
+        );
+        eprintln!(
+            "  [{label}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} MiB",
+            f(me, "first_loss"),
+            f(me, "last_loss"),
+            f(peer, "first_loss"),
+            f(peer, "last_loss"),
+            f(me, "plan_mib")
+        );
+    };
     for case in ["fixed", "variable"] {
         let data = work.join(format!("{case}.json"));
         write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
-        let peer = run_json(&mut python(&[
-            "--data",
-            data.to_str().unwrap(),
-            "--threads",
-            &threads.to_string(),
-            "--batch",
-            &BATCH.to_string(),
-            "--warmup",
-            &WARMUP.to_string(),
-        ]));
+        let peer = |extra: &[&str]| {
+            let mut args = vec![
+                "--data",
+                data.to_str().unwrap(),
+                "--threads",
+                &threads_text,
+                "--batch",
+                &batch_text,
+                "--warmup",
+                &warmup_text,
+            ];
+            args.extend(extra);
+            run_json(&mut python(&args))
+        };
         let me = run_json(
             Command::new(std::env::current_exe().unwrap())
                 .arg("--child")
@@ -262,24 +291,13 @@ fn main() {
                 .arg(targets)
                 .arg(if checkpointing { "1" } else { "0" }),
         );
-        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
-        println!(
-            "{:<10} {:>14.0} {:>14.0} {:>7.2}× {:>9.0} MiB {:>8.0} MiB {:>7.2}×",
-            case,
-            f(&me, "tokens_per_s"),
-            f(&peer, "tokens_per_s"),
-            f(&me, "tokens_per_s") / f(&peer, "tokens_per_s"),
-            f(&me, "peak_rss_mib"),
-            f(&peer, "peak_rss_mib"),
-            f(&me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
-        );
-        eprintln!(
-            "  [{case}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} MiB",
-            f(&me, "first_loss"),
-            f(&me, "last_loss"),
-            f(&peer, "first_loss"),
-            f(&peer, "last_loss"),
-            f(&me, "plan_mib")
-        );
+        if case == "fixed" {
+            row(case, &me, &peer(&[]));
+        } else {
+            // HF pads each batch to its longest example (TRL's default), or
+            // groups examples of similar length (`group_by_length`).
+            row("variable/padded", &me, &peer(&[]));
+            row("variable/grouped", &me, &peer(&["--group-by-length"]));
+        }
     }
 }

@@ -52,6 +52,21 @@ def batches(examples, batch_size, pad_id):
         yield ids, labels, mask, real
 
 
+def length_grouped(examples, batch_size, mega=50):
+    """transformers' LengthGroupedSampler: a seeded permutation cut into
+    megabatches of `mega` batches, each sorted longest first, so a batch
+    holds examples of similar length and pads little."""
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    size = mega * batch_size
+    grouped = []
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        chunk.sort(key=lambda i: len(examples[i]["input_ids"]), reverse=True)
+        grouped.extend(chunk)
+    return [examples[i] for i in grouped]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True)
@@ -63,6 +78,11 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="order batches as transformers' LengthGroupedSampler does (group_by_length=True)",
+    )
     args = ap.parse_args()
     ensure_model(args.model)
     if args.data is None:
@@ -70,6 +90,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     examples = json.loads(args.data.read_text())
+    if args.group_by_length:
+        examples = length_grouped(examples, args.batch)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     lora = LoraConfig(
         r=args.r,
