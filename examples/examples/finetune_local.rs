@@ -359,8 +359,7 @@ fn group() -> finetune_local::Result<Option<finetune_local::provider::Group>> {
     if topology.world_size < 2 {
         return Ok(None);
     }
-    let secs = std::env::var("FINETUNE_DIST_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok());
-    let timeout = std::time::Duration::from_secs(secs.unwrap_or(300));
+    let timeout = finetune_local::topology::timeout_from_vars(|name| std::env::var(name).ok())?;
     let group = finetune_local::distributed::ProcessGroup::gloo(&topology, timeout)?;
     Ok(Some(Box::new(group)))
 }

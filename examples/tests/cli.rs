@@ -8,40 +8,19 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs an example: the binary `cargo test` built beside this test when it
-/// is there, else through `cargo run` (e.g. under `cargo test --test cli`).
+/// Runs an example's binary (built once per test process, with this
+/// test's features).
 fn example(name: &str, args: &[&str]) -> Output {
     example_env(name, args, &[])
 }
 
 /// [`example`] with environment variables set.
 fn example_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let built = std::env::current_exe()
+    Command::new(support::example_binary(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
         .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("examples").join(name));
-    // A binary older than this test may predate the sources (`cargo test
-    // --test cli` alone does not rebuild examples): then cargo builds it.
-    let test_built = std::env::current_exe().and_then(|e| e.metadata()?.modified()).ok();
-    let fresh = |p: &std::path::PathBuf| {
-        let built = p.metadata().and_then(|m| m.modified()).ok();
-        matches!((built, test_built), (Some(b), Some(t)) if b >= t)
-    };
-    match built.filter(fresh) {
-        Some(binary) => Command::new(binary).args(args).envs(env.iter().copied()).output().unwrap(),
-        None => {
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-            Command::new(env!("CARGO"))
-                .args(["run", "-q", "--manifest-path"])
-                .arg(&manifest)
-                .args(["--example", name, "--"])
-                .args(args)
-                .envs(env.iter().copied())
-                .output()
-                .unwrap()
-        }
-    }
 }
 
 fn sample() -> String {

@@ -626,22 +626,30 @@ impl finetune_core::FineTuneProvider for KubernetesProvider {
         let created = match created {
             Ok(created) => {
                 tracing::info!(job = %id, name = %job_name(&id), "Kubernetes Job created");
-                created
+                Some(created)
             }
             // Made by an earlier submit of the same spec.
             Err(Error::Provider { status: Some(409), .. }) => {
                 tracing::info!(job = %id, "the Kubernetes Job exists already");
-                let name = job_name(&id);
-                self.retried("reading the Job", || {
-                    let (api, name) = (self.jobs(), name.clone());
-                    async move { api.get(&name).await }
-                })
-                .await?
+                None
             }
             Err(e) => return Err(e),
         };
         if self.container.replicas > 1 {
-            let service = service_manifest(&id, &created);
+            // The Service is owned by the Job (deleted with it): it needs the
+            // Job's uid, read back when an earlier submit made the Job.
+            let owner = match created {
+                Some(created) => created,
+                None => {
+                    let name = job_name(&id);
+                    self.retried("reading the Job", || {
+                        let (api, name) = (self.jobs(), name.clone());
+                        async move { api.get(&name).await }
+                    })
+                    .await?
+                }
+            };
+            let service = service_manifest(&id, &owner);
             let made = self
                 .retried("creating the Service", || {
                     let (api, service) = (self.services(), service.clone());

@@ -165,6 +165,29 @@ impl Topology {
     }
 }
 
+/// The variable bounding each collective and the rendezvous, in seconds.
+pub const TIMEOUT_VARIABLE: &str = "FINETUNE_DIST_TIMEOUT_SECS";
+
+/// How long a rank waits for the others (the rendezvous, each collective)
+/// when [`TIMEOUT_VARIABLE`] is unset.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The collective timeout [`TIMEOUT_VARIABLE`] sets among the variables
+/// `var` returns, [`DEFAULT_TIMEOUT`] when unset; a value that is not a
+/// whole number of seconds above zero is an error naming the variable.
+pub fn timeout_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<std::time::Duration> {
+    match var(TIMEOUT_VARIABLE).filter(|v| !v.trim().is_empty()) {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+            _ => Err(bad(
+                TIMEOUT_VARIABLE,
+                &format!("`{v}` is not a whole number of seconds above 0"),
+            )),
+        },
+    }
+}
+
 fn bad(variable: &str, message: &str) -> LocalError {
     LocalError::Topology { variable: variable.into(), message: message.into() }
 }
@@ -215,6 +238,19 @@ mod tests {
         match e {
             LocalError::Topology { variable, .. } => variable,
             other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_collective_timeout_is_seconds_above_zero_or_an_error_naming_its_variable() {
+        let timeout = |v: Option<&str>| timeout_from_vars(|_| v.map(str::to_owned));
+        assert_eq!(timeout(None).unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some(" ")).unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some("45")).unwrap(), std::time::Duration::from_secs(45));
+        for wrong in ["0", "-5", "1.5", "5m"] {
+            let e = timeout(Some(wrong)).unwrap_err();
+            assert!(e.to_string().contains(wrong), "{e}");
+            assert_eq!(variable(e), TIMEOUT_VARIABLE);
         }
     }
 

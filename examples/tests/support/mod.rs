@@ -168,25 +168,27 @@ impl Peers {
     }
 }
 
-/// The path of an example's binary, built (by cargo) when it is missing or
-/// older than this test.
+/// An example's binary, built by cargo with the features this test was
+/// built with, once per test process. Cargo's own freshness check decides
+/// whether anything is compiled (after `cargo test` built the examples, it
+/// is not): a binary's age says nothing about the features it has, and one
+/// built without them (`distributed`) would train alone.
 pub(crate) fn example_binary(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_owned();
     let binary = dir.join("examples").join(name);
-    let test_built = std::env::current_exe().unwrap().metadata().unwrap().modified().unwrap();
-    let fresh = binary.metadata().and_then(|m| m.modified()).is_ok_and(|b| b >= test_built);
-    if !fresh {
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
         let status = Command::new(env!("CARGO"))
             .args(["build", "-q", "--manifest-path"])
             .arg(&manifest)
             .args(["--example", name])
-            // The features this test was built with: the same binary cargo
-            // built for it, not one without them.
             .args(["--features", &binary_features().join(",")])
             .status()
             .unwrap();
-        assert!(status.success());
+        assert!(status.success(), "cargo build --example {name}: {status}");
+        built.push(name.to_owned());
     }
     binary
 }

@@ -128,6 +128,15 @@ pub trait Collective {
 /// elements (100 MB of f32), one collective each.
 const GRADIENT_BUCKET: i64 = 25 << 20;
 
+/// This rank's share of `items`: a contiguous slice, the ranks' shares in
+/// rank order making up the whole (the last ones may be shorter or empty).
+fn rank_share<'s, T>(items: &'s [T], group: &dyn Collective) -> &'s [T] {
+    let share = items.len().div_ceil(group.world_size());
+    let from = (group.rank() * share).min(items.len());
+    let to = (from + share).min(items.len());
+    &items[from..to]
+}
+
 /// Trains a model in place. Build it with [`Trainer::new`], set the output
 /// folder and hooks, then call [`Trainer::fit`].
 pub struct Trainer<'a> {
@@ -408,11 +417,7 @@ impl<'a> Trainer<'a> {
             let mut examples: Vec<&TokenizedExample> =
                 indices[within * self.config.batch_size..end].iter().map(|&i| &train[i]).collect();
             if let Some(c) = &self.collective {
-                // This rank's share: a contiguous slice of the step's order.
-                let share = examples.len().div_ceil(c.world_size());
-                let from = (c.rank() * share).min(examples.len());
-                let to = (from + share).min(examples.len());
-                examples = examples[from..to].to_vec();
+                examples = rank_share(&examples, &**c).to_vec();
             }
 
             let started = Instant::now();
@@ -674,10 +679,7 @@ impl<'a> Trainer<'a> {
         self.model.set_training(false);
         let mut refs: Vec<&TokenizedExample> = examples.iter().collect();
         if let Some(c) = &self.collective {
-            let share = refs.len().div_ceil(c.world_size());
-            let from = (c.rank() * share).min(refs.len());
-            let to = (from + share).min(refs.len());
-            refs = refs[from..to].to_vec();
+            refs = rank_share(&refs, &**c).to_vec();
         }
         let batches = self.micro_batches(&refs, pad, self.model.device())?;
         let (mut loss, mut correct, mut tokens) = (0.0, 0i64, 0i64);
@@ -826,5 +828,36 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, epoch_order(7, 0, 50));
         assert_ne!(a, epoch_order(8, 0, 50));
+    }
+
+    /// A rank of a group that is never asked to communicate.
+    struct Rank(usize, usize);
+
+    impl Collective for Rank {
+        fn rank(&self) -> usize {
+            self.0
+        }
+        fn world_size(&self) -> usize {
+            self.1
+        }
+        fn all_reduce_sum(&mut self, _: &mut Tensor) -> Result<()> {
+            unreachable!("rank_share does not communicate")
+        }
+        fn broadcast(&mut self, _: &mut Tensor, _: usize) -> Result<()> {
+            unreachable!("rank_share does not communicate")
+        }
+    }
+
+    #[test]
+    fn rank_shares_partition_the_items_in_rank_order() {
+        for world in 1..=4 {
+            for len in 0..=9 {
+                let items: Vec<usize> = (0..len).collect();
+                let shares: Vec<&[usize]> =
+                    (0..world).map(|rank| rank_share(&items, &Rank(rank, world))).collect();
+                assert_eq!(shares.concat(), items, "{len} items over {world} ranks");
+                assert_eq!(shares[0].len(), len.div_ceil(world));
+            }
+        }
     }
 }

@@ -174,7 +174,7 @@ impl FakeKube {
 
     /// The process id of `job`'s running pod, if one runs.
     pub(crate) fn running_pid(&self, job: &str) -> Option<u32> {
-        self.lock().pods.values().filter(|p| p.job == job).find_map(|p| p.pid)
+        self.running_pids(job).into_values().next()
     }
 
     fn next_version(inner: &mut Inner) -> String {
