@@ -115,23 +115,133 @@ impl Lora {
     }
 
     /// The adapter's contribution for input `x` (in x's dtype).
+    ///
+    /// Dropout keeps each input with probability `1 - p` through a boolean
+    /// mask ([`keep_mask`]; what backward keeps: a byte per element, not a
+    /// float), and its
+    /// `1 / (1 - p)` joins the scaling on `B` (`[out, r]`), so no pass over
+    /// the activations scales them: the same function as PEFT's
+    /// `lora_B(lora_A(dropout(x))) · s`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let train = self.training.load(Ordering::Relaxed);
-        let x = if train && self.dropout > 0.0 {
-            x.f_dropout(self.dropout, true)?
-        } else {
-            x.shallow_clone()
-        };
         let kind = x.kind();
+        let (x, scale) = if train && self.dropout > 0.0 {
+            let keep = keep_mask(x, 1.0 - self.dropout)?;
+            (x.f_mul(&keep)?, self.scaling / (1.0 - self.dropout))
+        } else {
+            (x.shallow_clone(), self.scaling)
+        };
         let a = self.a.f_to_kind(kind)?;
-        let b = self.b.f_to_kind(kind)?;
-        Ok(x.f_linear::<Tensor>(&a, None)?
-            .f_linear::<Tensor>(&b, None)?
-            .f_mul_scalar(self.scaling)?)
+        let b = self.b.f_mul_scalar(scale)?.f_to_kind(kind)?;
+        Ok(x.f_linear::<Tensor>(&a, None)?.f_linear::<Tensor>(&b, None)?)
     }
 
     /// `s · B A`, of `[out, in]`, in `kind`.
     pub(crate) fn delta(&self, kind: Kind) -> Result<Tensor> {
         Ok(self.b.f_matmul(&self.a)?.f_mul_scalar(self.scaling)?.f_to_kind(kind)?)
+    }
+}
+
+/// A boolean mask of `x`'s shape and device, each element true with
+/// probability `keep`, drawn from libtorch's generator (so
+/// `tch::manual_seed` fixes it, as recomputation under activation
+/// checkpointing needs).
+///
+/// On the CPU libtorch draws Bernoulli samples one element at a time on one
+/// thread (its parallel path needs MKL on an Intel CPU): about 5 ns an
+/// element, 15% of a LoRA step with dropout on every linear layer. Here
+/// libtorch draws one seed and the mask comes from SplitMix64 streams, one
+/// per block of 64Ki elements (the same mask whatever the thread count),
+/// filled on libtorch's thread count: each 64-bit draw gives two 32-bit
+/// samples, kept when below `keep · 2³²`.
+fn keep_mask(x: &Tensor, keep: f64) -> Result<Tensor> {
+    if x.device() != tch::Device::Cpu {
+        return Ok(Tensor::f_empty(x.size(), (Kind::Bool, x.device()))?.f_bernoulli_float_(keep)?);
+    }
+    let seed = Tensor::f_randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu))?
+        .f_int64_value(&[0])? as u64;
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    let mask = draw_mask(x.numel(), keep, seed, threads);
+    Ok(Tensor::f_from_slice(&mask)?.f_view(x.size().as_slice())?)
+}
+
+/// `n` samples, each true with probability `keep`, from `seed`, filled on
+/// up to `threads` threads (the same samples whatever their number).
+fn draw_mask(n: usize, keep: f64, seed: u64, threads: usize) -> Vec<bool> {
+    let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+    let mut mask = vec![false; n];
+    let blocks = n.div_ceil(BLOCK);
+    let threads = threads.clamp(1, blocks.max(1));
+    let per_thread = (blocks.div_ceil(threads) * BLOCK).max(1);
+    std::thread::scope(|scope| {
+        for (t, part) in mask.chunks_mut(per_thread).enumerate() {
+            let first_block = t * per_thread / BLOCK;
+            let mut fill = move || {
+                for (b, block) in part.chunks_mut(BLOCK).enumerate() {
+                    fill_block(block, seed, (first_block + b) as u64, threshold);
+                }
+            };
+            if threads == 1 {
+                fill();
+            } else {
+                scope.spawn(fill);
+            }
+        }
+    });
+    mask
+}
+
+/// Elements per SplitMix64 stream of [`keep_mask`].
+const BLOCK: usize = 1 << 16;
+
+fn fill_block(block: &mut [bool], seed: u64, index: u64, threshold: u64) {
+    let mut state = splitmix64(&mut seed.wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+    for pair in block.chunks_mut(2) {
+        let r = splitmix64(&mut state);
+        pair[0] = (r & 0xFFFF_FFFF) < threshold;
+        if let Some(second) = pair.get_mut(1) {
+            *second = (r >> 32) < threshold;
+        }
+    }
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): advances `state`, returns a draw.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_masks_keep_at_the_rate_asked_independently_and_reproducibly() {
+        let n = 1_000_003; // not a whole number of blocks or pairs
+        let a = draw_mask(n, 0.95, 11, 2);
+        let rate = a.iter().filter(|&&k| k).count() as f64 / n as f64;
+        // Four standard deviations of a binomial rate.
+        assert!((rate - 0.95).abs() < 4.0 * (0.95 * 0.05 / n as f64).sqrt(), "{rate}");
+        // Neighbours (the two halves of one draw, and across draws) are
+        // independent: both kept at keep².
+        let both = a.windows(2).filter(|w| w[0] && w[1]).count() as f64 / (n - 1) as f64;
+        assert!((both - 0.95 * 0.95).abs() < 2e-3, "{both}");
+        // The same seed, the same mask whatever the thread count; another
+        // seed, another mask.
+        assert_eq!(a, draw_mask(n, 0.95, 11, 1));
+        assert_eq!(a, draw_mask(n, 0.95, 11, 3));
+        assert_ne!(a, draw_mask(n, 0.95, 12, 2));
+        assert!(draw_mask(1000, 1.0, 5, 2).iter().all(|&k| k));
+        assert!(draw_mask(1000, 0.0, 5, 2).iter().all(|&k| !k));
+    }
+
+    #[test]
+    fn a_keep_mask_is_boolean_in_its_inputs_shape() {
+        let x = Tensor::zeros([3, 5, 7], (Kind::Float, tch::Device::Cpu));
+        let m = keep_mask(&x, 0.5).unwrap();
+        assert_eq!((m.size(), m.kind()), (vec![3, 5, 7], Kind::Bool));
     }
 }
