@@ -213,6 +213,38 @@ pub(crate) enum Mask {
     Full,
     /// An additive bias `[batch or 1, 1, seq, keys]`.
     Bias(Tensor),
+    /// Packed rows: each row's runs of one sequence id, in order (their
+    /// lengths add up to the row's), each attending causally to itself
+    /// alone. Attention runs per run, so its cost follows the examples'
+    /// lengths, not the row's.
+    Segments(Vec<Vec<i64>>),
+}
+
+/// A run's attention costs about as much as its own tokens' squared plus
+/// this much (the calls it takes), in the same units.
+const SEGMENT_OVERHEAD: i64 = 64 * 64;
+
+/// The runs of equal values in each row of `ids` (`[batch, seq]`), when
+/// attending run by run costs less than the whole rows under a mask.
+fn segments(ids: &Tensor) -> Result<Option<Vec<Vec<i64>>>> {
+    let s = ids.size();
+    let (batch, t) = (s[0], s[1]);
+    let flat = Vec::<i64>::try_from(ids.f_to_device(Device::Cpu)?.f_reshape([-1])?)?;
+    let mut rows = Vec::with_capacity(batch.max(0) as usize);
+    let (mut per_run, mut masked) = (0i64, 0i64);
+    for row in flat.chunks(t.max(1) as usize) {
+        let mut runs: Vec<i64> = Vec::new();
+        for (i, id) in row.iter().enumerate() {
+            match runs.last_mut() {
+                Some(n) if i > 0 && row[i - 1] == *id => *n += 1,
+                _ => runs.push(1),
+            }
+        }
+        per_run += runs.iter().map(|n| n * n + SEGMENT_OVERHEAD).sum::<i64>();
+        masked += t * t;
+        rows.push(runs);
+    }
+    Ok((per_run < masked).then_some(rows))
 }
 
 /// Works out the attention mask for `input`, given `past` cached tokens.
@@ -233,6 +265,13 @@ pub(crate) fn attention_mask(
         if t == 1 {
             return Ok(Mask::Full);
         }
+    }
+    if let (Some(seq), None, 0, false) =
+        (input.sequence_ids, input.attention_mask, past, window_matters)
+        && seq.size() == input.input_ids.size()
+        && let Some(rows) = segments(seq)?
+    {
+        return Ok(Mask::Segments(rows));
     }
     let q = Tensor::f_arange_start(past, total, (Kind::Int64, device))?.f_unsqueeze(1)?;
     let k = Tensor::f_arange(total, (Kind::Int64, device))?.f_unsqueeze(0)?;
@@ -285,8 +324,49 @@ pub(crate) fn attend(
         Mask::Causal => (None, true),
         Mask::Full => (None, false),
         Mask::Bias(b) => (Some(b), false),
+        Mask::Segments(rows) => return attend_segments(q, k, v, rows, scale),
     };
     Ok(Tensor::f_scaled_dot_product_attention(q, k, v, bias, 0.0, causal, scale, false)?)
+}
+
+/// Causal attention within each run of each row (see [`Mask::Segments`]).
+fn attend_segments(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rows: &[Vec<i64>],
+    scale: Option<f64>,
+) -> Result<Tensor> {
+    let (qs, ks, vs) = (q.f_unbind(0)?, k.f_unbind(0)?, v.f_unbind(0)?);
+    let mut out = Vec::with_capacity(rows.len());
+    for (((q, k), v), runs) in qs.iter().zip(&ks).zip(&vs).zip(rows) {
+        // `[heads, seq, dim]`, split along seq.
+        let (qr, kr, vr) = (
+            q.f_split_with_sizes(runs, 1)?,
+            k.f_split_with_sizes(runs, 1)?,
+            v.f_split_with_sizes(runs, 1)?,
+        );
+        let parts = qr
+            .iter()
+            .zip(&kr)
+            .zip(&vr)
+            .map(|((q, k), v)| {
+                let a = Tensor::f_scaled_dot_product_attention(
+                    &q.f_unsqueeze(0)?,
+                    &k.f_unsqueeze(0)?,
+                    &v.f_unsqueeze(0)?,
+                    None::<&Tensor>,
+                    0.0,
+                    true,
+                    scale,
+                    false,
+                )?;
+                Ok(a.f_squeeze_dim(0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(Tensor::f_cat(&parts, 1)?);
+    }
+    Ok(Tensor::f_stack(&out, 0)?)
 }
 
 /// Positions for `input`: given, or continuing from the cache.
@@ -333,5 +413,64 @@ pub(crate) fn check_activation(name: &str, config_path: &std::path::Path) -> Res
             Some("hidden_act"),
             format!("activation `{other}` is not implemented"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_found_and_chosen_only_when_cheaper_than_the_masked_rows() {
+        let ids = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0]).view([2, 6]);
+        // Rows of 6 tokens: per-run attention costs more than the mask.
+        assert_eq!(segments(&ids).unwrap(), None);
+        // Rows of 400: three runs of 100, 250, 50 and one of 400.
+        let long: Vec<i64> = [(0, 100), (1, 250), (2, 50), (0, 400)]
+            .iter()
+            .flat_map(|&(id, n)| std::iter::repeat_n(id, n))
+            .collect();
+        let ids = Tensor::from_slice(&long).view([2, 400]);
+        assert_eq!(segments(&ids).unwrap(), Some(vec![vec![100, 250, 50], vec![400]]));
+    }
+
+    #[test]
+    fn attention_run_by_run_equals_the_masked_rows_with_their_gradients() {
+        tch::manual_seed(3);
+        let (b, h, t, d) = (2, 3, 40, 8);
+        let rows = vec![vec![10, 25, 5], vec![40]];
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|runs| {
+                runs.iter()
+                    .enumerate()
+                    .flat_map(|(i, &n)| std::iter::repeat_n(i as i64, n as usize))
+            })
+            .collect();
+        let ids = Tensor::from_slice(&ids).view([b, t]);
+        let input_ids = Tensor::zeros([b, t], (Kind::Int64, Device::Cpu));
+        let input = ForwardInput {
+            input_ids: &input_ids,
+            position_ids: None,
+            attention_mask: None,
+            sequence_ids: Some(&ids),
+        };
+        let Mask::Bias(bias) = attention_mask(&input, 0, None, Kind::Float, Device::Cpu).unwrap()
+        else {
+            panic!("short rows take the masked path");
+        };
+        let leaf =
+            || Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let (q, k, v) = (leaf(), leaf(), leaf());
+        let masked = attend(&q, &k, &v, &Mask::Bias(bias), None).unwrap();
+        let runs = attend(&q, &k, &v, &Mask::Segments(rows), None).unwrap();
+        assert!((&masked - &runs).abs().max().double_value(&[]) < 1e-6);
+        let weights = Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu));
+        let grads = |out: &Tensor| {
+            Tensor::run_backward(&[(out * &weights).sum(Kind::Float)], &[&q, &k, &v], false, false)
+        };
+        for (a, b) in grads(&masked).iter().zip(&grads(&runs)) {
+            assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+        }
     }
 }
