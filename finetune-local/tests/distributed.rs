@@ -80,6 +80,8 @@ struct Run {
     losses: Vec<f64>,
     validation_losses: Vec<f64>,
     tokens_per_second: f64,
+    /// (step, micro-batch size from then on) of each halving.
+    halved: Vec<(usize, usize)>,
 }
 
 /// How a run is set up beyond its micro-batch.
@@ -89,6 +91,8 @@ struct Setup<'a> {
     resume: bool,
     checkpoint_every: Option<usize>,
     cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The step whose first micro-batch reports running out of memory.
+    inject_oom: Option<usize>,
 }
 
 fn train(
@@ -101,6 +105,7 @@ fn train(
     let mut losses = Vec::new();
     let mut validation_losses = Vec::new();
     let mut speed = Vec::new();
+    let mut halved = Vec::new();
     let mut on_step = on_step;
     {
         let config = TrainConfig { checkpoint_every: setup.checkpoint_every, ..config(micro) };
@@ -113,7 +118,13 @@ fn train(
             if let TrainEvent::Eval(r) = e {
                 validation_losses.push(r.validation_loss);
             }
+            if let TrainEvent::MicroBatchHalved { step, micro_batch_size } = e {
+                halved.push((*step, *micro_batch_size));
+            }
         });
+        if let Some(step) = setup.inject_oom {
+            trainer = trainer.inject_out_of_memory(step);
+        }
         if let Some(out) = setup.out {
             trainer = trainer.output_dir(out);
         }
@@ -126,7 +137,7 @@ fn train(
         trainer.fit(&data(), &validation())?;
     }
     let tokens_per_second = speed.iter().sum::<f64>() / speed.len().max(1) as f64;
-    Ok(Run { adapters: model.peft_state(), losses, validation_losses, tokens_per_second })
+    Ok(Run { adapters: model.peft_state(), losses, validation_losses, tokens_per_second, halved })
 }
 
 fn assert_same_adapters(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
@@ -272,6 +283,39 @@ fn two_ranks_take_the_steps_one_process_takes_with_the_global_batch() {
 }
 
 #[test]
+fn an_out_of_memory_step_on_one_rank_halves_every_ranks_micro_batch() {
+    const TEST: &str = "an_out_of_memory_step_on_one_rank_halves_every_ranks_micro_batch";
+    if let Some((topology, out)) = as_rank(TEST) {
+        let mut group = ProcessGroup::gloo(&topology, Duration::from_secs(60)).unwrap();
+        // Rank 1 alone runs out of memory, at step 2.
+        let setup = Setup { inject_oom: (topology.rank == 1).then_some(2), ..Setup::default() };
+        let run = train(4, setup, Some(&mut group), |_| {}).unwrap();
+        let file = out.join(format!("rank{}.safetensors", topology.rank));
+        Tensor::write_safetensors(&run.adapters, &file).unwrap();
+        let halved = serde_json::json!(run.halved);
+        std::fs::write(out.join(format!("rank{}.json", topology.rank)), halved.to_string())
+            .unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ranks = launch(TEST, 2, dir.path());
+    assert_eq!(wait(&mut ranks, Duration::from_secs(600)), [0, 0]);
+    // Both ranks ran step 2 again with micro-batches of 2, and trained what
+    // one process with the global batch trains.
+    let one = train(8, Setup::default(), None, |_| {}).unwrap();
+    for rank in 0..2 {
+        let halved: Vec<(usize, usize)> = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("rank{rank}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(halved, [(2, 2)], "rank {rank}");
+        let adapters =
+            Tensor::read_safetensors(dir.path().join(format!("rank{rank}.safetensors"))).unwrap();
+        assert_same_adapters(&adapters, &one.adapters, &format!("rank {rank}"));
+    }
+}
+
+#[test]
 fn a_killed_rank_fails_the_other_with_its_rank_named() {
     const TEST: &str = "a_killed_rank_fails_the_other_with_its_rank_named";
     if let Some((topology, out)) = as_rank(TEST) {
@@ -328,6 +372,7 @@ fn a_cancel_on_one_rank_stops_both_and_the_run_resumes_to_the_uninterrupted_adap
             resume,
             checkpoint_every: Some(1),
             cancel: Some(cancel),
+            ..Setup::default()
         };
         let run = train(4, setup, Some(&mut group), |step| {
             // Rank 1 alone is cancelled, after step 3.

@@ -517,6 +517,15 @@ fn the_memory_plan_follows_the_settings() {
     assert_eq!(half.activations * 2, base.activations);
     assert!(checkpointed.activations < base.activations);
     assert!(chunked.logits < unchunked.logits);
+    // LoRA dropout keeps a masked copy of each adapter's input.
+    let dropped = plan(TrainConfig { method: lora(0.1), ..config() });
+    assert!(dropped.activations > base.activations);
+    // Packed, the examples (64 tokens at most) of a micro-batch of 4 or of
+    // 2 fill one row of 256: the same activations either way.
+    let packed = plan(TrainConfig { packing: true, max_length: 256, ..config() });
+    let packed_half =
+        plan(TrainConfig { packing: true, max_length: 256, micro_batch_size: 2, ..config() });
+    assert_eq!(packed.activations, packed_half.activations);
     assert_eq!(
         base.total(),
         base.weights + base.gradients + base.optimizer + base.activations + base.logits

@@ -4,7 +4,8 @@
 //!
 //! An estimate, not a measurement: it counts the tensors the decoder keeps
 //! for backward (the residual stream, the q/k/v and attention outputs, the
-//! MLP's gate/up/product, the attention scores of the eager path) and adds
+//! MLP's gate/up/product, the attention scores of the eager path, each
+//! adapter's dropped-out input, mask and rank-wide output) and adds
 //! nothing for the allocator's slack or the framework's own buffers. The
 //! training benchmark prints it next to the measured peak.
 
@@ -52,6 +53,12 @@ pub(crate) struct PlanInputs<'a> {
     /// Positions whose logits are computed at once.
     pub loss_chunk: Option<u64>,
     pub checkpointing: bool,
+    /// Over every adapter of the model: the input widths (the `in` of each
+    /// `A`), counted when dropout makes a masked copy of the input, and
+    /// the ranks.
+    pub adapter_inputs: u64,
+    pub adapter_ranks: u64,
+    pub adapter_dropout: bool,
 }
 
 pub(crate) fn plan(i: &PlanInputs<'_>) -> MemoryPlan {
@@ -67,8 +74,12 @@ pub(crate) fn plan(i: &PlanInputs<'_>) -> MemoryPlan {
     // probabilities over the row's tokens.
     let per_token = (3 * hidden + 3 * q + 3 * kv + 4 * inter) * b;
     let scores = i.rows * heads * i.row_tokens * i.row_tokens * 2 * b;
-    let layer = tokens * per_token + scores;
     let layers = c.num_layers.max(0) as u64;
+    // The adapters' share per token of one layer: the masked input (and
+    // its one-byte mask) when dropout is on, and `A`'s output.
+    let masked = if i.adapter_dropout { i.adapter_inputs * (b + 1) } else { 0 };
+    let adapters = (masked + i.adapter_ranks * b) / layers.max(1);
+    let layer = tokens * (per_token + adapters) + scores;
     let activations = if i.checkpointing {
         // Every layer's input, and one layer recomputed at a time.
         layers * tokens * hidden * b + layer

@@ -235,8 +235,29 @@ impl<'a> Trainer<'a> {
         if let Some((adapters, _)) = self.model.adapter_store() {
             parameters += numel(adapters.variables().into_iter().collect());
         }
-        let longest = train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0) as u64;
-        let row_tokens = if self.config.packing { self.config.max_length as u64 } else { longest };
+        let micro = self.micro_batch_size as u64;
+        let (rows, row_tokens) = if self.config.packing {
+            // The longest examples of the set, packed together: the most
+            // rows of max_length one micro-batch can need.
+            let max_length = self.config.max_length as u64;
+            let mut lengths: Vec<u64> =
+                train.iter().map(|e| (e.input_ids.len() as u64).min(max_length)).collect();
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            let tokens: u64 = lengths.iter().take(self.micro_batch_size).sum();
+            (tokens.div_ceil(max_length.max(1)).clamp(1, micro.max(1)), max_length)
+        } else {
+            (micro, train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0) as u64)
+        };
+        let (mut adapter_inputs, mut adapter_ranks) = (0, 0);
+        if let Some((adapters, _)) = self.model.adapter_store() {
+            for (name, t) in adapters.variables() {
+                if let (true, &[r, input]) = (name.ends_with("lora_A.weight"), &t.size()[..]) {
+                    adapter_inputs += input.max(0) as u64;
+                    adapter_ranks += r.max(0) as u64;
+                }
+            }
+        }
+        let adapter_dropout = matches!(&self.config.method, Method::Lora(l) if l.dropout > 0.0);
         let dtype_bytes = self
             .model
             .var_store()
@@ -249,10 +270,13 @@ impl<'a> Trainer<'a> {
             parameters,
             dtype_bytes,
             trained: numel(self.trainable()),
-            rows: self.micro_batch_size as u64,
+            rows,
             row_tokens,
             loss_chunk: self.config.loss_chunk_tokens.map(|n| n as u64),
             checkpointing: self.config.gradient_checkpointing,
+            adapter_inputs,
+            adapter_ranks,
+            adapter_dropout,
         })
     }
 
@@ -423,27 +447,50 @@ impl<'a> Trainer<'a> {
             let started = Instant::now();
             let (trained, real, loss_sum) = loop {
                 tch::manual_seed(step_seed(self.config.seed, s));
-                match self.accumulate(&examples, s, pad, device) {
-                    Ok(done) => break done,
-                    Err(e)
-                        if e.is_out_of_memory()
-                            && self.micro_batch_size > 1
-                            && self.collective.is_none() =>
-                    {
+                let attempt = self.accumulate(&examples, s, pad, device);
+                let mine = matches!(&attempt, Err(e) if e.is_out_of_memory());
+                // Under data parallelism every rank learns whether any ran
+                // out of memory, so that all run the step again together
+                // (at the same micro-batch size) or none does.
+                let anyone = match self.collective.as_deref_mut() {
+                    Some(c) => {
+                        let mut flag = Tensor::from_slice(&[f64::from(u8::from(mine))]);
+                        c.all_reduce_sum(&mut flag)?;
+                        flag.f_double_value(&[0])? > 0.0
+                    }
+                    None => mine,
+                };
+                match attempt {
+                    Ok(done) if !anyone => break done,
+                    Err(e) if !e.is_out_of_memory() => return Err(e),
+                    Err(e) if self.micro_batch_size == 1 => return Err(e),
+                    Ok(_) if self.micro_batch_size == 1 => {
+                        return Err(LocalError::Distributed {
+                            lost_rank: None,
+                            message: format!(
+                                "another rank ran out of memory at step {} with a micro-batch of 1",
+                                s + 1
+                            ),
+                        });
+                    }
+                    attempt => {
                         // Nothing of the failed attempt may count.
                         optimizer.zero_grad();
                         self.micro_batch_size /= 2;
+                        let why = match attempt {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "another rank ran out of memory".to_owned(),
+                        };
                         tracing::warn!(
                             step = s + 1,
                             micro_batch_size = self.micro_batch_size,
-                            "out of memory: running the step again with half the micro-batch ({e})"
+                            "out of memory: running the step again with half the micro-batch ({why})"
                         );
                         self.emit(TrainEvent::MicroBatchHalved {
                             step: s + 1,
                             micro_batch_size: self.micro_batch_size,
                         });
                     }
-                    Err(e) => return Err(e),
                 }
             };
             let mut loss_sum = loss_sum;
