@@ -25,7 +25,10 @@
 //! every linear layer (q, k, v, o, gate, up, down) and 8 steps unless
 //! `BENCH_STEPS` says otherwise. `BENCH_CHECKPOINTING=1` turns on
 //! activation checkpointing on both sides (HF's
-//! `gradient_checkpointing_enable`).
+//! `gradient_checkpointing_enable`). `BENCH_DTYPE=bf16` computes in
+//! bfloat16: ours holds the base model in bf16 with f32 LoRA adapters and
+//! optimizer state; HF keeps f32 weights and runs the forward under
+//! `torch.autocast` bf16, as `TrainingArguments(bf16=True)` does on CPU.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -109,10 +112,20 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// The child process: trains and prints one JSON line.
-fn ours(model: &Path, data: &Path, case: &str, threads: usize, targets: &str, checkpointing: bool) {
+fn ours(
+    model: &Path,
+    data: &Path,
+    case: &str,
+    threads: usize,
+    targets: &str,
+    checkpointing: bool,
+    bf16: bool,
+) {
     finetune_local::tch::set_num_threads(threads as i32);
     let examples = read_json(data);
-    let mut model = CausalLm::load(model, &LoadOptions::default()).unwrap();
+    let dtype = bf16.then_some(finetune_local::tch::Kind::BFloat16);
+    let mut model =
+        CausalLm::load(model, &LoadOptions { dtype, ..LoadOptions::default() }).unwrap();
     let packing = case == "variable";
     let config = TrainConfig {
         method: Method::Lora(LoraConfig {
@@ -174,6 +187,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let threads = args[i + 4].parse().unwrap();
         let checkpointing = args[i + 6] == "1";
+        let bf16 = args[i + 7] == "bf16";
         ours(
             Path::new(&args[i + 1]),
             Path::new(&args[i + 2]),
@@ -181,6 +195,7 @@ fn main() {
             threads,
             &args[i + 5],
             checkpointing,
+            bf16,
         );
         return;
     }
@@ -189,6 +204,14 @@ fn main() {
         env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
     let real = std::env::var("BENCH_MODEL").is_ok_and(|m| m == "smollm2");
     let checkpointing = std::env::var("BENCH_CHECKPOINTING").is_ok_and(|v| v == "1");
+    let bf16 = match std::env::var("BENCH_DTYPE").as_deref() {
+        Err(_) | Ok("fp32" | "float32") => false,
+        Ok("bf16" | "bfloat16") => true,
+        Ok(other) => {
+            eprintln!("BENCH_DTYPE={other}: fp32 or bf16");
+            std::process::exit(2);
+        }
+    };
     let (steps, seq) = (env_or("BENCH_STEPS", if real { 8 } else { 24 }), env_or("BENCH_SEQ", 256));
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
@@ -217,6 +240,7 @@ fn main() {
         c.arg(&peer_script)
             .args(["--model", model.to_str().unwrap(), "--targets", targets])
             .args(checkpointing.then_some("--checkpointing"))
+            .args(bf16.then_some("--bf16"))
             .args(extra)
             .env(
                 "PYTHONPATH",
@@ -235,7 +259,8 @@ fn main() {
     };
     let checkpointed = if checkpointing { ", activation checkpointing" } else { "" };
     println!(
-        "{subject}, batch {BATCH}, {steps} steps, {threads} threads, fp32 CPU{checkpointed}\n"
+        "{subject}, batch {BATCH}, {steps} steps, {threads} threads, {} CPU{checkpointed}\n",
+        if bf16 { "bf16 (ours: bf16 base, f32 adapters; HF: autocast)" } else { "fp32" }
     );
     println!(
         "{:<18} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
@@ -289,7 +314,8 @@ fn main() {
                 .arg(case)
                 .arg(threads.to_string())
                 .arg(targets)
-                .arg(if checkpointing { "1" } else { "0" }),
+                .arg(if checkpointing { "1" } else { "0" })
+                .arg(if bf16 { "bf16" } else { "fp32" }),
         );
         if case == "fixed" {
             row(case, &me, &peer(&[]));

@@ -79,6 +79,11 @@ def main() -> None:
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="fp32 weights, forward under torch.autocast bf16 (TrainingArguments(bf16=True))",
+    )
+    ap.add_argument(
         "--group-by-length",
         action="store_true",
         help="order batches as transformers' LengthGroupedSampler does (group_by_length=True)",
@@ -113,7 +118,8 @@ def main() -> None:
     tokens, seconds, losses = 0, 0.0, []
     for step, (ids, labels, mask, real) in enumerate(batches(examples, args.batch, pad)):
         start = time.perf_counter()
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
