@@ -129,10 +129,14 @@ impl LocalProvider {
         Error::NotFound { what: format!("local job {id}") }
     }
 
+    /// `f` of the entry of a job this process trains.
+    fn with_entry<T>(&self, id: &JobId, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        self.entries().iter().find(|e| &e.id == id).map(f)
+    }
+
     /// The live state of a job this process trains.
     fn live(&self, id: &JobId) -> Option<(JobState, LossCurve)> {
-        let jobs = self.entries();
-        jobs.iter().find(|e| &e.id == id).map(|e| (lock(&e.state).clone(), lock(&e.curve).clone()))
+        self.with_entry(id, |e| (lock(&e.state).clone(), lock(&e.curve).clone()))
     }
 
     /// A spec's training settings for its base model (which it locates).
@@ -414,11 +418,7 @@ impl LocalProvider {
                 _ => break,
             }
         }
-        let interrupted = {
-            let jobs = self.entries();
-            jobs.iter().find(|e| &e.id == id).and_then(|e| lock(&e.interrupted).clone())
-        };
-        if let Some(why) = interrupted {
+        if let Some(why) = self.with_entry(id, |e| lock(&e.interrupted).clone()).flatten() {
             return Err(Error::Transient {
                 message: format!("job {id}: {why}; it resumes when the ranks are started again"),
             });
@@ -731,17 +731,17 @@ impl FineTuneProvider for LocalProvider {
             JobState::Cancelled => Ok(JobState::Cancelled),
             other => Err(Error::invalid(format!("job {id} has already {}", other.name()))),
         };
-        {
-            let jobs = self.entries();
-            if let Some(entry) = jobs.iter().find(|e| &e.id == id) {
-                let mut state = lock(&entry.state);
-                if state.is_terminal() {
-                    return already(&state);
-                }
-                entry.cancel.store(true, Ordering::Relaxed);
-                *state = JobState::Cancelling;
-                return Ok(JobState::Cancelling);
+        let live = self.with_entry(id, |entry| {
+            let mut state = lock(&entry.state);
+            if state.is_terminal() {
+                return already(&state);
             }
+            entry.cancel.store(true, Ordering::Relaxed);
+            *state = JobState::Cancelling;
+            Ok(JobState::Cancelling)
+        });
+        if let Some(result) = live {
+            return result;
         }
         let folder = self.folder(id)?;
         let mut record = folder.read()?.ok_or_else(|| Self::not_found(id))?;

@@ -422,9 +422,7 @@ impl<'a> Trainer<'a> {
             let mut cancelled = self.cancel.load(Ordering::Relaxed);
             if let Some(c) = self.collective.as_deref_mut() {
                 // Every rank stops together.
-                let mut flag = Tensor::from_slice(&[f64::from(u8::from(cancelled))]);
-                c.all_reduce_sum(&mut flag)?;
-                cancelled = flag.f_double_value(&[0])? > 0.0;
+                cancelled = sum_across(c, [f64::from(u8::from(cancelled))])?[0] > 0.0;
             }
             if cancelled {
                 stop = StopReason::Cancelled;
@@ -453,11 +451,7 @@ impl<'a> Trainer<'a> {
                 // out of memory, so that all run the step again together
                 // (at the same micro-batch size) or none does.
                 let anyone = match self.collective.as_deref_mut() {
-                    Some(c) => {
-                        let mut flag = Tensor::from_slice(&[f64::from(u8::from(mine))]);
-                        c.all_reduce_sum(&mut flag)?;
-                        flag.f_double_value(&[0])? > 0.0
-                    }
+                    Some(c) => sum_across(c, [f64::from(u8::from(mine))])?[0] > 0.0,
                     None => mine,
                 };
                 match attempt {
@@ -496,9 +490,7 @@ impl<'a> Trainer<'a> {
             let mut loss_sum = loss_sum;
             if let Some(c) = self.collective.as_deref_mut() {
                 all_reduce_gradients(c, &params)?;
-                let mut sum = Tensor::from_slice(&[loss_sum]);
-                c.all_reduce_sum(&mut sum)?;
-                loss_sum = sum.f_double_value(&[0])?;
+                [loss_sum] = sum_across(c, [loss_sum])?;
             }
             let grad_norm = optimizer.grad_norm()?;
             if let Some(max) = self.config.max_grad_norm {
@@ -616,10 +608,8 @@ impl<'a> Trainer<'a> {
         let mut real: i64 = batches.iter().map(|b| b.real_tokens).sum();
         if let Some(c) = self.collective.as_deref_mut() {
             // The whole step's counts: every rank divides by the same.
-            let mut counts = Tensor::from_slice(&[trained as f64, real as f64]);
-            c.all_reduce_sum(&mut counts)?;
-            trained = counts.f_double_value(&[0])? as i64;
-            real = counts.f_double_value(&[1])? as i64;
+            let [all_trained, all_real] = sum_across(c, [trained as f64, real as f64])?;
+            (trained, real) = (all_trained as i64, all_real as i64);
             if batches.is_empty() {
                 // No share this step: zero gradients, defined, to sum.
                 let params = self.trainable();
@@ -717,11 +707,9 @@ impl<'a> Trainer<'a> {
         Ok(total)
     }
 
-    /// Mean loss and token accuracy over the completion tokens of
-    /// `examples`, without dropout or gradients.
-    /// The validation loss, token accuracy and trained tokens; in a
-    /// data-parallel run each rank evaluates its share and the sums are
-    /// added across ranks.
+    /// Mean loss, token accuracy and token count over the completion tokens
+    /// of `examples`, without dropout or gradients; in a data-parallel run
+    /// each rank evaluates its share and the sums are added across ranks.
     fn evaluate(&mut self, examples: &[TokenizedExample], pad: i64) -> Result<(f64, f64, u64)> {
         self.model.set_training(false);
         let mut refs: Vec<&TokenizedExample> = examples.iter().collect();
@@ -748,15 +736,24 @@ impl<'a> Trainer<'a> {
             Ok(())
         })?;
         if let Some(c) = self.collective.as_deref_mut() {
-            let mut sums = Tensor::from_slice(&[loss, correct as f64, tokens as f64]);
-            c.all_reduce_sum(&mut sums)?;
-            loss = sums.f_double_value(&[0])?;
-            correct = sums.f_double_value(&[1])? as i64;
-            tokens = sums.f_double_value(&[2])? as i64;
+            let [all_loss, all_correct, all_tokens] =
+                sum_across(c, [loss, correct as f64, tokens as f64])?;
+            (loss, correct, tokens) = (all_loss, all_correct as i64, all_tokens as i64);
         }
         let n = tokens.max(1) as f64;
         Ok((loss / n, correct as f64 / n, tokens as u64))
     }
+}
+
+/// `values` summed over every rank, in one collective.
+fn sum_across<const N: usize>(c: &mut dyn Collective, values: [f64; N]) -> Result<[f64; N]> {
+    let mut sums = Tensor::from_slice(&values);
+    c.all_reduce_sum(&mut sums)?;
+    let mut out = [0.0; N];
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = sums.f_double_value(&[i as i64])?;
+    }
+    Ok(out)
 }
 
 /// Sums every trained tensor's gradient across the ranks, in buckets of

@@ -653,12 +653,7 @@ async fn list_jobs(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let mut inner = fake.lock();
-    let items = inner
-        .jobs
-        .iter()
-        .filter(|(_, j)| matches(&j["metadata"]["labels"], q.get("labelSelector")))
-        .map(|(k, j)| (k.clone(), j.clone()))
-        .collect();
+    let items = selected(&inner.jobs, &q);
     page(&mut inner, "JobList", items, &q)
 }
 
@@ -762,13 +757,20 @@ async fn list_services(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let mut inner = fake.lock();
-    let items = inner
-        .services
-        .iter()
-        .filter(|(_, s)| matches(&s["metadata"]["labels"], q.get("labelSelector")))
-        .map(|(k, s)| (k.clone(), s.clone()))
-        .collect();
+    let items = selected(&inner.services, &q);
     page(&mut inner, "ServiceList", items, &q)
+}
+
+/// The objects the query's `labelSelector` selects, by name.
+fn selected(
+    objects: &BTreeMap<String, Value>,
+    q: &BTreeMap<String, String>,
+) -> Vec<(String, Value)> {
+    objects
+        .iter()
+        .filter(|(_, o)| matches(&o["metadata"]["labels"], q.get("labelSelector")))
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect()
 }
 
 async fn delete_service(
