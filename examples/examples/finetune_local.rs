@@ -52,6 +52,7 @@ const USAGE: &str =
   --checkpoint-every N  --keep-checkpoints N  --seed N
   --chat | --base          the prompt format (default: the chat template when there is one)
   --device cpu|cuda[:N]  --dtype float32|bfloat16|float16  --threads N
+  --version                the version and the features built in (distributed, kubernetes)
 
 Under a launcher (torchrun's RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, Slurm's srun,
 a Kubernetes Indexed Job) with more than one process, and built with the `distributed` feature,

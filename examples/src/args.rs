@@ -14,13 +14,19 @@ pub struct Args {
 
 impl Args {
     /// Parses `std::env::args()`: `--name value` for the names in
-    /// `with_value`, `--name` alone for those in `switches`.
+    /// `with_value`, `--name` alone for those in `switches`. `--help`
+    /// prints the usage and `--version` the version and the features this
+    /// binary was built with, each then exiting 0.
     pub fn parse(usage: &str, with_value: &[&str], switches: &[&str]) -> Self {
         let mut args = Self::default();
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             if arg == "-h" || arg == "--help" {
                 println!("{usage}");
+                std::process::exit(0);
+            }
+            if arg == "--version" {
+                println!("{}", crate::version_line());
                 std::process::exit(0);
             }
             match arg.strip_prefix("--") {

@@ -100,3 +100,30 @@ pub fn number_in_words(n: u32) -> String {
         _ => format!("{} hundred {}", ONES[(n / 100) as usize % 20], below_hundred(n % 100)),
     }
 }
+
+/// The cargo features this build of the examples has (`kubernetes`,
+/// `distributed`): they decide what `finetune_local` can run.
+pub fn features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "kubernetes") {
+        features.push("kubernetes");
+    }
+    if cfg!(feature = "distributed") {
+        features.push("distributed");
+    }
+    features
+}
+
+/// What `--version` prints: the program, the package version and the
+/// features, e.g. `finetune_local 0.1.0 (features: distributed)`.
+pub fn version_line() -> String {
+    let program = std::env::args()
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p).file_stem().map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "finetune-examples".to_owned());
+    let features = features();
+    let features = if features.is_empty() { "none".to_owned() } else { features.join(", ") };
+    format!("{program} {} (features: {features})", env!("CARGO_PKG_VERSION"))
+}

@@ -168,38 +168,71 @@ impl Peers {
     }
 }
 
-/// An example's binary, built by cargo with the features this test was
-/// built with, once per test process. Cargo's own freshness check decides
-/// whether anything is compiled (after `cargo test` built the examples, it
-/// is not): a binary's age says nothing about the features it has, and one
-/// built without them (`distributed`) would train alone.
-pub(crate) fn example_binary(name: &str) -> std::path::PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// An example's binary: the one `cargo test` built beside this test, or,
+/// when that one is missing, older than a source file of the workspace, or
+/// (for `finetune_local`, whose behaviour they change) built without this
+/// test's features, one cargo builds now with them. Checked once per test
+/// process. Never a rebuild the normal way: `cargo build` from here makes a
+/// second copy of every binary (another profile's hash), which a full CI
+/// target cannot afford, and a featureless one would train alone.
+pub(crate) fn example_binary(name: &str) -> PathBuf {
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_owned();
     let binary = dir.join("examples").join(name);
-    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "--manifest-path"])
-            .arg(&manifest)
-            .args(["--example", name])
-            .args(["--features", &binary_features().join(",")])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build --example {name}: {status}");
-        built.push(name.to_owned());
+    let mut checked = CHECKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !checked.iter().any(|b| b == name) {
+        if let Some(why) = rebuild_reason(&binary, name) {
+            eprintln!("building example {name}: {why}");
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "--manifest-path"])
+                .arg(&manifest)
+                .args(["--example", name])
+                .args(["--features", &finetune_examples::features().join(",")])
+                .status()
+                .unwrap();
+            assert!(status.success(), "cargo build --example {name}: {status}");
+        }
+        checked.push(name.to_owned());
     }
     binary
 }
 
-fn binary_features() -> Vec<&'static str> {
-    let mut features = Vec::new();
-    if cfg!(feature = "kubernetes") {
-        features.push("kubernetes");
+/// Why the binary cannot be used as it is, if it cannot.
+fn rebuild_reason(binary: &Path, name: &str) -> Option<String> {
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
+        return Some("not built yet".to_owned());
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut pending = vec![root.join("Cargo.lock")];
+    for member in [
+        "finetune-core",
+        "finetune-data",
+        "finetune-providers",
+        "finetune-local",
+        "finetune-deploy",
+        "finetune-build",
+        "examples",
+    ] {
+        let member = root.join(member);
+        pending.extend(["src", "examples", "Cargo.toml", "build.rs"].map(|p| member.join(p)));
     }
-    if cfg!(feature = "distributed") {
-        features.push("distributed");
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(format!("{} changed after it was built", path.display()));
+        }
     }
-    features
+    if name == "finetune_local" {
+        let out = Command::new(binary).arg("--version").output().unwrap();
+        let version = String::from_utf8_lossy(&out.stdout);
+        let missing: Vec<_> =
+            finetune_examples::features().into_iter().filter(|f| !version.contains(f)).collect();
+        if !out.status.success() || !missing.is_empty() {
+            return Some(format!("built without {missing:?} ({})", version.trim()));
+        }
+    }
+    None
 }
