@@ -17,13 +17,19 @@
 //! ```text
 //! scripts/setup --bench && cargo bench -p finetune-local --bench train
 //! ```
-//! `BENCH_THREADS` (all cores), `BENCH_STEPS` (24), `BENCH_SEQ` (256).
+//! `BENCH_THREADS` (all cores), `BENCH_STEPS` (24), `BENCH_SEQ` (256),
+//! `BENCH_CASES` (`fixed,variable`). A side that runs out of memory shows
+//! as a dash, with the reason below the table.
 //!
 //! `BENCH_MODEL=smollm2` runs the same comparison on a real pretrained
 //! model, SmolLM2-135M-Instruct (imported from the GGUF file `scripts/setup`
 //! fetches; both sides load the imported folder), with LoRA r=16 on
 //! every linear layer (q, k, v, o, gate, up, down) and 8 steps unless
-//! `BENCH_STEPS` says otherwise. `BENCH_CHECKPOINTING=1` turns on
+//! `BENCH_STEPS` says otherwise. `BENCH_MODEL=qwen2.5-0.5b` does the same
+//! on a random model of Qwen2.5-0.5B's shape (494M parameters, vocab
+//! 151936; the peer script creates it once in `target/bench-train`), 5
+//! steps by default.
+//! `BENCH_CHECKPOINTING=1` turns on
 //! activation checkpointing on both sides (HF's
 //! `gradient_checkpointing_enable`). `BENCH_DTYPE=bf16` computes in
 //! bfloat16: ours holds the base model in bf16 with f32 LoRA adapters and
@@ -172,14 +178,34 @@ fn ours(
     );
 }
 
-fn run_json(cmd: &mut Command) -> serde_json::Value {
+/// Which model the benchmark trains.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The forward benchmark's random llama-small (hidden 256, 4 layers).
+    LlamaSmall,
+    /// The real SmolLM2-135M-Instruct, imported from its GGUF file.
+    SmolLm2,
+    /// A random model of Qwen2.5-0.5B's shape (tied embeddings, q/k/v
+    /// biases), made by the peer script.
+    Qwen05b,
+}
+
+/// The child's JSON line, or why there is none: a peer that runs out of
+/// memory at real sizes is a result, not a reason to stop the benchmark.
+fn run_json(cmd: &mut Command) -> Result<serde_json::Value, String> {
+    use std::os::unix::process::ExitStatusExt;
     let out = cmd.output().expect("spawn");
     if !out.status.success() {
-        eprintln!("{:?} failed:\n{}", cmd, String::from_utf8_lossy(&out.stderr));
-        std::process::exit(1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{cmd:?} failed ({}):\n{stderr}", out.status);
+        return Err(match out.status.signal() {
+            Some(9) => "killed (out of memory)".to_owned(),
+            _ if stderr.contains("not enough memory") => "out of memory".to_owned(),
+            _ => format!("failed ({})", out.status),
+        });
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+    serde_json::from_str(text.lines().last().unwrap_or_default()).map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -202,7 +228,15 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let threads =
         env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
-    let real = std::env::var("BENCH_MODEL").is_ok_and(|m| m == "smollm2");
+    let shape = match std::env::var("BENCH_MODEL").as_deref() {
+        Err(_) => Shape::LlamaSmall,
+        Ok("smollm2") => Shape::SmolLm2,
+        Ok("qwen2.5-0.5b") => Shape::Qwen05b,
+        Ok(other) => {
+            eprintln!("BENCH_MODEL={other}: smollm2 or qwen2.5-0.5b (unset: a small random Llama)");
+            std::process::exit(2);
+        }
+    };
     let checkpointing = std::env::var("BENCH_CHECKPOINTING").is_ok_and(|v| v == "1");
     let bf16 = match std::env::var("BENCH_DTYPE").as_deref() {
         Err(_) | Ok("fp32" | "float32") => false,
@@ -212,7 +246,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (steps, seq) = (env_or("BENCH_STEPS", if real { 8 } else { 24 }), env_or("BENCH_SEQ", 256));
+    let (steps, seq) = (
+        env_or(
+            "BENCH_STEPS",
+            match shape {
+                Shape::LlamaSmall => 24,
+                Shape::SmolLm2 => 8,
+                Shape::Qwen05b => 5,
+            },
+        ),
+        env_or("BENCH_SEQ", 256),
+    );
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
         eprintln!("transformers and peft are not installed: run `scripts/setup --bench` first");
@@ -220,13 +264,17 @@ fn main() {
     }
     let work: PathBuf = root.join("target/bench-train");
     std::fs::create_dir_all(&work).unwrap();
-    let model = work.join(if real { "smollm2" } else { "llama-lora" });
-    let targets = if real {
+    let model = work.join(match shape {
+        Shape::LlamaSmall => "llama-lora",
+        Shape::SmolLm2 => "smollm2",
+        Shape::Qwen05b => "qwen2.5-0.5b-shaped",
+    });
+    let targets = if shape != Shape::LlamaSmall {
         "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     } else {
         "q_proj,k_proj,v_proj,o_proj"
     };
-    if real && !model.join("config.json").is_file() {
+    if shape == Shape::SmolLm2 && !model.join("config.json").is_file() {
         let gguf = root.join(".tools/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         if !gguf.is_file() {
             eprintln!("{} is missing: run `scripts/setup` first", gguf.display());
@@ -239,6 +287,7 @@ fn main() {
         let mut c = Command::new("python3");
         c.arg(&peer_script)
             .args(["--model", model.to_str().unwrap(), "--targets", targets])
+            .args(["--shape", if shape == Shape::Qwen05b { "qwen2.5-0.5b" } else { "llama-small" }])
             .args(checkpointing.then_some("--checkpointing"))
             .args(bf16.then_some("--bf16"))
             .args(extra)
@@ -251,11 +300,18 @@ fn main() {
     };
     // The peer writes the model both sides load.
     assert!(python(&[]).status().expect("python3").success(), "creating the model failed");
-    let vocab = if real { 49152 } else { 4096 };
-    let subject = if real {
-        "LoRA r=16 (all linear) on SmolLM2-135M-Instruct (hidden 576, 30 layers, vocab 49152)"
-    } else {
-        "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab 4096)"
+    let (vocab, subject) = match shape {
+        Shape::LlamaSmall => {
+            (4096, "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab 4096)")
+        }
+        Shape::SmolLm2 => (
+            49152,
+            "LoRA r=16 (all linear) on SmolLM2-135M-Instruct (hidden 576, 30 layers, vocab 49152)",
+        ),
+        Shape::Qwen05b => (
+            151936,
+            "LoRA r=16 (all linear) on a random Qwen2.5-0.5B-shaped model (hidden 896, 24 layers, vocab 151936)",
+        ),
     };
     let checkpointed = if checkpointing { ", activation checkpointing" } else { "" };
     println!(
@@ -269,27 +325,48 @@ fn main() {
     let (threads_text, batch_text, warmup_text) =
         (threads.to_string(), BATCH.to_string(), WARMUP.to_string());
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
-    let row = |label: &str, me: &serde_json::Value, peer: &serde_json::Value| {
+    let row = |label: &str, me: &serde_json::Value, peer: Result<serde_json::Value, String>| {
+        let peer = match peer {
+            Ok(peer) => peer,
+            Err(why) => {
+                println!(
+                    "{:<18} {:>14.0} {:>14} {:>8} {:>9.0} MiB {:>12} {:>8}",
+                    label,
+                    f(me, "tokens_per_s"),
+                    "—",
+                    "—",
+                    f(me, "peak_rss_mib"),
+                    "—",
+                    "—"
+                );
+                eprintln!("  [{label}] HF: {why}; our memory plan {:.0} MiB", f(me, "plan_mib"));
+                return;
+            }
+        };
         println!(
             "{:<18} {:>14.0} {:>14.0} {:>7.2}× {:>9.0} MiB {:>8.0} MiB {:>7.2}×",
             label,
             f(me, "tokens_per_s"),
-            f(peer, "tokens_per_s"),
-            f(me, "tokens_per_s") / f(peer, "tokens_per_s"),
+            f(&peer, "tokens_per_s"),
+            f(me, "tokens_per_s") / f(&peer, "tokens_per_s"),
             f(me, "peak_rss_mib"),
-            f(peer, "peak_rss_mib"),
-            f(me, "peak_rss_mib") / f(peer, "peak_rss_mib"),
+            f(&peer, "peak_rss_mib"),
+            f(me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
         );
         eprintln!(
             "  [{label}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} MiB",
             f(me, "first_loss"),
             f(me, "last_loss"),
-            f(peer, "first_loss"),
-            f(peer, "last_loss"),
+            f(&peer, "first_loss"),
+            f(&peer, "last_loss"),
             f(me, "plan_mib")
         );
     };
+    let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "fixed,variable".to_owned());
     for case in ["fixed", "variable"] {
+        if !cases.split(',').any(|c| c == case) {
+            continue;
+        }
         let data = work.join(format!("{case}.json"));
         write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
         let peer = |extra: &[&str]| {
@@ -316,14 +393,18 @@ fn main() {
                 .arg(targets)
                 .arg(if checkpointing { "1" } else { "0" })
                 .arg(if bf16 { "bf16" } else { "fp32" }),
-        );
+        )
+        .unwrap_or_else(|why| {
+            eprintln!("our side: {why}");
+            std::process::exit(1)
+        });
         if case == "fixed" {
-            row(case, &me, &peer(&[]));
+            row(case, &me, peer(&[]));
         } else {
             // HF pads each batch to its longest example (TRL's default), or
             // groups examples of similar length (`group_by_length`).
-            row("variable/padded", &me, &peer(&[]));
-            row("variable/grouped", &me, &peer(&["--group-by-length"]));
+            row("variable/padded", &me, peer(&[]));
+            row("variable/grouped", &me, peer(&["--group-by-length"]));
         }
     }
 }

@@ -21,18 +21,41 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Qwen2Config
 
 from forward_peer import small_models
 
 
-def ensure_model(d: Path) -> None:
-    """The forward benchmark's llama-small, seeded the same way."""
+def shapes():
+    """The random models the benchmark creates: the forward benchmark's
+    llama-small, and one with Qwen2.5-0.5B's shape (hidden 896, 24 layers,
+    14 heads / 2 KV heads, MLP 4864, vocab 151936, tied embeddings, q/k/v
+    biases), which is what fine-tuning on a workstation usually means."""
+    return {
+        "llama-small": small_models()["llama-small"],
+        "qwen2.5-0.5b": Qwen2Config(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            bos_token_id=151643,
+            eos_token_id=151643,
+        ),
+    }
+
+
+def ensure_model(d: Path, shape: str) -> None:
+    """A random model of the shape, seeded, unless one is already there."""
     if (d / "config.json").exists():
         return
     torch.manual_seed(0)
-    config = small_models()["llama-small"]
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(d)
+    AutoModelForCausalLM.from_config(shapes()[shape], dtype=torch.float32).save_pretrained(d)
 
 
 def batches(examples, batch_size, pad_id):
@@ -78,6 +101,7 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--shape", choices=sorted(shapes()), default="llama-small")
     ap.add_argument(
         "--bf16",
         action="store_true",
@@ -89,7 +113,7 @@ def main() -> None:
         help="order batches as transformers' LengthGroupedSampler does (group_by_length=True)",
     )
     args = ap.parse_args()
-    ensure_model(args.model)
+    ensure_model(args.model, args.shape)
     if args.data is None:
         return
     torch.set_num_threads(args.threads)
