@@ -184,8 +184,14 @@ pub(crate) fn example_binary(name: &str) -> PathBuf {
         if let Some(why) = rebuild_reason(&binary, name) {
             eprintln!("building example {name}: {why}");
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+            // Into the folder this test runs from: `debug` is the dev
+            // profile's, any other (`release`) its profile's own.
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev",
+                Some(other) => other,
+            };
             let status = Command::new(env!("CARGO"))
-                .args(["build", "-q", "--manifest-path"])
+                .args(["build", "-q", "--profile", profile, "--manifest-path"])
                 .arg(&manifest)
                 .args(["--example", name])
                 .args(["--features", &finetune_examples::features().join(",")])
