@@ -190,6 +190,49 @@ enum Shape {
     Qwen05b,
 }
 
+impl Shape {
+    /// Its folder under `target/bench-train`.
+    fn dir(self) -> &'static str {
+        match self {
+            Shape::LlamaSmall => "llama-lora",
+            Shape::SmolLm2 => "smollm2",
+            Shape::Qwen05b => "qwen2.5-0.5b-shaped",
+        }
+    }
+
+    /// Steps when `BENCH_STEPS` does not say.
+    fn default_steps(self) -> usize {
+        match self {
+            Shape::LlamaSmall => 24,
+            Shape::SmolLm2 => 8,
+            Shape::Qwen05b => 5,
+        }
+    }
+
+    /// The modules LoRA adapts: all linear ones at real sizes.
+    fn targets(self) -> &'static str {
+        match self {
+            Shape::LlamaSmall => "q_proj,k_proj,v_proj,o_proj",
+            _ => "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        }
+    }
+
+    /// The table's heading.
+    fn subject(self) -> &'static str {
+        match self {
+            Shape::LlamaSmall => {
+                "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab 4096)"
+            }
+            Shape::SmolLm2 => {
+                "LoRA r=16 (all linear) on SmolLM2-135M-Instruct (hidden 576, 30 layers, vocab 49152)"
+            }
+            Shape::Qwen05b => {
+                "LoRA r=16 (all linear) on a random Qwen2.5-0.5B-shaped model (hidden 896, 24 layers, vocab 151936)"
+            }
+        }
+    }
+}
+
 /// The child's JSON line, or why there is none: a peer that runs out of
 /// memory at real sizes is a result, not a reason to stop the benchmark.
 fn run_json(cmd: &mut Command) -> Result<serde_json::Value, String> {
@@ -246,17 +289,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (steps, seq) = (
-        env_or(
-            "BENCH_STEPS",
-            match shape {
-                Shape::LlamaSmall => 24,
-                Shape::SmolLm2 => 8,
-                Shape::Qwen05b => 5,
-            },
-        ),
-        env_or("BENCH_SEQ", 256),
-    );
+    let (steps, seq) = (env_or("BENCH_STEPS", shape.default_steps()), env_or("BENCH_SEQ", 256));
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
         eprintln!("transformers and peft are not installed: run `scripts/setup --bench` first");
@@ -264,16 +297,8 @@ fn main() {
     }
     let work: PathBuf = root.join("target/bench-train");
     std::fs::create_dir_all(&work).unwrap();
-    let model = work.join(match shape {
-        Shape::LlamaSmall => "llama-lora",
-        Shape::SmolLm2 => "smollm2",
-        Shape::Qwen05b => "qwen2.5-0.5b-shaped",
-    });
-    let targets = if shape != Shape::LlamaSmall {
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    } else {
-        "q_proj,k_proj,v_proj,o_proj"
-    };
+    let model = work.join(shape.dir());
+    let targets = shape.targets();
     if shape == Shape::SmolLm2 && !model.join("config.json").is_file() {
         let gguf = root.join(".tools/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         if !gguf.is_file() {
@@ -300,19 +325,11 @@ fn main() {
     };
     // The peer writes the model both sides load.
     assert!(python(&[]).status().expect("python3").success(), "creating the model failed");
-    let (vocab, subject) = match shape {
-        Shape::LlamaSmall => {
-            (4096, "LoRA r=16 (q,k,v,o) on a random Llama (hidden 256, 4 layers, vocab 4096)")
-        }
-        Shape::SmolLm2 => (
-            49152,
-            "LoRA r=16 (all linear) on SmolLM2-135M-Instruct (hidden 576, 30 layers, vocab 49152)",
-        ),
-        Shape::Qwen05b => (
-            151936,
-            "LoRA r=16 (all linear) on a random Qwen2.5-0.5B-shaped model (hidden 896, 24 layers, vocab 151936)",
-        ),
-    };
+    // The token ids are drawn from the vocabulary the model declares.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let vocab = config["vocab_size"].as_i64().unwrap();
+    let subject = shape.subject();
     let checkpointed = if checkpointing { ", activation checkpointing" } else { "" };
     println!(
         "{subject}, batch {BATCH}, {steps} steps, {threads} threads, {} CPU{checkpointed}\n",

@@ -209,27 +209,10 @@ fn rebuild_reason(binary: &Path, name: &str) -> Option<String> {
     let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
         return Some("not built yet".to_owned());
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut pending = vec![root.join("Cargo.lock")];
-    for member in [
-        "finetune-core",
-        "finetune-data",
-        "finetune-providers",
-        "finetune-local",
-        "finetune-deploy",
-        "finetune-build",
-        "examples",
-    ] {
-        let member = root.join(member);
-        pending.extend(["src", "examples", "Cargo.toml", "build.rs"].map(|p| member.join(p)));
-    }
-    while let Some(path) = pending.pop() {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if meta.is_dir() {
-            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else if meta.modified().is_ok_and(|m| m > built) {
-            return Some(format!("{} changed after it was built", path.display()));
-        }
+    if let Some((path, changed)) = newest_source()
+        && *changed > built
+    {
+        return Some(format!("{} changed after it was built", path.display()));
     }
     if name == "finetune_local" {
         let out = Command::new(binary).arg("--version").output().unwrap();
@@ -241,4 +224,43 @@ fn rebuild_reason(binary: &Path, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The most recently changed source file of the workspace's crates (their
+/// sources, manifests and build scripts, and Cargo.lock), read once per
+/// test process.
+fn newest_source() -> Option<&'static (PathBuf, std::time::SystemTime)> {
+    static NEWEST: std::sync::OnceLock<Option<(PathBuf, std::time::SystemTime)>> =
+        std::sync::OnceLock::new();
+    NEWEST
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            let mut pending = vec![root.join("Cargo.lock")];
+            for member in [
+                "finetune-core",
+                "finetune-data",
+                "finetune-providers",
+                "finetune-local",
+                "finetune-deploy",
+                "finetune-build",
+                "examples",
+            ] {
+                let member = root.join(member);
+                pending
+                    .extend(["src", "examples", "Cargo.toml", "build.rs"].map(|p| member.join(p)));
+            }
+            let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+            while let Some(path) = pending.pop() {
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if meta.is_dir() {
+                    pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                } else if let Ok(changed) = meta.modified()
+                    && newest.as_ref().is_none_or(|(_, t)| changed > *t)
+                {
+                    newest = Some((path, changed));
+                }
+            }
+            newest
+        })
+        .as_ref()
 }
