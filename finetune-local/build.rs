@@ -5,7 +5,7 @@
 //! `finetune_build::link_libtorch` reads it.
 //!
 //! With the `distributed` feature it also compiles
-//! `src/distributed/c10d.cpp` (the C side of `distributed::ffi`) against that libtorch's headers.
+//! `src/distributed/c10d.cpp` and `nccl.cpp` (the C side of `distributed::ffi`) against that libtorch's headers.
 
 fn main() {
     let lib = finetune_build::libtorch_lib();
@@ -24,11 +24,13 @@ fn compile_c10d(lib: Option<&std::path::Path>) {
     };
     let include = lib.join("../include");
     println!("cargo::rerun-if-changed=src/distributed/c10d.cpp");
+    println!("cargo::rerun-if-changed=src/distributed/nccl.cpp");
     println!("cargo::rerun-if-changed=src/distributed/gloo-decl");
     cc::Build::new()
         .cpp(true)
         .std("c++17")
         .file("src/distributed/c10d.cpp")
+        .file("src/distributed/nccl.cpp")
         // Declarations standing in for Gloo's headers (see c10d.cpp).
         .include("src/distributed/gloo-decl")
         .include(&include)

@@ -347,27 +347,34 @@ fn train_job(
     cancel: Arc<AtomicBool>,
     on_event: impl FnMut(&TrainEvent),
 ) -> finetune_local::Result<(finetune_local::JobReport, finetune_local::train::TrainOutcome)> {
-    let mut group = group()?;
+    let (mut group, runtime) = group(runtime)?;
     let group = group.as_deref_mut().map(|g| g as &mut dyn finetune_local::train::Collective);
-    finetune_local::run_job_on(job, runtime, cancel, on_event, group)
+    finetune_local::run_job_on(job, &runtime, cancel, on_event, group)
 }
 
 /// The process group of the run the launcher describes, when it started
-/// more than one process.
+/// more than one process, and the runtime this rank trains with: on CUDA
+/// each rank takes the GPU of its local rank and the ranks talk over NCCL,
+/// on CPU over Gloo.
 #[cfg(feature = "distributed")]
-fn group() -> finetune_local::Result<Option<finetune_local::provider::Group>> {
+fn group(
+    runtime: &Runtime,
+) -> finetune_local::Result<(Option<finetune_local::provider::Group>, Runtime)> {
     let topology = finetune_local::topology::Topology::from_env()?;
     if topology.world_size < 2 {
-        return Ok(None);
+        return Ok((None, runtime.clone()));
     }
     let timeout = finetune_local::topology::timeout_from_vars(|name| std::env::var(name).ok())?;
-    let group = finetune_local::distributed::ProcessGroup::gloo(&topology, timeout)?;
-    Ok(Some(Box::new(group)))
+    let device = finetune_local::distributed::rank_device(runtime.device, &topology)?;
+    let group = finetune_local::distributed::ProcessGroup::for_device(&topology, timeout, device)?;
+    Ok((Some(Box::new(group)), Runtime { device: Some(device), ..runtime.clone() }))
 }
 
 /// Built without the `distributed` feature: one process, or an error.
 #[cfg(not(feature = "distributed"))]
-fn group() -> finetune_local::Result<Option<finetune_local::provider::Group>> {
+fn group(
+    runtime: &Runtime,
+) -> finetune_local::Result<(Option<finetune_local::provider::Group>, Runtime)> {
     let topology = finetune_local::topology::Topology::from_env()?;
     if topology.world_size > 1 {
         return Err(finetune_local::LocalError::InvalidArgument(format!(
@@ -376,5 +383,5 @@ fn group() -> finetune_local::Result<Option<finetune_local::provider::Group>> {
             topology.world_size
         )));
     }
-    Ok(None)
+    Ok((None, runtime.clone()))
 }

@@ -407,3 +407,111 @@ fn a_cancel_on_one_rank_stops_both_and_the_run_resumes_to_the_uninterrupted_adap
         assert_same_adapters(&adapters, &one.adapters, &format!("resumed rank {rank}"));
     }
 }
+
+/// The NCCL a CUDA run uses is the libnccl.so.2 libtorch_cuda brought in:
+/// its version is the one in the wheel's nccl.h (opening it needs no GPU).
+#[test]
+fn nccl_is_the_wheels_library() {
+    let header =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.libtorch/site/nvidia/nccl/include/nccl.h");
+    let version = finetune_local::distributed::nccl_version();
+    let Ok(text) = std::fs::read_to_string(&header) else {
+        // A libtorch from elsewhere (a GPU machine's own wheel, or a
+        // CPU-only build, which has no NCCL).
+        match version {
+            Ok((major, _, _)) => assert_eq!(major, 2),
+            Err(e) => assert!(e.to_string().contains("NCCL is not available"), "{e}"),
+        }
+        return;
+    };
+    let define = |name: &str| -> u32 {
+        let line = text.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let expected = (define("NCCL_MAJOR"), define("NCCL_MINOR"), define("NCCL_PATCH"));
+    assert_eq!(version.unwrap(), expected);
+}
+
+/// Each rank of a GPU run takes its local rank's GPU; CPU stays CPU; a
+/// node with fewer GPUs than processes is refused by name. On a machine
+/// without CUDA, joining over NCCL fails with a typed error (not a hang).
+#[test]
+fn a_rank_takes_its_local_gpu_and_nccl_without_one_is_an_error() {
+    use finetune_local::distributed::rank_device;
+    use finetune_local::tch::{Cuda, Device};
+    let mut topology = Topology::single();
+    topology.world_size = 2;
+    topology.rank = 1;
+    topology.local_rank = 1;
+    assert_eq!(rank_device(Some(Device::Cpu), &topology).unwrap(), Device::Cpu);
+    let gpus = Cuda::device_count() as usize;
+    if gpus >= 2 {
+        assert_eq!(rank_device(Some(Device::Cuda(0)), &topology).unwrap(), Device::Cuda(1));
+        assert_eq!(rank_device(None, &topology).unwrap(), Device::Cuda(1));
+    } else {
+        let error = rank_device(Some(Device::Cuda(0)), &topology).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("local rank 1 needs GPU 1 of this node, which has {gpus}")),
+            "{error}"
+        );
+    }
+    if gpus == 0 {
+        assert_eq!(rank_device(None, &topology).unwrap(), Device::Cpu);
+        let mut alone = Topology::single();
+        alone.master_port = finetune_core::testing::free_loopback_port().unwrap();
+        let started = Instant::now();
+        let error = ProcessGroup::nccl(&alone, Duration::from_secs(20), 0).unwrap_err();
+        // libtorch's own words, e.g. "CUDA error: CUDA driver version is
+        // insufficient for CUDA runtime version" on a machine without a driver.
+        assert!(
+            matches!(&error, LocalError::Distributed { message, .. } if message.contains("CUDA")),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    }
+}
+
+/// NCCL on the GPUs this machine has (two ranks, each on its own GPU, when
+/// there are two; one rank otherwise: NCCL refuses two ranks on one GPU):
+/// all-reduce in fp32 and bf16, broadcast from rank 0, and a barrier, on
+/// CUDA tensors. `scripts/gpu-check` runs it where a GPU is lent; without
+/// one there is nothing to run NCCL on, and it says so.
+#[test]
+fn nccl_collectives_on_the_gpus() {
+    use finetune_local::distributed::rank_device;
+    use finetune_local::tch::{Cuda, Device, Kind};
+    use finetune_local::train::Collective;
+    const TEST: &str = "nccl_collectives_on_the_gpus";
+    if let Some((topology, _)) = as_rank(TEST) {
+        let device = rank_device(None, &topology).unwrap();
+        let mut group =
+            ProcessGroup::for_device(&topology, Duration::from_secs(60), device).unwrap();
+        let (rank, world) = (topology.rank as f32, topology.world_size as f32);
+        let sum = world * (world + 1.0) / 2.0;
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let mut t = Tensor::from_slice(&[rank + 1.0, 10.0 * (rank + 1.0)])
+                .to_device(device)
+                .to_kind(kind);
+            group.all_reduce_sum(&mut t).unwrap();
+            let got = Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu)).unwrap();
+            assert_eq!(got, [sum, 10.0 * sum], "{kind:?} on rank {rank}");
+        }
+        let mut b = Tensor::from_slice(&[7.0 * rank + 1.0; 3]).to_device(device);
+        group.broadcast(&mut b, 0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(b.to_device(Device::Cpu)).unwrap(), [1.0; 3]);
+        group.barrier().unwrap();
+        eprintln!("rank {rank} of {world}: NCCL all-reduce, broadcast and barrier on {device:?}");
+        return;
+    }
+    let gpus = usize::try_from(Cuda::device_count()).unwrap_or(0);
+    if gpus == 0 {
+        eprintln!("no CUDA device here: nothing to run NCCL on (scripts/gpu-check runs this)");
+        return;
+    }
+    let world = gpus.min(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ranks = launch_with(TEST, world, dir.path(), &[("NCCL_SOCKET_IFNAME", "lo")]);
+    assert!(wait(&mut ranks, Duration::from_secs(120)).iter().all(|&c| c == 0));
+}

@@ -1,4 +1,4 @@
-//! The unsafe boundary to `c10d.cpp` (beside this file): the only module of the crate
+//! The unsafe boundary to `c10d.cpp` and `nccl.cpp` (beside this file): the only module of the crate
 //! that may use `unsafe`.
 //!
 //! Invariants (also written at the top of the C++ file):
@@ -74,6 +74,33 @@ unsafe extern "C" {
         error: *mut *mut c_char,
     ) -> c_int;
     fn ft_c10d_barrier(group: *mut c_void, error: *mut *mut c_char) -> c_int;
+
+    fn ft_nccl_version(version: *mut c_int, error: *mut *mut c_char) -> c_int;
+    fn ft_nccl_unique_id(out: *mut u8, len: usize, error: *mut *mut c_char) -> c_int;
+    fn ft_nccl_new(
+        id: *const u8,
+        len: usize,
+        rank: c_int,
+        size: c_int,
+        device_index: c_int,
+        timeout_ms: i64,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn ft_nccl_free(group: *mut c_void);
+    fn ft_nccl_allreduce_sum(
+        group: *mut c_void,
+        tensors: *const *mut c_void,
+        n: usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_nccl_broadcast(
+        group: *mut c_void,
+        tensors: *const *mut c_void,
+        n: usize,
+        root: c_int,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn ft_nccl_barrier(group: *mut c_void, error: *mut *mut c_char) -> c_int;
 }
 
 /// What the C++ side said went wrong.
@@ -260,6 +287,88 @@ impl Gloo {
         let mut error = std::ptr::null_mut();
         // SAFETY: the group is live and used by this thread alone.
         let rc = unsafe { ft_c10d_barrier(self.0.ptr, &raw mut error) };
+        status(rc, error)
+    }
+}
+
+/// The bytes of an `ncclUniqueId`.
+pub(crate) const NCCL_ID_BYTES: usize = 128;
+
+/// The NCCL library's version as `(major, minor, patch)`, opening it.
+pub(crate) fn nccl_version() -> Result<(u32, u32, u32), CError> {
+    let (mut code, mut error) = (0 as c_int, std::ptr::null_mut());
+    // SAFETY: the out-pointers are ours for the call.
+    let rc = unsafe { ft_nccl_version(&raw mut code, &raw mut error) };
+    status(rc, error)?;
+    let code = u32::try_from(code).map_err(|_| CError(format!("NCCL version {code}")))?;
+    Ok((code / 10000, code / 100 % 100, code % 100))
+}
+
+/// A new NCCL unique id (rank 0 makes it and shares it).
+pub(crate) fn nccl_unique_id() -> Result<Vec<u8>, CError> {
+    let (mut id, mut error) = (vec![0u8; NCCL_ID_BYTES], std::ptr::null_mut());
+    // SAFETY: `id` holds the NCCL_ID_BYTES the function writes.
+    let rc = unsafe { ft_nccl_unique_id(id.as_mut_ptr(), id.len(), &raw mut error) };
+    status(rc, error)?;
+    Ok(id)
+}
+
+/// An NCCL communicator on one CUDA device.
+#[derive(Debug)]
+pub(crate) struct Nccl(Handle);
+
+impl Nccl {
+    pub(crate) fn new(
+        id: &[u8],
+        rank: usize,
+        size: usize,
+        device_index: usize,
+        timeout_ms: i64,
+    ) -> Result<Self, CError> {
+        let rank = c_int::try_from(rank).map_err(|_| CError(format!("rank {rank}")))?;
+        let size = c_int::try_from(size).map_err(|_| CError(format!("world size {size}")))?;
+        let device = c_int::try_from(device_index)
+            .map_err(|_| CError(format!("device index {device_index}")))?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: `id` outlives the call and its length is passed with it.
+        let ptr = unsafe {
+            ft_nccl_new(id.as_ptr(), id.len(), rank, size, device, timeout_ms, &raw mut error)
+        };
+        if ptr.is_null() {
+            return Err(take_error(error));
+        }
+        Ok(Self(Handle { ptr, free: ft_nccl_free }))
+    }
+
+    pub(crate) fn all_reduce_sum(&mut self, tensors: &mut [tch::Tensor]) -> Result<(), CError> {
+        let pointers = Gloo::pointers(tensors);
+        let mut error = std::ptr::null_mut();
+        // SAFETY: as for `Gloo::all_reduce_sum`.
+        let rc = unsafe {
+            ft_nccl_allreduce_sum(self.0.ptr, pointers.as_ptr(), pointers.len(), &raw mut error)
+        };
+        status(rc, error)
+    }
+
+    pub(crate) fn broadcast(
+        &mut self,
+        tensors: &mut [tch::Tensor],
+        root: usize,
+    ) -> Result<(), CError> {
+        let root = c_int::try_from(root).map_err(|_| CError(format!("root {root}")))?;
+        let pointers = Gloo::pointers(tensors);
+        let mut error = std::ptr::null_mut();
+        // SAFETY: as for `Gloo::all_reduce_sum`.
+        let rc = unsafe {
+            ft_nccl_broadcast(self.0.ptr, pointers.as_ptr(), pointers.len(), root, &raw mut error)
+        };
+        status(rc, error)
+    }
+
+    pub(crate) fn barrier(&mut self) -> Result<(), CError> {
+        let mut error = std::ptr::null_mut();
+        // SAFETY: the group is live and used by this thread alone.
+        let rc = unsafe { ft_nccl_barrier(self.0.ptr, &raw mut error) };
         status(rc, error)
     }
 }

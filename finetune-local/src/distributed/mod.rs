@@ -1,12 +1,14 @@
 //! Data-parallel training over PyTorch's own collectives (feature
-//! `distributed`): a TCPStore rendezvous served by rank 0 and
-//! ProcessGroupGloo across the ranks, both from the libtorch we link (the
-//! C++ side is `c10d.cpp` beside it; the unsafe boundary is one module,
-//! `ffi`).
+//! `distributed`): a TCPStore rendezvous served by rank 0, then
+//! ProcessGroupGloo across the ranks on CPU, or NCCL (the libnccl.so.2
+//! libtorch_cuda links) on CUDA, all from the libtorch we link (the C++
+//! side is `c10d.cpp` and `nccl.cpp` beside it; the unsafe boundary is one
+//! module, `ffi`).
 //!
-//! [`ProcessGroup::gloo`] joins the run a launcher describes
-//! ([`Topology::from_env`]: torchrun, Slurm, a Kubernetes Indexed Job) and
-//! implements the trainer's [`Collective`]. Each rank also writes a
+//! [`ProcessGroup::for_device`] joins the run a launcher describes
+//! ([`Topology::from_env`]: torchrun, Slurm, a Kubernetes Indexed Job) with
+//! the backend the device needs, and implements the trainer's
+//! [`Collective`]; [`rank_device`] gives each rank of a GPU run its own GPU. Each rank also writes a
 //! heartbeat to the store; when a collective fails (a peer's connection
 //! closed, or the timeout passed), the error names the rank whose heartbeat
 //! stopped — rank 0 when the store itself is gone with it.
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::error::{LocalError, Result};
 use crate::topology::Topology;
@@ -35,10 +37,89 @@ fn heartbeat_key(rank: usize) -> String {
     format!("finetune/heartbeat/{rank}")
 }
 
+/// The store key under which rank 0 shares the NCCL unique id.
+const NCCL_ID_KEY: &str = "finetune/nccl-id";
+
+/// The version of the NCCL library a CUDA run would use, as
+/// `(major, minor, patch)`; an error when libtorch brings none (a CPU-only
+/// build). Opening it needs no GPU.
+pub fn nccl_version() -> Result<(u32, u32, u32)> {
+    ffi::nccl_version().map_err(|e| LocalError::Distributed { lost_rank: None, message: e.0 })
+}
+
+/// The device this rank trains on. A launcher starts one process per GPU,
+/// so on CUDA (asked for, or `None` where CUDA is present) a rank takes
+/// the GPU of its local rank; an error when the node has fewer GPUs than
+/// processes. CPU stays CPU.
+pub fn rank_device(requested: Option<Device>, topology: &Topology) -> Result<Device> {
+    let cuda = match requested {
+        Some(Device::Cuda(_)) => true,
+        None => tch::Cuda::is_available(),
+        Some(other) => return Ok(other),
+    };
+    if !cuda {
+        return Ok(Device::Cpu);
+    }
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if topology.local_rank >= count {
+        return Err(LocalError::InvalidArgument(format!(
+            "local rank {} needs GPU {} of this node, which has {count}: start one process \
+             per GPU",
+            topology.local_rank, topology.local_rank
+        )));
+    }
+    Ok(Device::Cuda(topology.local_rank))
+}
+
+/// The collectives' engine.
+#[derive(Debug)]
+enum Backend {
+    Gloo(ffi::Gloo),
+    Nccl(ffi::Nccl),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Gloo(_) => "Gloo",
+            Self::Nccl(_) => "NCCL",
+        }
+    }
+
+    fn all_reduce_sum(&mut self, tensors: &mut [Tensor]) -> std::result::Result<(), ffi::CError> {
+        match self {
+            Self::Gloo(g) => g.all_reduce_sum(tensors),
+            Self::Nccl(n) => n.all_reduce_sum(tensors),
+        }
+    }
+
+    fn broadcast(
+        &mut self,
+        tensors: &mut [Tensor],
+        root: usize,
+    ) -> std::result::Result<(), ffi::CError> {
+        match self {
+            Self::Gloo(g) => g.broadcast(tensors, root),
+            Self::Nccl(n) => n.broadcast(tensors, root),
+        }
+    }
+
+    fn barrier(&mut self) -> std::result::Result<(), ffi::CError> {
+        match self {
+            Self::Gloo(g) => g.barrier(),
+            Self::Nccl(n) => n.barrier(),
+        }
+    }
+}
+
+fn failed(e: ffi::CError) -> LocalError {
+    LocalError::Distributed { lost_rank: None, message: e.0 }
+}
+
 /// This process's membership of a data-parallel run.
 #[derive(Debug)]
 pub struct ProcessGroup {
-    gloo: ffi::Gloo,
+    backend: Backend,
     store: Arc<ffi::Store>,
     rank: usize,
     world_size: usize,
@@ -47,47 +128,54 @@ pub struct ProcessGroup {
 }
 
 impl ProcessGroup {
+    /// Joins the run `topology` describes with the backend `device` needs:
+    /// Gloo on CPU, NCCL on CUDA (see [`Self::gloo`], [`Self::nccl`]).
+    pub fn for_device(topology: &Topology, timeout: Duration, device: Device) -> Result<Self> {
+        match device {
+            Device::Cuda(index) => Self::nccl(topology, timeout, index),
+            _ => Self::gloo(topology, timeout),
+        }
+    }
+
     /// Joins the run `topology` describes: rank 0 serves the TCPStore at
     /// `master_addr:master_port`, every rank connects to it, and Gloo
     /// connects the ranks (on the interface `GLOO_SOCKET_IFNAME` names,
     /// else the host's address). `timeout` bounds the rendezvous and each
     /// collective.
     pub fn gloo(topology: &Topology, timeout: Duration) -> Result<Self> {
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let failed = |e: ffi::CError| LocalError::Distributed { lost_rank: None, message: e.0 };
-        let started = std::time::Instant::now();
-        let store = loop {
-            let store = ffi::Store::new(
-                &topology.master_addr,
-                topology.master_port,
-                topology.rank == 0,
-                topology.world_size,
-                timeout_ms,
-            )
-            .map_err(failed)?;
-            // A restarted rank can reach the store of a rank 0 that has
-            // not yet noticed the run is over: that store has counted a
-            // whole world already. Wait for the new one.
-            let joined = store.add("finetune/joined", 1).map_err(failed)?;
-            if joined <= topology.world_size as i64 {
-                break Arc::new(store);
-            }
-            if started.elapsed() > timeout {
-                return Err(LocalError::Distributed {
-                    lost_rank: None,
-                    message: format!(
-                        "the store at {}:{} belongs to a run that already started",
-                        topology.master_addr, topology.master_port
-                    ),
-                });
-            }
-            tracing::info!("the rendezvous store belongs to an earlier run; waiting for a new one");
-            drop(store);
-            std::thread::sleep(Duration::from_secs(1));
-        };
-        store.set(&heartbeat_key(topology.rank), &now_ms().to_le_bytes()).map_err(failed)?;
+        let timeout_ms = timeout_ms(timeout);
+        let store = rendezvous(topology, timeout)?;
         let gloo = ffi::Gloo::new(&store, topology.rank, topology.world_size, timeout_ms)
             .map_err(failed)?;
+        Self::start(topology, store, Backend::Gloo(gloo))
+    }
+
+    /// Joins the run `topology` describes over NCCL on GPU `device_index`
+    /// (usually the local rank: [`rank_device`]): the TCPStore rendezvous
+    /// as for Gloo, then rank 0 makes NCCL's unique id and shares it
+    /// through the store. A collective that does not finish within
+    /// `timeout` aborts the communicator (a dead peer would leave NCCL
+    /// waiting for ever) and fails naming the lost rank.
+    pub fn nccl(topology: &Topology, timeout: Duration, device_index: usize) -> Result<Self> {
+        let timeout_ms = timeout_ms(timeout);
+        // Fails early, before anyone waits on the store, where there is no NCCL.
+        nccl_version()?;
+        let store = rendezvous(topology, timeout)?;
+        let id = if topology.rank == 0 {
+            let id = ffi::nccl_unique_id().map_err(failed)?;
+            store.set(NCCL_ID_KEY, &id).map_err(failed)?;
+            id
+        } else {
+            store.get(NCCL_ID_KEY).map_err(failed)?
+        };
+        let nccl =
+            ffi::Nccl::new(&id, topology.rank, topology.world_size, device_index, timeout_ms)
+                .map_err(failed)?;
+        Self::start(topology, store, Backend::Nccl(nccl))
+    }
+
+    /// Starts this rank's heartbeat and returns the joined group.
+    fn start(topology: &Topology, store: Arc<ffi::Store>, backend: Backend) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let heartbeat = {
             let (store, stop, key) =
@@ -109,10 +197,11 @@ impl ProcessGroup {
             rank = topology.rank,
             world_size = topology.world_size,
             master = %format!("{}:{}", topology.master_addr, topology.master_port),
-            "joined the data-parallel run (Gloo)"
+            "joined the data-parallel run ({})",
+            backend.name()
         );
         Ok(Self {
-            gloo,
+            backend,
             store,
             rank: topology.rank,
             world_size: topology.world_size,
@@ -123,7 +212,7 @@ impl ProcessGroup {
 
     /// Waits until every rank reaches this call.
     pub fn barrier(&mut self) -> Result<()> {
-        let result = self.gloo.barrier();
+        let result = self.backend.barrier();
         result.map_err(|e| self.lost(e))
     }
 
@@ -156,6 +245,47 @@ impl ProcessGroup {
     }
 }
 
+fn timeout_ms(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Every rank connects to the TCPStore rank 0 serves, and writes its first
+/// heartbeat.
+fn rendezvous(topology: &Topology, timeout: Duration) -> Result<Arc<ffi::Store>> {
+    let started = std::time::Instant::now();
+    let store = loop {
+        let store = ffi::Store::new(
+            &topology.master_addr,
+            topology.master_port,
+            topology.rank == 0,
+            topology.world_size,
+            timeout_ms(timeout),
+        )
+        .map_err(failed)?;
+        // A restarted rank can reach the store of a rank 0 that has
+        // not yet noticed the run is over: that store has counted a
+        // whole world already. Wait for the new one.
+        let joined = store.add("finetune/joined", 1).map_err(failed)?;
+        if joined <= topology.world_size as i64 {
+            break Arc::new(store);
+        }
+        if started.elapsed() > timeout {
+            return Err(LocalError::Distributed {
+                lost_rank: None,
+                message: format!(
+                    "the store at {}:{} belongs to a run that already started",
+                    topology.master_addr, topology.master_port
+                ),
+            });
+        }
+        tracing::info!("the rendezvous store belongs to an earlier run; waiting for a new one");
+        drop(store);
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    store.set(&heartbeat_key(topology.rank), &now_ms().to_le_bytes()).map_err(failed)?;
+    Ok(store)
+}
+
 impl Collective for ProcessGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -166,12 +296,12 @@ impl Collective for ProcessGroup {
     }
 
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
-        let result = self.gloo.all_reduce_sum(std::slice::from_mut(tensor));
+        let result = self.backend.all_reduce_sum(std::slice::from_mut(tensor));
         result.map_err(|e| self.lost(e))
     }
 
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
-        let result = self.gloo.broadcast(std::slice::from_mut(tensor), root);
+        let result = self.backend.broadcast(std::slice::from_mut(tensor), root);
         result.map_err(|e| self.lost(e))
     }
 }
