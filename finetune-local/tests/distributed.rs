@@ -475,9 +475,10 @@ fn a_rank_takes_its_local_gpu_and_nccl_without_one_is_an_error() {
 
 /// NCCL on the GPUs this machine has (two ranks, each on its own GPU, when
 /// there are two; one rank otherwise: NCCL refuses two ranks on one GPU):
-/// all-reduce in fp32 and bf16, broadcast from rank 0, and a barrier, on
-/// CUDA tensors. `scripts/gpu-check` runs it where a GPU is lent; without
-/// one there is nothing to run NCCL on, and it says so.
+/// all-reduce in fp32 and bf16 (and of CPU counters, as the trainer sums
+/// them), broadcast from rank 0, and a barrier, on CUDA tensors.
+/// `scripts/gpu-check` runs it where a GPU is lent; without one there is
+/// nothing to run NCCL on, and it says so.
 #[test]
 fn nccl_collectives_on_the_gpus() {
     use finetune_local::distributed::rank_device;
@@ -498,6 +499,12 @@ fn nccl_collectives_on_the_gpus() {
             let got = Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu)).unwrap();
             assert_eq!(got, [sum, 10.0 * sum], "{kind:?} on rank {rank}");
         }
+        // The trainer's counters stay on the CPU: they go through the GPU.
+        let mut counters = Tensor::from_slice(&[1.0f64, f64::from(rank)]);
+        group.all_reduce_sum(&mut counters).unwrap();
+        assert_eq!(counters.device(), Device::Cpu);
+        let expected = [f64::from(world), f64::from(world * (world - 1.0) / 2.0)];
+        assert_eq!(Vec::<f64>::try_from(counters).unwrap(), expected);
         let mut b = Tensor::from_slice(&[7.0 * rank + 1.0; 3]).to_device(device);
         group.broadcast(&mut b, 0).unwrap();
         assert_eq!(Vec::<f32>::try_from(b.to_device(Device::Cpu)).unwrap(), [1.0; 3]);

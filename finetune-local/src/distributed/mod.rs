@@ -75,41 +75,65 @@ pub fn rank_device(requested: Option<Device>, topology: &Topology) -> Result<Dev
 #[derive(Debug)]
 enum Backend {
     Gloo(ffi::Gloo),
-    Nccl(ffi::Nccl),
+    /// NCCL and the GPU it runs on.
+    Nccl(ffi::Nccl, Device),
 }
 
 impl Backend {
     fn name(&self) -> &'static str {
         match self {
             Self::Gloo(_) => "Gloo",
-            Self::Nccl(_) => "NCCL",
+            Self::Nccl(..) => "NCCL",
         }
     }
 
-    fn all_reduce_sum(&mut self, tensors: &mut [Tensor]) -> std::result::Result<(), ffi::CError> {
+    fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> std::result::Result<(), ffi::CError> {
         match self {
-            Self::Gloo(g) => g.all_reduce_sum(tensors),
-            Self::Nccl(n) => n.all_reduce_sum(tensors),
+            Self::Gloo(g) => g.all_reduce_sum(std::slice::from_mut(tensor)),
+            Self::Nccl(n, device) => {
+                on_device(tensor, *device, |t| n.all_reduce_sum(std::slice::from_mut(t)))
+            }
         }
     }
 
     fn broadcast(
         &mut self,
-        tensors: &mut [Tensor],
+        tensor: &mut Tensor,
         root: usize,
     ) -> std::result::Result<(), ffi::CError> {
         match self {
-            Self::Gloo(g) => g.broadcast(tensors, root),
-            Self::Nccl(n) => n.broadcast(tensors, root),
+            Self::Gloo(g) => g.broadcast(std::slice::from_mut(tensor), root),
+            Self::Nccl(n, device) => {
+                on_device(tensor, *device, |t| n.broadcast(std::slice::from_mut(t), root))
+            }
         }
     }
 
     fn barrier(&mut self) -> std::result::Result<(), ffi::CError> {
         match self {
             Self::Gloo(g) => g.barrier(),
-            Self::Nccl(n) => n.barrier(),
+            Self::Nccl(n, _) => n.barrier(),
         }
     }
+}
+
+/// Runs an NCCL collective on `tensor`, through a contiguous copy on
+/// `device` when the tensor is elsewhere (the trainer sums its few loss and
+/// token counters in a CPU tensor) or not contiguous; the result is copied
+/// back into `tensor`.
+fn on_device(
+    tensor: &mut Tensor,
+    device: Device,
+    collective: impl FnOnce(&mut Tensor) -> std::result::Result<(), ffi::CError>,
+) -> std::result::Result<(), ffi::CError> {
+    if tensor.device() == device && tensor.is_contiguous() {
+        return collective(tensor);
+    }
+    let torch = |e: tch::TchError| ffi::CError(e.to_string());
+    let mut moved = tensor.f_to_device(device).and_then(|t| t.f_contiguous()).map_err(torch)?;
+    collective(&mut moved)?;
+    let back = moved.f_to_device(tensor.device()).map_err(torch)?;
+    tensor.f_copy_(&back).map_err(torch)
 }
 
 fn failed(e: ffi::CError) -> LocalError {
@@ -171,7 +195,7 @@ impl ProcessGroup {
         let nccl =
             ffi::Nccl::new(&id, topology.rank, topology.world_size, device_index, timeout_ms)
                 .map_err(failed)?;
-        Self::start(topology, store, Backend::Nccl(nccl))
+        Self::start(topology, store, Backend::Nccl(nccl, Device::Cuda(device_index)))
     }
 
     /// Starts this rank's heartbeat and returns the joined group.
@@ -296,12 +320,12 @@ impl Collective for ProcessGroup {
     }
 
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> Result<()> {
-        let result = self.backend.all_reduce_sum(std::slice::from_mut(tensor));
+        let result = self.backend.all_reduce_sum(tensor);
         result.map_err(|e| self.lost(e))
     }
 
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()> {
-        let result = self.backend.broadcast(std::slice::from_mut(tensor), root);
+        let result = self.backend.broadcast(tensor, root);
         result.map_err(|e| self.lost(e))
     }
 }
