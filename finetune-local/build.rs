@@ -25,6 +25,7 @@ fn compile_c10d(lib: Option<&std::path::Path>) {
     let include = lib.join("../include");
     println!("cargo::rerun-if-changed=src/distributed/c10d.cpp");
     println!("cargo::rerun-if-changed=src/distributed/nccl.cpp");
+    println!("cargo::rerun-if-changed=src/distributed/shim.h");
     println!("cargo::rerun-if-changed=src/distributed/gloo-decl");
     cc::Build::new()
         .cpp(true)

@@ -128,15 +128,16 @@ fn run_recorded(args: &Args, id: &str) -> i32 {
             return 1;
         }
     };
-    let provider = finetune_local::LocalProvider::new(runtime);
-    let id = finetune_core::JobId::new(id);
-    let group = match group() {
-        Ok(group) => group,
+    // On CUDA each rank trains on its local rank's GPU.
+    let (group, runtime) = match group(&runtime) {
+        Ok(joined) => joined,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
+    let provider = finetune_local::LocalProvider::new(runtime);
+    let id = finetune_core::JobId::new(id);
     match finetune_examples::block_on(provider.run_recorded_with(&id, group)) {
         Ok(job) => {
             println!("{}", serde_json::to_string(&job).unwrap_or_default());

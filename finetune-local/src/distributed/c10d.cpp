@@ -29,7 +29,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "shim.h"
+
 namespace {
+
+using finetune::guarded;
 
 struct Store {
   c10::intrusive_ptr<c10d::Store> store;
@@ -39,29 +43,6 @@ struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
 };
-
-char* copy(const std::string& text) {
-  char* out = static_cast<char*>(std::malloc(text.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, text.c_str(), text.size() + 1);
-  }
-  return out;
-}
-
-template <typename F>
-int guarded(char** error, F f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    *error = copy(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *error = copy(e.what());
-  } catch (...) {
-    *error = copy("unknown C++ exception");
-  }
-  return -1;
-}
 
 std::vector<at::Tensor> tensors_of(void* const* tensors, size_t n) {
   std::vector<at::Tensor> out;

@@ -230,19 +230,52 @@ impl Store {
     }
 }
 
-/// A ProcessGroupGloo.
-#[derive(Debug)]
-pub(crate) struct Gloo(Handle);
+type TensorsFn =
+    unsafe extern "C" fn(*mut c_void, *const *mut c_void, usize, *mut *mut c_char) -> c_int;
+type RootedFn =
+    unsafe extern "C" fn(*mut c_void, *const *mut c_void, usize, c_int, *mut *mut c_char) -> c_int;
+type BarrierFn = unsafe extern "C" fn(*mut c_void, *mut *mut c_char) -> c_int;
 
-impl Gloo {
-    pub(crate) fn new(
+/// The C functions of one backend.
+#[derive(Debug)]
+struct Collectives {
+    all_reduce_sum: TensorsFn,
+    broadcast: RootedFn,
+    barrier: BarrierFn,
+}
+
+const GLOO: Collectives = Collectives {
+    all_reduce_sum: ft_c10d_allreduce_sum,
+    broadcast: ft_c10d_broadcast,
+    barrier: ft_c10d_barrier,
+};
+
+const NCCL: Collectives = Collectives {
+    all_reduce_sum: ft_nccl_allreduce_sum,
+    broadcast: ft_nccl_broadcast,
+    barrier: ft_nccl_barrier,
+};
+
+/// A process group: ProcessGroupGloo ([`Group::gloo`]) or an NCCL
+/// communicator on one CUDA device ([`Group::nccl`]).
+#[derive(Debug)]
+pub(crate) struct Group {
+    handle: Handle,
+    calls: &'static Collectives,
+}
+
+fn int(what: &str, value: usize) -> Result<c_int, CError> {
+    c_int::try_from(value).map_err(|_| CError(format!("{what} {value}")))
+}
+
+impl Group {
+    pub(crate) fn gloo(
         store: &Store,
         rank: usize,
         size: usize,
         timeout_ms: i64,
     ) -> Result<Self, CError> {
-        let rank = c_int::try_from(rank).map_err(|_| CError(format!("rank {rank}")))?;
-        let size = c_int::try_from(size).map_err(|_| CError(format!("world size {size}")))?;
+        let (rank, size) = (int("rank", rank)?, int("world size", size)?);
         let mut error = std::ptr::null_mut();
         // SAFETY: the store handle is live for the call (the group keeps its
         // own reference to the store).
@@ -250,7 +283,28 @@ impl Gloo {
         if ptr.is_null() {
             return Err(take_error(error));
         }
-        Ok(Self(Handle { ptr, free: ft_c10d_group_free }))
+        Ok(Self { handle: Handle { ptr, free: ft_c10d_group_free }, calls: &GLOO })
+    }
+
+    /// Joins the communicator `id` names, on CUDA device `device_index`.
+    pub(crate) fn nccl(
+        id: &[u8],
+        rank: usize,
+        size: usize,
+        device_index: usize,
+        timeout_ms: i64,
+    ) -> Result<Self, CError> {
+        let (rank, size) = (int("rank", rank)?, int("world size", size)?);
+        let device = int("device index", device_index)?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: `id` outlives the call and its length is passed with it.
+        let ptr = unsafe {
+            ft_nccl_new(id.as_ptr(), id.len(), rank, size, device, timeout_ms, &raw mut error)
+        };
+        if ptr.is_null() {
+            return Err(take_error(error));
+        }
+        Ok(Self { handle: Handle { ptr, free: ft_nccl_free }, calls: &NCCL })
     }
 
     fn pointers(tensors: &mut [tch::Tensor]) -> Vec<*mut c_void> {
@@ -261,9 +315,15 @@ impl Gloo {
         let pointers = Self::pointers(tensors);
         let mut error = std::ptr::null_mut();
         // SAFETY: the group is live and used by this thread alone (`&mut`);
-        // each pointer is an `at::Tensor*` held by `tensors` for the call.
+        // each pointer is an `at::Tensor*` held by `tensors` for the call;
+        // the function is this group's backend's.
         let rc = unsafe {
-            ft_c10d_allreduce_sum(self.0.ptr, pointers.as_ptr(), pointers.len(), &raw mut error)
+            (self.calls.all_reduce_sum)(
+                self.handle.ptr,
+                pointers.as_ptr(),
+                pointers.len(),
+                &raw mut error,
+            )
         };
         status(rc, error)
     }
@@ -273,20 +333,27 @@ impl Gloo {
         tensors: &mut [tch::Tensor],
         root: usize,
     ) -> Result<(), CError> {
-        let root = c_int::try_from(root).map_err(|_| CError(format!("root {root}")))?;
+        let root = int("root", root)?;
         let pointers = Self::pointers(tensors);
         let mut error = std::ptr::null_mut();
         // SAFETY: as for `all_reduce_sum`.
         let rc = unsafe {
-            ft_c10d_broadcast(self.0.ptr, pointers.as_ptr(), pointers.len(), root, &raw mut error)
+            (self.calls.broadcast)(
+                self.handle.ptr,
+                pointers.as_ptr(),
+                pointers.len(),
+                root,
+                &raw mut error,
+            )
         };
         status(rc, error)
     }
 
     pub(crate) fn barrier(&mut self) -> Result<(), CError> {
         let mut error = std::ptr::null_mut();
-        // SAFETY: the group is live and used by this thread alone.
-        let rc = unsafe { ft_c10d_barrier(self.0.ptr, &raw mut error) };
+        // SAFETY: the group is live, used by this thread alone, and the
+        // function is its backend's.
+        let rc = unsafe { (self.calls.barrier)(self.handle.ptr, &raw mut error) };
         status(rc, error)
     }
 }
@@ -311,64 +378,4 @@ pub(crate) fn nccl_unique_id() -> Result<Vec<u8>, CError> {
     let rc = unsafe { ft_nccl_unique_id(id.as_mut_ptr(), id.len(), &raw mut error) };
     status(rc, error)?;
     Ok(id)
-}
-
-/// An NCCL communicator on one CUDA device.
-#[derive(Debug)]
-pub(crate) struct Nccl(Handle);
-
-impl Nccl {
-    pub(crate) fn new(
-        id: &[u8],
-        rank: usize,
-        size: usize,
-        device_index: usize,
-        timeout_ms: i64,
-    ) -> Result<Self, CError> {
-        let rank = c_int::try_from(rank).map_err(|_| CError(format!("rank {rank}")))?;
-        let size = c_int::try_from(size).map_err(|_| CError(format!("world size {size}")))?;
-        let device = c_int::try_from(device_index)
-            .map_err(|_| CError(format!("device index {device_index}")))?;
-        let mut error = std::ptr::null_mut();
-        // SAFETY: `id` outlives the call and its length is passed with it.
-        let ptr = unsafe {
-            ft_nccl_new(id.as_ptr(), id.len(), rank, size, device, timeout_ms, &raw mut error)
-        };
-        if ptr.is_null() {
-            return Err(take_error(error));
-        }
-        Ok(Self(Handle { ptr, free: ft_nccl_free }))
-    }
-
-    pub(crate) fn all_reduce_sum(&mut self, tensors: &mut [tch::Tensor]) -> Result<(), CError> {
-        let pointers = Gloo::pointers(tensors);
-        let mut error = std::ptr::null_mut();
-        // SAFETY: as for `Gloo::all_reduce_sum`.
-        let rc = unsafe {
-            ft_nccl_allreduce_sum(self.0.ptr, pointers.as_ptr(), pointers.len(), &raw mut error)
-        };
-        status(rc, error)
-    }
-
-    pub(crate) fn broadcast(
-        &mut self,
-        tensors: &mut [tch::Tensor],
-        root: usize,
-    ) -> Result<(), CError> {
-        let root = c_int::try_from(root).map_err(|_| CError(format!("root {root}")))?;
-        let pointers = Gloo::pointers(tensors);
-        let mut error = std::ptr::null_mut();
-        // SAFETY: as for `Gloo::all_reduce_sum`.
-        let rc = unsafe {
-            ft_nccl_broadcast(self.0.ptr, pointers.as_ptr(), pointers.len(), root, &raw mut error)
-        };
-        status(rc, error)
-    }
-
-    pub(crate) fn barrier(&mut self) -> Result<(), CError> {
-        let mut error = std::ptr::null_mut();
-        // SAFETY: the group is live and used by this thread alone.
-        let rc = unsafe { ft_nccl_barrier(self.0.ptr, &raw mut error) };
-        status(rc, error)
-    }
 }

@@ -71,29 +71,21 @@ pub fn rank_device(requested: Option<Device>, topology: &Topology) -> Result<Dev
     Ok(Device::Cuda(topology.local_rank))
 }
 
-/// The collectives' engine.
+/// The collectives' engine: Gloo, or NCCL and the GPU it runs on.
 #[derive(Debug)]
-enum Backend {
-    Gloo(ffi::Gloo),
-    /// NCCL and the GPU it runs on.
-    Nccl(ffi::Nccl, Device),
+struct Backend {
+    group: ffi::Group,
+    nccl_device: Option<Device>,
 }
 
 impl Backend {
     fn name(&self) -> &'static str {
-        match self {
-            Self::Gloo(_) => "Gloo",
-            Self::Nccl(..) => "NCCL",
-        }
+        if self.nccl_device.is_some() { "NCCL" } else { "Gloo" }
     }
 
     fn all_reduce_sum(&mut self, tensor: &mut Tensor) -> std::result::Result<(), ffi::CError> {
-        match self {
-            Self::Gloo(g) => g.all_reduce_sum(std::slice::from_mut(tensor)),
-            Self::Nccl(n, device) => {
-                on_device(tensor, *device, |t| n.all_reduce_sum(std::slice::from_mut(t)))
-            }
-        }
+        let group = &mut self.group;
+        on_device(tensor, self.nccl_device, |t| group.all_reduce_sum(std::slice::from_mut(t)))
     }
 
     fn broadcast(
@@ -101,34 +93,27 @@ impl Backend {
         tensor: &mut Tensor,
         root: usize,
     ) -> std::result::Result<(), ffi::CError> {
-        match self {
-            Self::Gloo(g) => g.broadcast(std::slice::from_mut(tensor), root),
-            Self::Nccl(n, device) => {
-                on_device(tensor, *device, |t| n.broadcast(std::slice::from_mut(t), root))
-            }
-        }
+        let group = &mut self.group;
+        on_device(tensor, self.nccl_device, |t| group.broadcast(std::slice::from_mut(t), root))
     }
 
     fn barrier(&mut self) -> std::result::Result<(), ffi::CError> {
-        match self {
-            Self::Gloo(g) => g.barrier(),
-            Self::Nccl(n, _) => n.barrier(),
-        }
+        self.group.barrier()
     }
 }
 
-/// Runs an NCCL collective on `tensor`, through a contiguous copy on
-/// `device` when the tensor is elsewhere (the trainer sums its few loss and
-/// token counters in a CPU tensor) or not contiguous; the result is copied
-/// back into `tensor`.
+/// Runs a collective on `tensor`; for NCCL (`device` given), through a
+/// contiguous copy on its GPU when the tensor is elsewhere (the trainer
+/// sums its few loss and token counters in a CPU tensor) or not contiguous,
+/// the result copied back into `tensor`.
 fn on_device(
     tensor: &mut Tensor,
-    device: Device,
+    device: Option<Device>,
     collective: impl FnOnce(&mut Tensor) -> std::result::Result<(), ffi::CError>,
 ) -> std::result::Result<(), ffi::CError> {
-    if tensor.device() == device && tensor.is_contiguous() {
+    let Some(device) = device.filter(|&d| tensor.device() != d || !tensor.is_contiguous()) else {
         return collective(tensor);
-    }
+    };
     let torch = |e: tch::TchError| ffi::CError(e.to_string());
     let mut moved = tensor.f_to_device(device).and_then(|t| t.f_contiguous()).map_err(torch)?;
     collective(&mut moved)?;
@@ -169,9 +154,9 @@ impl ProcessGroup {
     pub fn gloo(topology: &Topology, timeout: Duration) -> Result<Self> {
         let timeout_ms = timeout_ms(timeout);
         let store = rendezvous(topology, timeout)?;
-        let gloo = ffi::Gloo::new(&store, topology.rank, topology.world_size, timeout_ms)
+        let group = ffi::Group::gloo(&store, topology.rank, topology.world_size, timeout_ms)
             .map_err(failed)?;
-        Self::start(topology, store, Backend::Gloo(gloo))
+        Self::start(topology, store, Backend { group, nccl_device: None })
     }
 
     /// Joins the run `topology` describes over NCCL on GPU `device_index`
@@ -192,10 +177,14 @@ impl ProcessGroup {
         } else {
             store.get(NCCL_ID_KEY).map_err(failed)?
         };
-        let nccl =
-            ffi::Nccl::new(&id, topology.rank, topology.world_size, device_index, timeout_ms)
+        let group =
+            ffi::Group::nccl(&id, topology.rank, topology.world_size, device_index, timeout_ms)
                 .map_err(failed)?;
-        Self::start(topology, store, Backend::Nccl(nccl, Device::Cuda(device_index)))
+        Self::start(
+            topology,
+            store,
+            Backend { group, nccl_device: Some(Device::Cuda(device_index)) },
+        )
     }
 
     /// Starts this rank's heartbeat and returns the joined group.

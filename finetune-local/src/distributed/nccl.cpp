@@ -25,7 +25,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -34,7 +33,11 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include "shim.h"
+
 namespace {
+
+using finetune::guarded;
 
 // NCCL's C ABI (nccl.h of NCCL 2.x).
 using NcclResult = int;  // ncclResult_t: 0 is ncclSuccess, 7 ncclInProgress
@@ -178,19 +181,18 @@ void expect_on(const Group& g, const at::Tensor& t) {
   }
 }
 
+// Runs `enqueue(tensor, stream)` on each tensor in turn and waits for it.
 template <typename F>
-int guarded(char** error, F f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    *error = strdup(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *error = strdup(e.what());
-  } catch (...) {
-    *error = strdup("unknown C++ exception");
+void each(Group& g, void* const* tensors, size_t n, const char* what, F enqueue) {
+  for (size_t i = 0; i < n; ++i) {
+    auto& t = *static_cast<at::Tensor*>(tensors[i]);
+    expect_on(g, t);
+    // The stream libtorch enqueues this thread's work on, so NCCL runs
+    // after the kernels that produced the tensor.
+    auto stream = cuda().getStream(g.device);
+    check(enqueue(t, stream.native_handle()), what);
+    wait(g, stream, what);
   }
-  return -1;
 }
 
 } // namespace
@@ -250,53 +252,37 @@ void ft_nccl_free(void* group) {
 int ft_nccl_allreduce_sum(void* group, void* const* tensors, size_t n, char** error) {
   return guarded(error, [&] {
     auto& g = *static_cast<Group*>(group);
-    for (size_t i = 0; i < n; ++i) {
-      auto& t = *static_cast<at::Tensor*>(tensors[i]);
-      expect_on(g, t);
-      // The stream libtorch enqueues this thread's work on, so NCCL runs
-      // after the kernels that produced the tensor.
-      auto stream = cuda().getStream(g.device);
-      check(
-          nccl().all_reduce(
-              t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()),
-              data_type(t.scalar_type()), kNcclSum, g.comm, stream.native_handle()),
-          "ncclAllReduce");
-      wait(g, stream, "ncclAllReduce");
-    }
+    each(g, tensors, n, "ncclAllReduce", [&](at::Tensor& t, void* stream) {
+      return nccl().all_reduce(
+          t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()),
+          data_type(t.scalar_type()), kNcclSum, g.comm, stream);
+    });
   });
 }
 
 int ft_nccl_broadcast(void* group, void* const* tensors, size_t n, int root, char** error) {
   return guarded(error, [&] {
     auto& g = *static_cast<Group*>(group);
-    for (size_t i = 0; i < n; ++i) {
-      auto& t = *static_cast<at::Tensor*>(tensors[i]);
-      expect_on(g, t);
-      auto stream = cuda().getStream(g.device);
-      check(
-          nccl().broadcast(
-              t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()),
-              data_type(t.scalar_type()), root, g.comm, stream.native_handle()),
-          "ncclBroadcast");
-      wait(g, stream, "ncclBroadcast");
-    }
+    each(g, tensors, n, "ncclBroadcast", [&](at::Tensor& t, void* stream) {
+      return nccl().broadcast(
+          t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()),
+          data_type(t.scalar_type()), root, g.comm, stream);
+    });
   });
 }
 
 // NCCL has no barrier: an all-reduce of one number on every rank is one.
 int ft_nccl_barrier(void* group, char** error) {
-  return guarded(error, [&] {
+  at::Tensor one;
+  int rc = guarded(error, [&] {
     auto& g = *static_cast<Group*>(group);
-    auto one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(g.device));
-    expect_on(g, one);
-    auto stream = cuda().getStream(g.device);
-    check(
-        nccl().all_reduce(
-            one.data_ptr(), one.data_ptr(), 1, kFloat32, kNcclSum, g.comm,
-            stream.native_handle()),
-        "ncclAllReduce (barrier)");
-    wait(g, stream, "the barrier");
+    one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(g.device));
   });
+  if (rc != 0) {
+    return rc;
+  }
+  void* tensors[] = {&one};
+  return ft_nccl_allreduce_sum(group, tensors, 1, error);
 }
 
 } // extern "C"
