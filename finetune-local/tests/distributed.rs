@@ -1,5 +1,5 @@
-//! Data-parallel training over c10d's Gloo on loopback, with real
-//! processes: each test re-runs this test binary as the ranks (torchrun's
+//! Data-parallel training over c10d's Gloo on loopback (and NCCL where
+//! there is a GPU), with real processes: each test re-runs this test binary as the ranks (torchrun's
 //! variables set), so every rank is its own process with its own
 //! libtorch, as under a launcher.
 #![cfg(feature = "distributed")]

@@ -1,5 +1,5 @@
-//! The unsafe boundary to `c10d.cpp` and `nccl.cpp` (beside this file): the only module of the crate
-//! that may use `unsafe`.
+//! The unsafe boundary to `c10d.cpp` and `nccl.cpp` (beside this file):
+//! the only module of the crate that may use `unsafe`.
 //!
 //! Invariants (also written at the top of the C++ file):
 //! * each handle (`*mut c_void`) comes from its `_new` function, is not

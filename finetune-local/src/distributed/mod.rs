@@ -8,8 +8,8 @@
 //! [`ProcessGroup::for_device`] joins the run a launcher describes
 //! ([`Topology::from_env`]: torchrun, Slurm, a Kubernetes Indexed Job) with
 //! the backend the device needs, and implements the trainer's
-//! [`Collective`]; [`rank_device`] gives each rank of a GPU run its own GPU. Each rank also writes a
-//! heartbeat to the store; when a collective fails (a peer's connection
+//! [`Collective`]; [`rank_device`] gives each rank of a GPU run its own
+//! GPU. Each rank also writes a heartbeat to the store; when a collective fails (a peer's connection
 //! closed, or the timeout passed), the error names the rank whose heartbeat
 //! stopped — rank 0 when the store itself is gone with it.
 
@@ -44,7 +44,7 @@ const NCCL_ID_KEY: &str = "finetune/nccl-id";
 /// `(major, minor, patch)`; an error when libtorch brings none (a CPU-only
 /// build). Opening it needs no GPU.
 pub fn nccl_version() -> Result<(u32, u32, u32)> {
-    ffi::nccl_version().map_err(|e| LocalError::Distributed { lost_rank: None, message: e.0 })
+    ffi::nccl_version().map_err(failed)
 }
 
 /// The device this rank trains on. A launcher starts one process per GPU,
