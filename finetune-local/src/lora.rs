@@ -116,18 +116,18 @@ impl Lora {
 
     /// The adapter's contribution for input `x` (in x's dtype).
     ///
-    /// Dropout keeps each input with probability `1 - p` through a boolean
-    /// mask ([`keep_mask`]; what backward keeps: a byte per element, not a
-    /// float), and its
-    /// `1 / (1 - p)` joins the scaling on `B` (`[out, r]`), so no pass over
-    /// the activations scales them: the same function as PEFT's
-    /// `lora_B(lora_A(dropout(x))) · s`.
+    /// Dropout zeroes each input with probability `p` through a boolean
+    /// mask ([`drop_mask`]) filled into a copy of `x` (what backward keeps
+    /// is a byte per element, and neither pass converts the mask to `x`'s
+    /// dtype), and its `1 / (1 - p)` joins the scaling on `B` (`[out, r]`),
+    /// so no pass over the activations scales them: the same function as
+    /// PEFT's `lora_B(lora_A(dropout(x))) · s`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let train = self.training.load(Ordering::Relaxed);
         let kind = x.kind();
         let (x, scale) = if train && self.dropout > 0.0 {
-            let keep = keep_mask(x, 1.0 - self.dropout)?;
-            (x.f_mul(&keep)?, self.scaling / (1.0 - self.dropout))
+            let drop = drop_mask(x, self.dropout)?;
+            (x.f_masked_fill(&drop, 0.0)?, self.scaling / (1.0 - self.dropout))
         } else {
             (x.shallow_clone(), self.scaling)
         };
@@ -142,8 +142,8 @@ impl Lora {
     }
 }
 
-/// A boolean mask of `x`'s shape and device, each element true with
-/// probability `keep`, drawn from libtorch's generator (so
+/// A boolean mask of `x`'s shape and device, each element true (dropped)
+/// with probability `p`, drawn from libtorch's generator (so
 /// `tch::manual_seed` fixes it, as recomputation under activation
 /// checkpointing needs).
 ///
@@ -153,22 +153,22 @@ impl Lora {
 /// libtorch draws one seed and the mask comes from SplitMix64 streams, one
 /// per block of 64Ki elements (the same mask whatever the thread count),
 /// filled on libtorch's thread count: each 64-bit draw gives two 32-bit
-/// samples, kept when below `keep · 2³²`.
-fn keep_mask(x: &Tensor, keep: f64) -> Result<Tensor> {
+/// samples, dropped when below `p · 2³²`.
+fn drop_mask(x: &Tensor, p: f64) -> Result<Tensor> {
     if x.device() != tch::Device::Cpu {
-        return Ok(Tensor::f_empty(x.size(), (Kind::Bool, x.device()))?.f_bernoulli_float_(keep)?);
+        return Ok(Tensor::f_empty(x.size(), (Kind::Bool, x.device()))?.f_bernoulli_float_(p)?);
     }
     let seed = Tensor::f_randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu))?
         .f_int64_value(&[0])? as u64;
     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
-    let mask = draw_mask(x.numel(), keep, seed, threads);
-    Ok(Tensor::f_from_slice(&mask)?.f_view(x.size().as_slice())?)
+    let drop = draw_mask(x.numel(), p, seed, threads);
+    Ok(Tensor::f_from_slice(&drop)?.f_view(x.size().as_slice())?)
 }
 
-/// `n` samples, each true with probability `keep`, from `seed`, filled on
+/// `n` samples, each true with probability `rate`, from `seed`, filled on
 /// up to `threads` threads (the same samples whatever their number).
-fn draw_mask(n: usize, keep: f64, seed: u64, threads: usize) -> Vec<bool> {
-    let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+fn draw_mask(n: usize, rate: f64, seed: u64, threads: usize) -> Vec<bool> {
+    let threshold = (rate.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
     let mut mask = vec![false; n];
     let blocks = n.div_ceil(BLOCK);
     let threads = threads.clamp(1, blocks.max(1));
@@ -191,7 +191,7 @@ fn draw_mask(n: usize, keep: f64, seed: u64, threads: usize) -> Vec<bool> {
     mask
 }
 
-/// Elements per SplitMix64 stream of [`keep_mask`].
+/// Elements per SplitMix64 stream of [`drop_mask`].
 const BLOCK: usize = 1 << 16;
 
 fn fill_block(block: &mut [bool], seed: u64, index: u64, threshold: u64) {
@@ -219,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keep_masks_keep_at_the_rate_asked_independently_and_reproducibly() {
+    fn masks_are_true_at_the_rate_asked_independently_and_reproducibly() {
         let n = 1_000_003; // not a whole number of blocks or pairs
         let a = draw_mask(n, 0.95, 11, 2);
         let rate = a.iter().filter(|&&k| k).count() as f64 / n as f64;
@@ -239,9 +239,9 @@ mod tests {
     }
 
     #[test]
-    fn a_keep_mask_is_boolean_in_its_inputs_shape() {
+    fn a_drop_mask_is_boolean_in_its_inputs_shape() {
         let x = Tensor::zeros([3, 5, 7], (Kind::Float, tch::Device::Cpu));
-        let m = keep_mask(&x, 0.5).unwrap();
+        let m = drop_mask(&x, 0.5).unwrap();
         assert_eq!((m.size(), m.kind()), (vec![3, 5, 7], Kind::Bool));
     }
 }

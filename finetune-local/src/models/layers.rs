@@ -96,7 +96,12 @@ impl Linear {
             x.f_linear(&self.weight, self.bias.as_ref())?
         };
         match &self.lora {
-            Some(lora) => Ok(y.f_add(&lora.forward(x)?)?),
+            // In place: the projection's output is not kept for backward.
+            Some(lora) => {
+                let mut y = y;
+                let _ = y.f_add_(&lora.forward(x)?)?;
+                Ok(y)
+            }
             None => Ok(y),
         }
     }
