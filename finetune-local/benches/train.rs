@@ -35,6 +35,12 @@
 //! bfloat16: ours holds the base model in bf16 with f32 LoRA adapters and
 //! optimizer state; HF keeps f32 weights and runs the forward under
 //! `torch.autocast` bf16, as `TrainingArguments(bf16=True)` does on CPU.
+//!
+//! Each of `BENCH_MODEL`, `BENCH_DTYPE` and `BENCH_CHECKPOINTING` takes a
+//! comma-separated list, and the run covers every combination in one
+//! table; `BENCH_MATRIX=1` means `smollm2,qwen2.5-0.5b` × `fp32,bf16` ×
+//! `0,1` (each list can still be narrowed). Under the table: our peak RSS
+//! with checkpointing against HF's without it, per model, dtype and data.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -200,6 +206,15 @@ impl Shape {
         }
     }
 
+    /// Its name in the table.
+    fn label(self) -> &'static str {
+        match self {
+            Shape::LlamaSmall => "llama-small",
+            Shape::SmolLm2 => "SmolLM2-135M",
+            Shape::Qwen05b => "Qwen2.5-0.5B*",
+        }
+    }
+
     /// Steps when `BENCH_STEPS` does not say.
     fn default_steps(self) -> usize {
         match self {
@@ -251,6 +266,31 @@ fn run_json(cmd: &mut Command) -> Result<serde_json::Value, String> {
     serde_json::from_str(text.lines().last().unwrap_or_default()).map_err(|e| e.to_string())
 }
 
+/// One comma-separated list from the environment, each item parsed by
+/// `parse` (or the whole default when unset).
+fn env_list<T>(name: &str, default: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    let text = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    text.split(',')
+        .map(|item| {
+            parse(item.trim()).unwrap_or_else(|| {
+                eprintln!("{name}={text}: `{item}` is not one of its values (see the bench's doc)");
+                std::process::exit(2);
+            })
+        })
+        .collect()
+}
+
+/// A finished child's figures, kept for the summary under the table.
+struct Cell {
+    shape: Shape,
+    bf16: bool,
+    checkpointing: bool,
+    case: &'static str,
+    ours: serde_json::Value,
+    /// HF's runs that finished (padded and grouped for `variable`).
+    peers: Vec<serde_json::Value>,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
@@ -271,25 +311,30 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let threads =
         env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
-    let shape = match std::env::var("BENCH_MODEL").as_deref() {
-        Err(_) => Shape::LlamaSmall,
-        Ok("smollm2") => Shape::SmolLm2,
-        Ok("qwen2.5-0.5b") => Shape::Qwen05b,
-        Ok(other) => {
-            eprintln!("BENCH_MODEL={other}: smollm2 or qwen2.5-0.5b (unset: a small random Llama)");
-            std::process::exit(2);
-        }
+    // BENCH_MATRIX=1: both real sizes, both dtypes, with and without
+    // checkpointing, in one run (each list can still be narrowed).
+    let matrix = std::env::var("BENCH_MATRIX").is_ok_and(|v| v == "1");
+    let (models, dtypes, checkpointings) = if matrix {
+        ("smollm2,qwen2.5-0.5b", "fp32,bf16", "0,1")
+    } else {
+        ("llama-small", "fp32", "0")
     };
-    let checkpointing = std::env::var("BENCH_CHECKPOINTING").is_ok_and(|v| v == "1");
-    let bf16 = match std::env::var("BENCH_DTYPE").as_deref() {
-        Err(_) | Ok("fp32" | "float32") => false,
-        Ok("bf16" | "bfloat16") => true,
-        Ok(other) => {
-            eprintln!("BENCH_DTYPE={other}: fp32 or bf16");
-            std::process::exit(2);
-        }
-    };
-    let (steps, seq) = (env_or("BENCH_STEPS", shape.default_steps()), env_or("BENCH_SEQ", 256));
+    let shapes = env_list("BENCH_MODEL", models, |m| match m {
+        "llama-small" => Some(Shape::LlamaSmall),
+        "smollm2" => Some(Shape::SmolLm2),
+        "qwen2.5-0.5b" => Some(Shape::Qwen05b),
+        _ => None,
+    });
+    let dtypes = env_list("BENCH_DTYPE", dtypes, |d| match d {
+        "fp32" | "float32" => Some(false),
+        "bf16" | "bfloat16" => Some(true),
+        _ => None,
+    });
+    let checkpointings = env_list("BENCH_CHECKPOINTING", checkpointings, |c| match c {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    });
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
         eprintln!("transformers and peft are not installed: run `scripts/setup --bench` first");
@@ -297,8 +342,70 @@ fn main() {
     }
     let work: PathBuf = root.join("target/bench-train");
     std::fs::create_dir_all(&work).unwrap();
+    let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "fixed,variable".to_owned());
+    println!(
+        "LoRA r=16, batch {BATCH}, {threads} threads, CPU; bf16: ours a bf16 base under f32 \
+         adapters, HF f32 weights under autocast; ckpt: activation checkpointing on both sides\n"
+    );
+    for shape in &shapes {
+        let steps = env_or("BENCH_STEPS", shape.default_steps());
+        println!("{}, {steps} steps", shape.subject());
+    }
+    println!(
+        "\n{:<13} {:<5} {:<5} {:<17} {:>10} {:>9} {:>7} {:>10} {:>10} {:>7}",
+        "model",
+        "dtype",
+        "ckpt",
+        "data",
+        "ours tok/s",
+        "HF tok/s",
+        "speed",
+        "ours RSS",
+        "HF RSS",
+        "RSS"
+    );
+    let mut cells = Vec::new();
+    for &shape in &shapes {
+        let model = prepare(&root, &work, &hf_python, shape);
+        for &bf16 in &dtypes {
+            for &checkpointing in &checkpointings {
+                let setting = Setting { shape, bf16, checkpointing, threads };
+                for case in ["fixed", "variable"] {
+                    if cases.split(',').any(|c| c == case) {
+                        cells.push(run_case(&root, &work, &hf_python, &model, &setting, case));
+                    }
+                }
+            }
+        }
+    }
+    // The memory target: our peak with checkpointing against HF's without.
+    for with in cells.iter().filter(|c| c.checkpointing) {
+        let without = cells.iter().find(|c| {
+            !c.checkpointing && c.shape == with.shape && c.bf16 == with.bf16 && c.case == with.case
+        });
+        // HF's smallest peak without checkpointing (padded or grouped).
+        let theirs = without.map_or(f64::NAN, |c| c.peers.iter().map(rss).fold(f64::NAN, f64::min));
+        if theirs.is_finite() {
+            let ours = rss(&with.ours);
+            println!(
+                "{} {} {}: our peak RSS with checkpointing {ours:.0} MiB, HF's smallest without \
+                 {theirs:.0} MiB ({:.2}×)",
+                with.shape.label(),
+                if with.bf16 { "bf16" } else { "fp32" },
+                with.case,
+                ours / theirs
+            );
+        }
+    }
+}
+
+fn rss(v: &serde_json::Value) -> f64 {
+    v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The model folder both sides load for `shape`, made on first use.
+fn prepare(root: &Path, work: &Path, hf_python: &Path, shape: Shape) -> PathBuf {
     let model = work.join(shape.dir());
-    let targets = shape.targets();
     if shape == Shape::SmolLm2 && !model.join("config.json").is_file() {
         let gguf = root.join(".tools/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         if !gguf.is_file() {
@@ -307,121 +414,146 @@ fn main() {
         }
         finetune_local::gguf::import_gguf(&gguf, &model).unwrap();
     }
-    let peer_script = root.join("finetune-local/benches/train_peer.py");
-    let python = |extra: &[&str]| {
-        let mut c = Command::new("python3");
-        c.arg(&peer_script)
-            .args(["--model", model.to_str().unwrap(), "--targets", targets])
-            .args(["--shape", if shape == Shape::Qwen05b { "qwen2.5-0.5b" } else { "llama-small" }])
-            .args(checkpointing.then_some("--checkpointing"))
-            .args(bf16.then_some("--bf16"))
-            .args(extra)
-            .env(
-                "PYTHONPATH",
-                format!("{}:{}", hf_python.display(), root.join(".libtorch/site").display()),
-            )
-            .env("HF_HUB_OFFLINE", "1");
-        c
-    };
-    // The peer writes the model both sides load.
-    assert!(python(&[]).status().expect("python3").success(), "creating the model failed");
+    let setting = Setting { shape, bf16: false, checkpointing: false, threads: 1 };
+    // The peer writes the random models both sides load.
+    assert!(
+        peer_command(root, hf_python, &model, &setting).status().expect("python3").success(),
+        "creating the model failed"
+    );
+    model
+}
+
+/// One cell of the matrix, but the data.
+struct Setting {
+    shape: Shape,
+    bf16: bool,
+    checkpointing: bool,
+    threads: usize,
+}
+
+fn peer_command(root: &Path, hf_python: &Path, model: &Path, s: &Setting) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(root.join("finetune-local/benches/train_peer.py"))
+        .args(["--model", model.to_str().unwrap(), "--targets", s.shape.targets()])
+        .args(["--shape", if s.shape == Shape::Qwen05b { "qwen2.5-0.5b" } else { "llama-small" }])
+        .args(s.checkpointing.then_some("--checkpointing"))
+        .args(s.bf16.then_some("--bf16"))
+        .env(
+            "PYTHONPATH",
+            format!("{}:{}", hf_python.display(), root.join(".libtorch/site").display()),
+        )
+        .env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+/// Both sides on one dataset; prints its rows.
+fn run_case(
+    root: &Path,
+    work: &Path,
+    hf_python: &Path,
+    model: &Path,
+    s: &Setting,
+    case: &'static str,
+) -> Cell {
+    let steps = env_or("BENCH_STEPS", s.shape.default_steps());
+    let seq = env_or("BENCH_SEQ", 256);
     // The token ids are drawn from the vocabulary the model declares.
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
     let vocab = config["vocab_size"].as_i64().unwrap();
-    let subject = shape.subject();
-    let checkpointed = if checkpointing { ", activation checkpointing" } else { "" };
-    println!(
-        "{subject}, batch {BATCH}, {steps} steps, {threads} threads, {} CPU{checkpointed}\n",
-        if bf16 { "bf16 (ours: bf16 base, f32 adapters; HF: autocast)" } else { "fp32" }
-    );
-    println!(
-        "{:<18} {:>14} {:>14} {:>8} {:>12} {:>12} {:>8}",
-        "data", "ours tok/s", "HF tok/s", "speed", "ours RSS", "HF RSS", "RSS"
-    );
-    let (threads_text, batch_text, warmup_text) =
-        (threads.to_string(), BATCH.to_string(), WARMUP.to_string());
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
-    let row = |label: &str, me: &serde_json::Value, peer: Result<serde_json::Value, String>| {
-        let peer = match peer {
-            Ok(peer) => peer,
-            Err(why) => {
-                println!(
-                    "{:<18} {:>14.0} {:>14} {:>8} {:>9.0} MiB {:>12} {:>8}",
-                    label,
-                    f(me, "tokens_per_s"),
-                    "—",
-                    "—",
-                    f(me, "peak_rss_mib"),
-                    "—",
-                    "—"
-                );
-                eprintln!("  [{label}] HF: {why}; our memory plan {:.0} MiB", f(me, "plan_mib"));
-                return;
-            }
-        };
-        println!(
-            "{:<18} {:>14.0} {:>14.0} {:>7.2}× {:>9.0} MiB {:>8.0} MiB {:>7.2}×",
-            label,
-            f(me, "tokens_per_s"),
-            f(&peer, "tokens_per_s"),
-            f(me, "tokens_per_s") / f(&peer, "tokens_per_s"),
-            f(me, "peak_rss_mib"),
-            f(&peer, "peak_rss_mib"),
-            f(me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
-        );
-        eprintln!(
-            "  [{label}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} MiB",
-            f(me, "first_loss"),
-            f(me, "last_loss"),
-            f(&peer, "first_loss"),
-            f(&peer, "last_loss"),
-            f(me, "plan_mib")
-        );
+    let data = work.join(format!("{case}.json"));
+    write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
+    let threads = s.threads.to_string();
+    let peer = |extra: &[&str]| {
+        let mut cmd = peer_command(root, hf_python, model, s);
+        cmd.args(["--data", data.to_str().unwrap(), "--threads", &threads])
+            .args(["--batch", &BATCH.to_string(), "--warmup", &WARMUP.to_string()])
+            .args(extra);
+        run_json(&mut cmd)
     };
-    let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "fixed,variable".to_owned());
-    for case in ["fixed", "variable"] {
-        if !cases.split(',').any(|c| c == case) {
-            continue;
-        }
-        let data = work.join(format!("{case}.json"));
-        write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
-        let peer = |extra: &[&str]| {
-            let mut args = vec![
-                "--data",
-                data.to_str().unwrap(),
-                "--threads",
-                &threads_text,
-                "--batch",
-                &batch_text,
-                "--warmup",
-                &warmup_text,
-            ];
-            args.extend(extra);
-            run_json(&mut python(&args))
-        };
-        let me = run_json(
-            Command::new(std::env::current_exe().unwrap())
-                .arg("--child")
-                .arg(&model)
-                .arg(&data)
-                .arg(case)
-                .arg(threads.to_string())
-                .arg(targets)
-                .arg(if checkpointing { "1" } else { "0" })
-                .arg(if bf16 { "bf16" } else { "fp32" }),
-        )
-        .unwrap_or_else(|why| {
-            eprintln!("our side: {why}");
-            std::process::exit(1)
-        });
-        if case == "fixed" {
-            row(case, &me, peer(&[]));
-        } else {
-            // HF pads each batch to its longest example (TRL's default), or
-            // groups examples of similar length (`group_by_length`).
-            row("variable/padded", &me, peer(&[]));
-            row("variable/grouped", &me, peer(&["--group-by-length"]));
-        }
+    let ours = run_json(
+        Command::new(std::env::current_exe().unwrap())
+            .arg("--child")
+            .arg(model)
+            .arg(&data)
+            .arg(case)
+            .arg(&threads)
+            .arg(s.shape.targets())
+            .arg(if s.checkpointing { "1" } else { "0" })
+            .arg(if s.bf16 { "bf16" } else { "fp32" }),
+    )
+    .unwrap_or_else(|why| {
+        eprintln!("our side: {why}");
+        std::process::exit(1)
+    });
+    let prefix = format!(
+        "{:<13} {:<5} {:<5}",
+        s.shape.label(),
+        if s.bf16 { "bf16" } else { "fp32" },
+        if s.checkpointing { "yes" } else { "no" }
+    );
+    let peers = if case == "fixed" {
+        vec![row(&prefix, "fixed", &ours, peer(&[]))]
+    } else {
+        // HF pads each batch to its longest example (TRL's default), or
+        // groups examples of similar length (`group_by_length`).
+        vec![
+            row(&prefix, "variable/padded", &ours, peer(&[])),
+            row(&prefix, "variable/grouped", &ours, peer(&["--group-by-length"])),
+        ]
+    };
+    Cell {
+        shape: s.shape,
+        bf16: s.bf16,
+        checkpointing: s.checkpointing,
+        case,
+        ours,
+        peers: peers.into_iter().flatten().collect(),
     }
+}
+
+/// Prints one row; returns HF's figures when it finished.
+fn row(
+    prefix: &str,
+    label: &str,
+    me: &serde_json::Value,
+    peer: Result<serde_json::Value, String>,
+) -> Option<serde_json::Value> {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let peer = match peer {
+        Ok(peer) => peer,
+        Err(why) => {
+            println!(
+                "{prefix} {:<17} {:>10.0} {:>9} {:>7} {:>6.0} MiB {:>10} {:>7}",
+                label,
+                f(me, "tokens_per_s"),
+                "—",
+                "—",
+                f(me, "peak_rss_mib"),
+                "—",
+                "—"
+            );
+            eprintln!("  [{label}] HF: {why}; our memory plan {:.0} MiB", f(me, "plan_mib"));
+            return None;
+        }
+    };
+    println!(
+        "{prefix} {:<17} {:>10.0} {:>9.0} {:>6.2}× {:>6.0} MiB {:>6.0} MiB {:>6.2}×",
+        label,
+        f(me, "tokens_per_s"),
+        f(&peer, "tokens_per_s"),
+        f(me, "tokens_per_s") / f(&peer, "tokens_per_s"),
+        f(me, "peak_rss_mib"),
+        f(&peer, "peak_rss_mib"),
+        f(me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
+    );
+    eprintln!(
+        "  [{prefix} {label}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} MiB",
+        f(me, "first_loss"),
+        f(me, "last_loss"),
+        f(&peer, "first_loss"),
+        f(&peer, "last_loss"),
+        f(me, "plan_mib")
+    );
+    Some(peer)
 }
