@@ -271,10 +271,11 @@ pub(crate) fn attention_mask(
             return Ok(Mask::Full);
         }
     }
-    if let (Some(seq), None, 0, false) =
-        (input.sequence_ids, input.attention_mask, past, window_matters)
+    if let (Some(seq), None, 0) = (input.sequence_ids, input.attention_mask, past)
         && seq.size() == input.input_ids.size()
         && let Some(rows) = segments(seq)?
+        // A window shorter than a run would cut it.
+        && rows.iter().flatten().all(|&n| sliding_window.is_none_or(|w| n <= w))
     {
         return Ok(Mask::Segments(rows));
     }
@@ -437,6 +438,29 @@ mod tests {
             .collect();
         let ids = Tensor::from_slice(&long).view([2, 400]);
         assert_eq!(segments(&ids).unwrap(), Some(vec![vec![100, 250, 50], vec![400]]));
+    }
+
+    #[test]
+    fn a_sliding_window_cuts_a_packed_row_only_when_a_run_is_longer_than_it() {
+        // One row of 300 tokens: runs of 100, 150 and 50.
+        let ids: Vec<i64> = [(0, 100), (1, 150), (2, 50)]
+            .iter()
+            .flat_map(|&(id, n)| std::iter::repeat_n(id, n))
+            .collect();
+        let seq = Tensor::from_slice(&ids).view([1, 300]);
+        let input_ids = Tensor::zeros([1, 300], (Kind::Int64, Device::Cpu));
+        let input = ForwardInput {
+            input_ids: &input_ids,
+            position_ids: None,
+            attention_mask: None,
+            sequence_ids: Some(&seq),
+        };
+        let mask = |window| attention_mask(&input, 0, window, Kind::Float, Device::Cpu).unwrap();
+        // The row is longer than a window of 200, no run is.
+        assert!(matches!(mask(Some(200)), Mask::Segments(ref r) if r == &[vec![100, 150, 50]]));
+        assert!(matches!(mask(None), Mask::Segments(_)));
+        // A window of 120 cuts the run of 150: the masked path applies it.
+        assert!(matches!(mask(Some(120)), Mask::Bias(_)));
     }
 
     #[test]

@@ -29,8 +29,9 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Examples per optimizer step.
     pub batch_size: usize,
-    /// Examples (padded) or packed rows (packing) per forward pass; the
-    /// step's examples are accumulated over as many passes as needed.
+    /// Examples (padded) or packed rows of `max_length` (packing; a
+    /// micro-batch's rows run side by side as one row) per forward pass;
+    /// the step's examples are accumulated over as many passes as needed.
     pub micro_batch_size: usize,
     /// The peak learning rate.
     pub learning_rate: f64,
@@ -45,8 +46,9 @@ pub struct TrainConfig {
     /// Stop after this many optimizer steps in all, if fewer than the epochs
     /// make.
     pub max_steps: Option<usize>,
-    /// Pack several examples into rows of the model's `max_length` tokens
-    /// (no attention across examples) instead of padding each.
+    /// Pack several examples into rows of `max_length` tokens (no
+    /// attention across examples) instead of padding each; the rows of a
+    /// micro-batch are put side by side in one row, so nothing pads them.
     pub packing: bool,
     /// The row length for packing, in tokens.
     pub max_length: usize,

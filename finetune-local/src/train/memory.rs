@@ -1,13 +1,16 @@
 //! The memory a run will need, estimated before it starts: weights,
 //! gradients, optimizer state, the activations one micro-batch keeps for
-//! backward, and the logits of one loss chunk.
+//! backward (and the working memory of one layer's backward), the logits of
+//! one loss chunk, and on the CPU what the process already holds besides
+//! the weights.
 //!
 //! An estimate, not a measurement: it counts the tensors the decoder keeps
 //! for backward (the residual stream, the q/k/v and attention outputs, the
-//! MLP's gate/up/product, the attention scores of the eager path, each
-//! adapter's dropped-out input, mask and rank-wide output) and adds
-//! nothing for the allocator's slack or the framework's own buffers. The
-//! training benchmark prints it next to the measured peak.
+//! MLP's gate/up/product, each adapter's dropped-out input, mask and
+//! rank-wide output; attention runs fused, so no scores are kept, only a
+//! mask when there is one) and adds nothing for the allocator's slack
+//! during training. The training benchmark prints it next to the measured
+//! peak.
 
 use std::fmt;
 
@@ -29,12 +32,21 @@ pub struct MemoryPlan {
     pub activations: u64,
     /// One loss chunk's logits, their log-softmax and gradient (f32).
     pub logits: u64,
+    /// On the CPU, what the process held besides the weights when the plan
+    /// was made (libraries, tokenizer, the data, allocator slack from
+    /// loading); 0 on a GPU.
+    pub runtime: u64,
 }
 
 impl MemoryPlan {
     /// The sum of the parts.
     pub fn total(&self) -> u64 {
-        self.weights + self.gradients + self.optimizer + self.activations + self.logits
+        self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.runtime
     }
 }
 
@@ -45,14 +57,20 @@ pub(crate) struct PlanInputs<'a> {
     /// Parameters in all, and bytes per element of the model.
     pub parameters: u64,
     pub dtype_bytes: u64,
-    /// Parameters trained (LoRA adapters, or all).
+    /// Parameters trained (LoRA adapters, or all), and bytes per element
+    /// of them (f32 adapters over a bf16 base).
     pub trained: u64,
+    pub trained_bytes: u64,
+    /// Resident bytes of the process now (CPU), weights included.
+    pub resident: Option<u64>,
     /// Rows of a micro-batch and tokens per row (the longest).
     pub rows: u64,
     pub row_tokens: u64,
     /// Positions whose logits are computed at once.
     pub loss_chunk: Option<u64>,
     pub checkpointing: bool,
+    /// Packed micro-batches: one row of examples attended one by one.
+    pub packed: bool,
     /// Over every adapter of the model: the input widths (the `in` of each
     /// `A`), counted when dropout makes a masked copy of the input, and
     /// the ranks.
@@ -66,34 +84,44 @@ pub(crate) fn plan(i: &PlanInputs<'_>) -> MemoryPlan {
     let b = i.dtype_bytes;
     let tokens = i.rows * i.row_tokens;
     let (hidden, inter) = (c.hidden_size.max(0) as u64, c.intermediate_size.max(0) as u64);
-    let (heads, kv) = (c.num_heads.max(0) as u64, (c.num_kv_heads * c.head_dim).max(0) as u64);
     let q = (c.num_heads * c.head_dim).max(0) as u64;
-    // Per token of one layer: the input and two norms' outputs, q and k
-    // before and after rotation, v, the attention output, the MLP's
-    // gate, up, activation and product; plus each head's row of scores and
-    // probabilities over the row's tokens.
-    let per_token = (3 * hidden + 3 * q + 3 * kv + 4 * inter) * b;
-    let scores = i.rows * heads * i.row_tokens * i.row_tokens * 2 * b;
+    // Per token of one layer: the input, the two norms' outputs and the
+    // residual between them; q and k after rotation, k and v repeated to
+    // the query heads, the attention output and its reshaped copy; the
+    // MLP's gate, its activation, up and their product. Norms of a
+    // narrower dtype also keep their f32 input.
+    let norms32 = if b < 4 { 2 * hidden * 4 } else { 0 };
+    let per_token = (4 * hidden + 5 * q + 4 * inter) * b + norms32;
+    // Fused attention keeps no scores; a padded micro-batch keeps one
+    // `[rows, 1, len, len]` mask for every layer (packed examples are
+    // attended one by one).
+    let mask = if i.packed { 0 } else { i.rows * i.row_tokens * i.row_tokens * b };
     let layers = c.num_layers.max(0) as u64;
     // The adapters' share per token of one layer: the masked input (and
     // its one-byte mask) when dropout is on, and `A`'s output.
     let masked = if i.adapter_dropout { i.adapter_inputs * (b + 1) } else { 0 };
     let adapters = (masked + i.adapter_ranks * b) / layers.max(1);
-    let layer = tokens * (per_token + adapters) + scores;
-    let activations = if i.checkpointing {
-        // Every layer's input, and one layer recomputed at a time.
-        layers * tokens * hidden * b + layer
-    } else {
-        layers * layer
-    };
+    let layer = tokens * (per_token + adapters);
+    // Backward through a layer holds gradients about as large as what the
+    // layer kept.
+    let activations = mask
+        + if i.checkpointing {
+            // Every layer's input, and one layer recomputed at a time.
+            layers * tokens * hidden * b + 2 * layer
+        } else {
+            (layers + 1) * layer
+        };
     let chunk = i.loss_chunk.map_or(tokens, |n| n.min(tokens));
+    let weights = i.parameters * b;
+    let tb = i.trained_bytes;
     MemoryPlan {
-        weights: i.parameters * b,
-        gradients: i.trained * b,
+        weights,
+        gradients: i.trained * tb,
         // Two f32 moments, and an f32 master copy of narrower weights.
-        optimizer: i.trained * if b < 4 { 3 * 4 } else { 2 * 4 },
+        optimizer: i.trained * if tb < 4 { 3 * 4 } else { 2 * 4 },
         activations,
         logits: chunk * c.vocab_size.max(0) as u64 * 4 * 3,
+        runtime: i.resident.map_or(0, |r| r.saturating_sub(weights)),
     }
 }
 
@@ -103,13 +131,21 @@ impl fmt::Display for MemoryPlan {
         write!(
             f,
             "about {:.0} MiB: weights {:.0}, gradients {:.0}, optimizer {:.0}, activations {:.0}, \
-             logits {:.0}",
+             logits {:.0}, rest of the process {:.0}",
             mib(self.total()),
             mib(self.weights),
             mib(self.gradients),
             mib(self.optimizer),
             mib(self.activations),
-            mib(self.logits)
+            mib(self.logits),
+            mib(self.runtime)
         )
     }
+}
+
+/// The process's resident bytes now (Linux: `VmRSS`), if known.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
 }

@@ -237,14 +237,15 @@ impl<'a> Trainer<'a> {
         }
         let micro = self.micro_batch_size as u64;
         let (rows, row_tokens) = if self.config.packing {
-            // The longest examples of the set, packed together: the most
-            // rows of max_length one micro-batch can need.
+            // A step of the set's longest examples, packed into rows of
+            // max_length, at most `micro` rows of which make one row of a
+            // micro-batch: the most tokens one can hold.
             let max_length = self.config.max_length as u64;
             let mut lengths: Vec<u64> =
                 train.iter().map(|e| (e.input_ids.len() as u64).min(max_length)).collect();
             lengths.sort_unstable_by(|a, b| b.cmp(a));
-            let tokens: u64 = lengths.iter().take(self.micro_batch_size).sum();
-            (tokens.div_ceil(max_length.max(1)).clamp(1, micro.max(1)), max_length)
+            let tokens: u64 = lengths.iter().take(self.config.batch_size).sum();
+            (1, tokens.min(micro * max_length))
         } else {
             (micro, train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0) as u64)
         };
@@ -265,15 +266,25 @@ impl<'a> Trainer<'a> {
             .values()
             .next()
             .map_or(4, |t| t.kind().elt_size_in_bytes() as u64);
+        let trainable = self.trainable();
+        let trained_bytes =
+            trainable.first().map_or(dtype_bytes, |(_, t)| t.kind().elt_size_in_bytes() as u64);
         memory::plan(&memory::PlanInputs {
             config: self.model.config(),
             parameters,
             dtype_bytes,
-            trained: numel(self.trainable()),
+            trained: numel(trainable),
+            trained_bytes,
+            resident: if self.model.device() == tch::Device::Cpu {
+                memory::resident_bytes()
+            } else {
+                None
+            },
             rows,
             row_tokens,
             loss_chunk: self.config.loss_chunk_tokens.map(|n| n as u64),
             checkpointing: self.config.gradient_checkpointing,
+            packed: self.config.packing,
             adapter_inputs,
             adapter_ranks,
             adapter_dropout,
@@ -644,8 +655,10 @@ impl<'a> Trainer<'a> {
     ) -> Result<Vec<Batch>> {
         let m = self.micro_batch_size;
         if self.config.packing {
+            // A micro-batch's rows side by side in one row: attention runs
+            // example by example, so nothing pads the shorter rows.
             let rows = sft::pack_rows(examples, self.config.max_length)?;
-            rows.chunks(m).map(|rows| sft::packed_batch(rows, pad, device)).collect()
+            rows.chunks(m).map(|rows| sft::packed_batch(&[rows.concat()], pad, device)).collect()
         } else {
             examples.chunks(m).map(|chunk| sft::padded_batch(chunk, pad, device)).collect()
         }
