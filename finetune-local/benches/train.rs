@@ -48,7 +48,7 @@ use std::process::Command;
 
 use finetune_local::lora::LoraConfig;
 use finetune_local::sft::{IGNORE, TokenizedExample};
-use finetune_local::train::{Method, Schedule, TrainConfig, TrainEvent, Trainer};
+use finetune_local::train::{Method, ResidentMemory, Schedule, TrainConfig, TrainEvent, Trainer};
 use finetune_local::{CausalLm, LoadOptions};
 
 const BATCH: usize = 8;
@@ -115,12 +115,7 @@ fn read_json(path: &Path) -> Vec<TokenizedExample> {
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    ResidentMemory::of_this_process().map_or(f64::NAN, |m| m.peak as f64 / (1024.0 * 1024.0))
 }
 
 /// The child process: trains and prints one JSON line.

@@ -143,9 +143,34 @@ impl fmt::Display for MemoryPlan {
     }
 }
 
-/// The process's resident bytes now (Linux: `VmRSS`), if known.
-pub(crate) fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+/// A process's resident memory in bytes, from Linux's
+/// `/proc/<pid>/status`: now (`VmRSS`) and at its peak (`VmHWM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentMemory {
+    /// Resident now.
+    pub now: u64,
+    /// The most it has been resident (since start, or since the peak was
+    /// last reset through `/proc/<pid>/clear_refs`).
+    pub peak: u64,
+}
+
+impl ResidentMemory {
+    /// This process's; `None` where `/proc` does not say.
+    pub fn of_this_process() -> Option<Self> {
+        Self::read("self")
+    }
+
+    /// Process `pid`'s; `None` where `/proc` does not say.
+    pub fn of_process(pid: u32) -> Option<Self> {
+        Self::read(&pid.to_string())
+    }
+
+    fn read(pid: &str) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let kib = status.lines().find_map(|l| l.strip_prefix(name))?;
+            kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+        };
+        Some(Self { now: field("VmRSS:")?, peak: field("VmHWM:")? })
+    }
 }

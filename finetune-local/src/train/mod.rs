@@ -35,7 +35,7 @@ use finetune_core::LossCurve;
 use tch::{Kind, Tensor};
 
 pub use config::{Method, TrainConfig};
-pub use memory::MemoryPlan;
+pub use memory::{MemoryPlan, ResidentMemory};
 use metrics::rewrite_metrics;
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, read_metrics, save_loss_graph};
 pub use optim::{AdamWConfig, Schedule};
@@ -276,7 +276,7 @@ impl<'a> Trainer<'a> {
             trained: numel(trainable),
             trained_bytes,
             resident: if self.model.device() == tch::Device::Cpu {
-                memory::resident_bytes()
+                ResidentMemory::of_this_process().map(|m| m.now)
             } else {
                 None
             },

@@ -512,16 +512,7 @@ fn bytes(q: &str) -> u64 {
 
 /// A process's resident memory, in bytes.
 fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    finetune_local::train::ResidentMemory::of_process(pid).map(|m| m.now)
 }
 
 async fn gate(
