@@ -106,6 +106,29 @@ impl Linear {
         }
     }
 
+    /// A scalar whose gradient is the one `⟨self.forward(x), g⟩` sends to
+    /// `x` and the adapter, without the frozen projection's output: its share
+    /// is `⟨x, g W⟩`, so backward gets `g W` (the GEMM it would run anyway)
+    /// and the forward GEMM is skipped. `None` when `W` or the bias is
+    /// trained (their gradients need the real product).
+    pub(crate) fn backward_surrogate(&self, x: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        if self.weight.requires_grad() || self.bias.as_ref().is_some_and(Tensor::requires_grad) {
+            return Ok(None);
+        }
+        let gw = tch::no_grad(|| {
+            if self.transposed {
+                g.f_matmul(&self.weight.f_tr()?)
+            } else {
+                g.f_matmul(&self.weight)
+            }
+        })?;
+        let mut s = x.f_mul(&gw)?.f_sum(Kind::Float)?;
+        if let Some(lora) = &self.lora {
+            s = s.f_add(&lora.forward(x)?.f_mul(g)?.f_sum(Kind::Float)?)?;
+        }
+        Ok(Some(s))
+    }
+
     /// Folds the adapter into the weight and drops it.
     pub(crate) fn merge(&mut self) -> Result<()> {
         if let Some(lora) = self.lora.take() {

@@ -307,8 +307,24 @@ impl LlamaMlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down_proj.forward(&self.hidden(x)?)
+    }
+
+    /// `act(gate(x)) * up(x)`, the input of `down`.
+    fn hidden(&self, x: &Tensor) -> Result<Tensor> {
         let gate = layers::activation(&self.act, &self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
+        Ok(gate.f_mul(&self.up_proj.forward(x)?)?)
+    }
+
+    /// A scalar whose gradient is that of `⟨self.forward(x), g⟩`; with a
+    /// frozen `down`, its forward GEMM is skipped (see
+    /// [`Linear::backward_surrogate`]).
+    fn backward_surrogate(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let hidden = self.hidden(x)?;
+        match self.down_proj.backward_surrogate(&hidden, g)? {
+            Some(s) => Ok(s),
+            None => Ok(self.down_proj.forward(&hidden)?.f_mul(g)?.f_sum(Kind::Float)?),
+        }
     }
 }
 
@@ -448,6 +464,22 @@ impl LlamaForCausalLm {
         mask: &Mask,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
+        let h = self.attention_block(i, h, cos, sin, mask, cache)?;
+        let layer = &self.layers[i];
+        let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
+        Ok(h.f_add(&mlp)?)
+    }
+
+    /// Layer `i`'s residual stream after its attention.
+    fn attention_block(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let layer = &self.layers[i];
         let attn = layer.self_attn.forward(
             &layer.input_layernorm.forward(h)?,
@@ -457,9 +489,26 @@ impl LlamaForCausalLm {
             i,
             cache,
         )?;
-        let h = h.f_add(&attn)?;
-        let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
-        Ok(h.f_add(&mlp)?)
+        Ok(h.f_add(&attn)?)
+    }
+
+    /// A scalar whose gradient is that of `⟨layer i (h), grad⟩`: recomputes
+    /// the layer with a graph, but not its last projection's output, which
+    /// backward does not use (see [`LlamaMlp::backward_surrogate`]).
+    fn layer_surrogate(
+        &self,
+        i: usize,
+        h: &Tensor,
+        grad: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+    ) -> Result<Tensor> {
+        let h = self.attention_block(i, h, cos, sin, mask, None)?;
+        let layer = &self.layers[i];
+        let mlp =
+            layer.mlp.backward_surrogate(&layer.post_attention_layernorm.forward(&h)?, grad)?;
+        Ok(h.f_mul(grad)?.f_sum(Kind::Float)?.f_add(&mlp)?)
     }
 
     /// Training with activation checkpointing: see
@@ -495,15 +544,16 @@ impl LlamaForCausalLm {
             return Ok(out);
         }
         // Backwards, layer by layer: recompute with a graph, send the
-        // gradient of its output through it.
+        // gradient of its output through it (as the gradient of the inner
+        // product of the two).
         for i in (0..self.layers.len()).rev() {
             let x = inputs.pop().unwrap_or_default().set_requires_grad(true);
             tch::manual_seed(seed.wrapping_add(i as i64));
-            let y = self.layer(i, &x, &cos, &sin, &mask, None)?;
+            let y = self.layer_surrogate(i, &x, &grad, &cos, &sin, &mask)?;
             if !y.requires_grad() {
                 return Ok(out);
             }
-            y.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
+            y.f_backward()?;
             grad = x.grad();
             if !grad.defined() {
                 return Ok(out);
