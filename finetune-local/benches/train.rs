@@ -9,26 +9,32 @@
 //!   (log-uniform), as real instruction data is long-tailed; we pack into
 //!   rows of 512; HF pads each batch to its longest example (TRL's
 //!   default: `variable/padded`) or groups examples of similar length as
-//!   `group_by_length` does (`variable/grouped`).
+//!   `group_by_length` does (`variable/grouped`). The examples are batches
+//!   as that grouping forms them from a real data set: evenly spaced
+//!   batches of a sorted 400-example megabatch, shuffled.
 //!
-//! Each side runs in its own process, so peak RSS is its own. Tokens/s
-//! counts real (non-padding) tokens over the steps after the first two.
+//! Each side runs in its own process, so peak RSS is its own. Each trains
+//! two passes over the data: the first warms up, the second is timed, so
+//! both sides time the same rows once each (a warm-up of a few steps would
+//! leave out different rows on each side: HF's length grouping puts its
+//! longest batch first). Tokens/s counts real (non-padding) tokens.
 //!
 //! ```text
 //! scripts/setup --bench && cargo bench -p finetune-local --bench train
 //! ```
-//! `BENCH_THREADS` (all cores), `BENCH_STEPS` (24), `BENCH_SEQ` (256),
+//! `BENCH_THREADS` (all cores), `BENCH_STEPS` (steps per pass: 12),
+//! `BENCH_SEQ` (256),
 //! `BENCH_CASES` (`fixed,variable`). A side that runs out of memory shows
 //! as a dash, with the reason below the table.
 //!
 //! `BENCH_MODEL=smollm2` runs the same comparison on a real pretrained
 //! model, SmolLM2-135M-Instruct (imported from the GGUF file `scripts/setup`
 //! fetches; both sides load the imported folder), with LoRA r=16 on
-//! every linear layer (q, k, v, o, gate, up, down) and 8 steps unless
-//! `BENCH_STEPS` says otherwise. `BENCH_MODEL=qwen2.5-0.5b` does the same
-//! on a random model of Qwen2.5-0.5B's shape (494M parameters, vocab
-//! 151936; the peer script creates it once in `target/bench-train`), 5
-//! steps by default.
+//! every linear layer (q, k, v, o, gate, up, down) and 4 steps per pass
+//! unless `BENCH_STEPS` says otherwise. `BENCH_MODEL=qwen2.5-0.5b` does the
+//! same on a random model of Qwen2.5-0.5B's shape (494M parameters, vocab
+//! 151936; the peer script creates it once in `target/bench-train`), 3
+//! steps per pass by default.
 //! `BENCH_CHECKPOINTING=1` turns on
 //! activation checkpointing on both sides (HF's
 //! `gradient_checkpointing_enable`). `BENCH_DTYPE=bf16` computes in
@@ -52,7 +58,8 @@ use finetune_local::train::{Method, ResidentMemory, Schedule, TrainConfig, Train
 use finetune_local::{CausalLm, LoadOptions};
 
 const BATCH: usize = 8;
-const WARMUP: usize = 2;
+/// Passes over the data on each side; the last is timed.
+const PASSES: usize = 2;
 const PACK_LEN: usize = 512;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -80,16 +87,48 @@ impl Lcg {
 
 fn dataset(case: &str, n: usize, seq: usize, vocab: i64) -> Vec<Row> {
     let mut rng = Lcg(7);
-    (0..n)
-        .map(|_| {
-            let (p, c) = match case {
-                "fixed" => (seq / 2, seq - seq / 2),
-                _ => (rng.log_uniform(8.0, 320.0), rng.log_uniform(8.0, 192.0)),
-            };
+    let lengths = match case {
+        "fixed" => vec![(seq / 2, seq - seq / 2); n],
+        _ => long_tailed(&mut rng, n),
+    };
+    lengths
+        .into_iter()
+        .map(|(p, c)| {
             let ids = (0..p + c).map(|_| 3 + (rng.next() * (vocab - 3) as f64) as i64).collect();
             Row { ids, prompt_len: p }
         })
         .collect()
+}
+
+/// Batches in transformers' LengthGroupedSampler's megabatch.
+const MEGABATCH: usize = 50;
+
+/// `n` (prompt, completion) lengths of long-tailed data, in batches as
+/// `group_by_length` forms them from a real data set: a megabatch of
+/// examples sorted by length and cut into batches, of which `n / BATCH`
+/// evenly spaced ones are kept (a few dozen examples sorted alone would
+/// group far more loosely than a real set does). Shuffled, as TRL's
+/// default (padded) order sees them; grouping them again gives back the
+/// same batches.
+fn long_tailed(rng: &mut Lcg, n: usize) -> Vec<(usize, usize)> {
+    let batches = n.div_ceil(BATCH);
+    let pool = MEGABATCH.max(batches);
+    let mut all: Vec<(usize, usize)> = (0..pool * BATCH)
+        .map(|_| (rng.log_uniform(8.0, 320.0), rng.log_uniform(8.0, 192.0)))
+        .collect();
+    all.sort_by_key(|&(p, c)| std::cmp::Reverse(p + c));
+    let mut rows: Vec<(usize, usize)> = (0..batches)
+        .flat_map(|j| {
+            let b = (2 * j + 1) * pool / (2 * batches);
+            all[b * BATCH..(b + 1) * BATCH].to_vec()
+        })
+        .take(n)
+        .collect();
+    for i in (1..rows.len()).rev() {
+        let j = ((rng.next() * (i + 1) as f64) as usize).min(i);
+        rows.swap(i, j);
+    }
+    rows
 }
 
 fn write_json(rows: &[Row], path: &Path) {
@@ -142,7 +181,7 @@ fn ours(
             target_modules: targets.split(',').map(String::from).collect(),
             use_rslora: false,
         }),
-        epochs: 1,
+        epochs: PASSES,
         batch_size: BATCH,
         micro_batch_size: BATCH,
         learning_rate: 2e-4,
@@ -168,13 +207,15 @@ fn ours(
         .fit(&examples, &[])
         .unwrap();
     let train_peak = peak_rss_mib();
-    let timed = &steps[WARMUP..];
+    let warmup = steps.len() - steps.len() / PASSES;
+    let timed = &steps[warmup..];
     let tokens: u64 = timed.iter().map(|r| r.tokens).sum();
-    let seconds = steps.last().unwrap().elapsed_seconds - steps[WARMUP - 1].elapsed_seconds;
+    let seconds = steps.last().unwrap().elapsed_seconds - steps[warmup - 1].elapsed_seconds;
     println!(
         "{}",
         serde_json::json!({
             "tokens_per_s": tokens as f64 / seconds,
+            "timed_tokens": tokens,
             "peak_rss_mib": load_peak.max(train_peak),
             "train_peak_rss_mib": train_peak,
             "first_loss": steps[0].loss,
@@ -216,12 +257,12 @@ impl Shape {
         }
     }
 
-    /// Steps when `BENCH_STEPS` does not say.
+    /// Steps per pass when `BENCH_STEPS` does not say.
     fn default_steps(self) -> usize {
         match self {
-            Shape::LlamaSmall => 24,
-            Shape::SmolLm2 => 8,
-            Shape::Qwen05b => 5,
+            Shape::LlamaSmall => 12,
+            Shape::SmolLm2 => 4,
+            Shape::Qwen05b => 3,
         }
     }
 
@@ -350,7 +391,7 @@ fn main() {
     );
     for shape in &shapes {
         let steps = env_or("BENCH_STEPS", shape.default_steps());
-        println!("{}, {steps} steps", shape.subject());
+        println!("{}, {PASSES} passes of {steps} steps, the last timed", shape.subject());
     }
     println!(
         "\n{:<13} {:<5} {:<5} {:<17} {:>10} {:>9} {:>7} {:>10} {:>10} {:>7}",
@@ -468,7 +509,7 @@ fn run_case(
     let peer = |extra: &[&str]| {
         let mut cmd = peer_command(root, hf_python, model, s);
         cmd.args(["--data", data.to_str().unwrap(), "--threads", &threads])
-            .args(["--batch", &BATCH.to_string(), "--warmup", &WARMUP.to_string()])
+            .args(["--batch", &BATCH.to_string(), "--epochs", &PASSES.to_string()])
             .args(extra);
         run_json(&mut cmd)
     };
@@ -543,6 +584,12 @@ fn row(
             return None;
         }
     };
+    // Tokens/s compares like with like only over the same rows.
+    assert_eq!(
+        me["timed_tokens"].as_u64(),
+        peer["timed_tokens"].as_u64(),
+        "[{prefix} {label}] the two sides timed different rows"
+    );
     println!(
         "{prefix} {:<17} {:>10.0} {:>9.0} {:>6.2}× {:>6.0} MiB {:>6.0} MiB {:>6.2}×",
         label,

@@ -75,11 +75,11 @@ def batches(examples, batch_size, pad_id):
         yield ids, labels, mask, real
 
 
-def length_grouped(examples, batch_size, mega=50):
+def length_grouped(examples, batch_size, seed, mega=50):
     """transformers' LengthGroupedSampler: a seeded permutation cut into
     megabatches of `mega` batches, each sorted longest first, so a batch
     holds examples of similar length and pads little."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(examples), generator=g).tolist()
     size = mega * batch_size
     grouped = []
@@ -96,7 +96,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="passes over the data; the last one is timed, the ones before warm up",
+    )
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
@@ -119,8 +124,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     examples = json.loads(args.data.read_text())
-    if args.group_by_length:
-        examples = length_grouped(examples, args.batch)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     lora = LoraConfig(
         r=args.r,
@@ -140,21 +143,25 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     pad = model.config.eos_token_id or 0
     tokens, seconds, losses = 0, 0.0, []
-    for step, (ids, labels, mask, real) in enumerate(batches(examples, args.batch, pad)):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(out.loss.item())
-        if step >= args.warmup:
-            seconds += time.perf_counter() - start
-            tokens += real
+    for epoch in range(args.epochs):
+        rows = length_grouped(examples, args.batch, epoch) if args.group_by_length else examples
+        timed = epoch == args.epochs - 1
+        for ids, labels, mask, real in batches(rows, args.batch, pad):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(out.loss.item())
+            if timed:
+                seconds += time.perf_counter() - start
+                tokens += real
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "tokens_per_s": tokens / seconds,
+        "timed_tokens": tokens,
         "peak_rss_mib": rss_mib,
         "first_loss": losses[0],
         "last_loss": losses[-1],
