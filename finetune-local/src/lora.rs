@@ -152,15 +152,20 @@ impl Lora {
 /// element, 15% of a LoRA step with dropout on every linear layer. Here
 /// libtorch draws one seed and the mask comes from SplitMix64 streams, one
 /// per block of 64Ki elements (the same mask whatever the thread count),
-/// filled on libtorch's thread count: each 64-bit draw gives two 32-bit
-/// samples, dropped when below `p · 2³²`.
+/// filled on up to libtorch's thread count, a thread for each million
+/// elements: each 64-bit draw gives two 32-bit samples, dropped when below
+/// `p · 2³²`.
 fn drop_mask(x: &Tensor, p: f64) -> Result<Tensor> {
     if x.device() != tch::Device::Cpu {
         return Ok(Tensor::f_empty(x.size(), (Kind::Bool, x.device()))?.f_bernoulli_float_(p)?);
     }
     let seed = Tensor::f_randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu))?
         .f_int64_value(&[0])? as u64;
-    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    // A thread only for each `PER_THREAD` elements: starting one costs
+    // more than drawing a smaller share, and it competes for the cores
+    // with libtorch's own waiting threads.
+    let threads =
+        usize::try_from(tch::get_num_threads()).unwrap_or(1).min(x.numel() / PER_THREAD).max(1);
     let drop = draw_mask(x.numel(), p, seed, threads);
     Ok(Tensor::f_from_slice(&drop)?.f_view(x.size().as_slice())?)
 }
@@ -193,6 +198,10 @@ fn draw_mask(n: usize, rate: f64, seed: u64, threads: usize) -> Vec<bool> {
 
 /// Elements per SplitMix64 stream of [`drop_mask`].
 const BLOCK: usize = 1 << 16;
+
+/// [`drop_mask`] draws on more than one thread only when each gets at
+/// least this many elements (about a millisecond's work).
+const PER_THREAD: usize = 1 << 20;
 
 fn fill_block(block: &mut [bool], seed: u64, index: u64, threshold: u64) {
     let mut state = splitmix64(&mut seed.wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03)));
