@@ -522,7 +522,12 @@ mod tests {
             Tensor::run_backward(&[(out * &weights).sum(Kind::Float)], &[&q, &k, &v], false, false)
         };
         for (a, b) in grads(&masked).iter().zip(&grads(&runs)) {
-            assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+            // Float rounding, relative to the gradients' size (the two
+            // paths sum in different orders; AVX-512 kernels differ in
+            // the last bits from AVX2 ones).
+            let diff = (a - b).abs().max().double_value(&[]);
+            let scale = a.abs().max().double_value(&[]).max(1.0);
+            assert!(diff < 1e-6 * scale, "{diff:e} apart at a scale of {scale}");
         }
     }
 }
