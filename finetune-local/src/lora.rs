@@ -115,14 +115,30 @@ impl Lora {
     }
 
     /// The adapter's contribution for input `x` (in x's dtype).
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (down, up) = self.factors(x)?;
+        Ok(down.f_linear::<Tensor>(&up, None)?)
+    }
+
+    /// The rank `r`.
+    pub(crate) fn rank(&self) -> i64 {
+        self.a.size()[0]
+    }
+
+    /// [`Lora::forward`] in two factors, both in x's dtype: `A dropout(x)`
+    /// (`[.., r]`) and the scaled `B` (`[out, r]`); the contribution is
+    /// `down · upᵀ`.
     ///
     /// Dropout zeroes each input with probability `p` through a boolean
     /// mask ([`drop_mask`]) filled into a copy of `x` (what backward keeps
     /// is a byte per element, and neither pass converts the mask to `x`'s
-    /// dtype), and its `1 / (1 - p)` joins the scaling on `B` (`[out, r]`),
-    /// so no pass over the activations scales them: the same function as
-    /// PEFT's `lora_B(lora_A(dropout(x))) · s`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// dtype: a product with a byte mask ran 2× faster per call but, through
+    /// the temporary float copies the CPU kernels make of the mask, raised
+    /// peak RSS by 0.4–0.5 GB with no measurable gain per step), and its
+    /// `1 / (1 - p)` joins the scaling on `B` (`[out, r]`), so no pass over
+    /// the activations scales them: the same function as PEFT's
+    /// `lora_B(lora_A(dropout(x))) · s`.
+    pub(crate) fn factors(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let train = self.training.load(Ordering::Relaxed);
         let kind = x.kind();
         let (x, scale) = if train && self.dropout > 0.0 {
@@ -133,7 +149,7 @@ impl Lora {
         };
         let a = self.a.f_to_kind(kind)?;
         let b = self.b.f_mul_scalar(scale)?.f_to_kind(kind)?;
-        Ok(x.f_linear::<Tensor>(&a, None)?.f_linear::<Tensor>(&b, None)?)
+        Ok((x.f_linear::<Tensor>(&a, None)?, b))
     }
 
     /// `s · B A`, of `[out, in]`, in `kind`.
@@ -203,8 +219,23 @@ const BLOCK: usize = 1 << 16;
 /// least this many elements (about a millisecond's work).
 const PER_THREAD: usize = 1 << 20;
 
+/// Fills `block` from its own SplitMix64 stream: the stream's state after
+/// its `i`-th step is `start + i·γ`, so each draw depends on its index
+/// alone, and on CPUs with AVX-512 or AVX2 the draws are computed eight or
+/// four at a time ([`wide`]; 0.27 and 0.49 ns an element on this machine
+/// against 0.82 one at a time); the same samples either way.
 fn fill_block(block: &mut [bool], seed: u64, index: u64, threshold: u64) {
-    let mut state = splitmix64(&mut seed.wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+    let start = splitmix64(&mut seed.wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+    #[cfg(target_arch = "x86_64")]
+    if wide::fill(block, start, threshold) {
+        return;
+    }
+    fill_stream(block, start, threshold);
+}
+
+/// [`fill_block`] one draw after another.
+fn fill_stream(block: &mut [bool], start: u64, threshold: u64) {
+    let mut state = start;
     for pair in block.chunks_mut(2) {
         let r = splitmix64(&mut state);
         pair[0] = (r & 0xFFFF_FFFF) < threshold;
@@ -214,10 +245,73 @@ fn fill_block(block: &mut [bool], seed: u64, index: u64, threshold: u64) {
     }
 }
 
+/// [`fill_block`] with each draw computed from its index, a loop the
+/// compiler vectorises when the target has wide integer multiplies.
+#[inline(always)]
+fn fill_indexed(block: &mut [bool], start: u64, threshold: u64) {
+    let draw = |i: u64| mix64(start.wrapping_add(i.wrapping_mul(GOLDEN_GAMMA)));
+    let mut pairs = block.chunks_exact_mut(2);
+    let mut i = 0u64;
+    for pair in &mut pairs {
+        i += 1;
+        let r = draw(i);
+        pair[0] = (r & 0xFFFF_FFFF) < threshold;
+        pair[1] = (r >> 32) < threshold;
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = (draw(i + 1) & 0xFFFF_FFFF) < threshold;
+    }
+}
+
+/// [`fill_indexed`] compiled for AVX-512 and AVX2, chosen at run time.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    #![allow(unsafe_code)]
+
+    /// Fills `block` as [`super::fill_stream`] does when the CPU has
+    /// AVX-512 (F, DQ, BW, VL) or AVX2; false, leaving it, otherwise.
+    pub(super) fn fill(block: &mut [bool], start: u64, threshold: u64) -> bool {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has every feature the function is compiled
+            // for (checked just above).
+            unsafe { fill_avx512(block, start, threshold) };
+            true
+        } else if is_x86_feature_detected!("avx2") {
+            // SAFETY: as above, for AVX2.
+            unsafe { fill_avx2(block, start, threshold) };
+            true
+        } else {
+            false
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    fn fill_avx512(block: &mut [bool], start: u64, threshold: u64) {
+        super::fill_indexed(block, start, threshold);
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn fill_avx2(block: &mut [bool], start: u64, threshold: u64) {
+        super::fill_indexed(block, start, threshold);
+    }
+}
+
+/// SplitMix64's increment (the golden ratio in 64 bits).
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// SplitMix64 (Steele, Lea, Flood 2014): advances `state`, returns a draw.
 fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
+    *state = state.wrapping_add(GOLDEN_GAMMA);
+    mix64(*state)
+}
+
+/// SplitMix64's output function.
+#[inline(always)]
+fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -245,6 +339,29 @@ mod tests {
         assert_ne!(a, draw_mask(n, 0.95, 12, 2));
         assert!(draw_mask(1000, 1.0, 5, 2).iter().all(|&k| k));
         assert!(draw_mask(1000, 0.0, 5, 2).iter().all(|&k| !k));
+    }
+
+    #[test]
+    fn the_vectorised_draw_equals_the_sequential_stream() {
+        let threshold = (0.3 * 4_294_967_296.0) as u64;
+        for len in [BLOCK, 4097, 1, 0] {
+            let (mut stream, mut indexed) = (vec![false; len], vec![true; len]);
+            fill_stream(&mut stream, 0x1234_5678_9ABC, threshold);
+            fill_indexed(&mut indexed, 0x1234_5678_9ABC, threshold);
+            assert_eq!(stream, indexed, "{len} samples");
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut wide = vec![true; len];
+                if wide::fill(&mut wide, 0x1234_5678_9ABC, threshold) {
+                    assert_eq!(stream, wide, "{len} samples, wide");
+                }
+            }
+        }
+        // About 30% true.
+        let mut sample = vec![false; BLOCK];
+        fill_block(&mut sample, 3, 0, threshold);
+        let rate = sample.iter().filter(|&&k| k).count() as f64 / BLOCK as f64;
+        assert!((rate - 0.3).abs() < 0.01, "{rate}");
     }
 
     #[test]

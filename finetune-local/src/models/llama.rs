@@ -277,9 +277,6 @@ impl LlamaAttention {
             Some(cache) => cache.update(layer, k, v)?,
             None => (k, v),
         };
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = layers::repeat_kv(k, n_rep)?;
-        let v = layers::repeat_kv(v, n_rep)?;
         let out = layers::attend(&q, &k, &v, mask, None)?;
         let out = out.f_transpose(1, 2)?.f_reshape([b, t, self.num_heads * self.head_dim])?;
         self.o_proj.forward(&out)
