@@ -522,6 +522,23 @@ mod tests {
         assert!(matches!(mask(Some(120)), Mask::Bias(_)));
     }
 
+    /// The masked path's bias for packed rows of sequence ids `[batch, seq]`
+    /// (rows short enough that attending run by run would cost more).
+    fn packed_bias(ids: &Tensor) -> Tensor {
+        let input_ids = ids.zeros_like();
+        let input = ForwardInput {
+            input_ids: &input_ids,
+            position_ids: None,
+            attention_mask: None,
+            sequence_ids: Some(ids),
+        };
+        let Mask::Bias(bias) = attention_mask(&input, 0, None, Kind::Float, Device::Cpu).unwrap()
+        else {
+            panic!("short rows take the masked path");
+        };
+        bias
+    }
+
     #[test]
     fn rms_norm_equals_the_plain_formula_with_its_gradients() {
         tch::manual_seed(9);
@@ -568,18 +585,7 @@ mod tests {
             .iter()
             .flat_map(|&(id, n)| std::iter::repeat_n(id, n))
             .collect();
-        let ids = Tensor::from_slice(&row).view([1, t]).repeat([b, 1]);
-        let input_ids = Tensor::zeros([b, t], (Kind::Int64, Device::Cpu));
-        let input = ForwardInput {
-            input_ids: &input_ids,
-            position_ids: None,
-            attention_mask: None,
-            sequence_ids: Some(&ids),
-        };
-        let Mask::Bias(bias) = attention_mask(&input, 0, None, Kind::Float, Device::Cpu).unwrap()
-        else {
-            panic!("short rows take the masked path");
-        };
+        let bias = packed_bias(&Tensor::from_slice(&row).view([1, t]).repeat([b, 1]));
         let weights = Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu));
         for mask in [Mask::Causal, Mask::Bias(bias), Mask::Segments(vec![vec![10, 10, 4]; 2])] {
             let grouped = attend(&q, &k, &v, &mask, None).unwrap();
@@ -610,18 +616,7 @@ mod tests {
                     .flat_map(|(i, &n)| std::iter::repeat_n(i as i64, n as usize))
             })
             .collect();
-        let ids = Tensor::from_slice(&ids).view([b, t]);
-        let input_ids = Tensor::zeros([b, t], (Kind::Int64, Device::Cpu));
-        let input = ForwardInput {
-            input_ids: &input_ids,
-            position_ids: None,
-            attention_mask: None,
-            sequence_ids: Some(&ids),
-        };
-        let Mask::Bias(bias) = attention_mask(&input, 0, None, Kind::Float, Device::Cpu).unwrap()
-        else {
-            panic!("short rows take the masked path");
-        };
+        let bias = packed_bias(&Tensor::from_slice(&ids).view([b, t]));
         let leaf =
             || Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let (q, k, v) = (leaf(), leaf(), leaf());
