@@ -18,7 +18,9 @@ use finetune_local::data::examples_from;
 use finetune_local::job::{parse_device, parse_dtype};
 use finetune_local::lora::LoraConfig;
 use finetune_local::sft::{PromptFormat, Truncation};
-use finetune_local::train::{AdamWConfig, Method, Schedule, TrainConfig, TrainEvent};
+use finetune_local::train::{
+    AdamWConfig, Checkpointing, Method, Schedule, TrainConfig, TrainEvent,
+};
 use finetune_local::{LocalJob, Outputs, Runtime};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -26,7 +28,7 @@ const USAGE: &str =
     "usage: finetune_local --model <DIR_OR_ID> --train <PATH_OR_URL> [--validation <PATH_OR_URL>]
        finetune_local --run-job <ID> --jobs <DIR> [--cache DIR] [--device D] [--dtype T] [--threads N]
                       [--method lora|full] [--epochs N] [--lr X] [--batch-size N] [--max-length N]
-                      [--packing] [--gradient-checkpointing] [--output DIR] [--resume] [mapping flags] [options]
+                      [--packing] [--checkpointing MODE] [--output DIR] [--resume] [mapping flags] [options]
 
   --run-job ID --jobs DIR  run a job recorded in DIR (LocalProvider::record) to its end,
                            resuming from its newest checkpoint when an earlier run was stopped:
@@ -42,6 +44,9 @@ const USAGE: &str =
   --max-length N           tokens per example and per packed row (1024)
   --packing                pack examples into rows instead of padding each
   --gradient-checkpointing recompute each decoder layer in backward (less memory)
+  --checkpointing MODE     off, full (as --gradient-checkpointing) or selective: keep the frozen
+                           projections' outputs too and recompute none of them (LoRA; faster, more
+                           memory than full)
   --loss-chunk-tokens N    positions per LM head + loss chunk (512; 0: all at once)
   --output DIR             the job folder (finetune-output)
   --resume                 continue from the newest checkpoint in the job folder
@@ -90,6 +95,7 @@ fn main() {
         "early-stopping-patience",
         "checkpoint-every",
         "keep-checkpoints",
+        "checkpointing",
         "seed",
         "device",
         "dtype",
@@ -219,7 +225,11 @@ fn config(args: &Args) -> TrainConfig {
         max_grad_norm: Some(args.parsed(USAGE, "max-grad-norm").unwrap_or(1.0)),
         max_steps: args.parsed(USAGE, "max-steps"),
         packing: args.switch("packing"),
-        gradient_checkpointing: args.switch("gradient-checkpointing"),
+        gradient_checkpointing: match args.parsed(USAGE, "checkpointing") {
+            Some(mode) => mode,
+            None if args.switch("gradient-checkpointing") => Checkpointing::Full,
+            None => Checkpointing::Off,
+        },
         loss_chunk_tokens: match args.parsed::<usize>(USAGE, "loss-chunk-tokens") {
             Some(0) => None,
             Some(n) => Some(n),

@@ -35,18 +35,21 @@
 //! same on a random model of Qwen2.5-0.5B's shape (494M parameters, vocab
 //! 151936; the peer script creates it once in `target/bench-train`), 3
 //! steps per pass by default.
-//! `BENCH_CHECKPOINTING=1` turns on
-//! activation checkpointing on both sides (HF's
-//! `gradient_checkpointing_enable`). `BENCH_DTYPE=bf16` computes in
+//! `BENCH_CHECKPOINTING=full` (or `1`) turns on activation checkpointing on
+//! both sides (HF's `gradient_checkpointing_enable`, which recomputes whole
+//! layers, as our `full` does); `selective` runs ours keeping the frozen
+//! projections' outputs ([`Checkpointing::Selective`]) against the same
+//! HF runs. `BENCH_DTYPE=bf16` computes in
 //! bfloat16: ours holds the base model in bf16 with f32 LoRA adapters and
 //! optimizer state; HF keeps f32 weights and runs the forward under
 //! `torch.autocast` bf16, as `TrainingArguments(bf16=True)` does on CPU.
 //!
 //! Each of `BENCH_MODEL`, `BENCH_DTYPE` and `BENCH_CHECKPOINTING` takes a
 //! comma-separated list, and the run covers every combination in one
-//! table; `BENCH_MATRIX=1` means `smollm2,qwen2.5-0.5b` × `fp32,bf16` ×
-//! `0,1` (each list can still be narrowed). Under the table: our peak RSS
-//! with checkpointing against HF's without it, per model, dtype and data.
+//! table, each HF run once; `BENCH_MATRIX=1` means `smollm2,qwen2.5-0.5b` ×
+//! `fp32,bf16` × `off,full,selective` (each list can still be narrowed).
+//! Under the table: our peak RSS with checkpointing against HF's without
+//! it, per model, dtype and data.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -54,7 +57,9 @@ use std::process::Command;
 
 use finetune_local::lora::LoraConfig;
 use finetune_local::sft::{IGNORE, TokenizedExample};
-use finetune_local::train::{Method, ResidentMemory, Schedule, TrainConfig, TrainEvent, Trainer};
+use finetune_local::train::{
+    Checkpointing, Method, ResidentMemory, Schedule, TrainConfig, TrainEvent, Trainer,
+};
 use finetune_local::{CausalLm, LoadOptions};
 
 const BATCH: usize = 8;
@@ -164,7 +169,7 @@ fn ours(
     case: &str,
     threads: usize,
     targets: &str,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
     bf16: bool,
 ) {
     finetune_local::tch::set_num_threads(threads as i32);
@@ -326,7 +331,7 @@ fn env_list<T>(name: &str, default: &str, parse: impl Fn(&str) -> Option<T>) -> 
 struct Cell {
     shape: Shape,
     bf16: bool,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
     case: &'static str,
     ours: serde_json::Value,
     /// HF's runs that finished (padded and grouped for `variable`).
@@ -337,7 +342,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let threads = args[i + 4].parse().unwrap();
-        let checkpointing = args[i + 6] == "1";
+        let checkpointing = match args[i + 6].as_str() {
+            "0" => Checkpointing::Off,
+            "1" => Checkpointing::Full,
+            other => other.parse().unwrap(),
+        };
         let bf16 = args[i + 7] == "bf16";
         ours(
             Path::new(&args[i + 1]),
@@ -357,9 +366,9 @@ fn main() {
     // checkpointing, in one run (each list can still be narrowed).
     let matrix = std::env::var("BENCH_MATRIX").is_ok_and(|v| v == "1");
     let (models, dtypes, checkpointings) = if matrix {
-        ("smollm2,qwen2.5-0.5b", "fp32,bf16", "0,1")
+        ("smollm2,qwen2.5-0.5b", "fp32,bf16", "off,full,selective")
     } else {
-        ("llama-small", "fp32", "0")
+        ("llama-small", "fp32", "off")
     };
     let shapes = env_list("BENCH_MODEL", models, |m| match m {
         "llama-small" => Some(Shape::LlamaSmall),
@@ -373,9 +382,9 @@ fn main() {
         _ => None,
     });
     let checkpointings = env_list("BENCH_CHECKPOINTING", checkpointings, |c| match c {
-        "0" => Some(false),
-        "1" => Some(true),
-        _ => None,
+        "0" => Some(Checkpointing::Off),
+        "1" => Some(Checkpointing::Full),
+        other => other.parse().ok(),
     });
     let hf_python = root.join(".tools/hf-python");
     if !hf_python.is_dir() {
@@ -387,7 +396,8 @@ fn main() {
     let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "fixed,variable".to_owned());
     println!(
         "LoRA r=16, batch {BATCH}, {threads} threads, CPU; bf16: ours a bf16 base under f32 \
-         adapters, HF f32 weights under autocast; ckpt: activation checkpointing on both sides\n"
+         adapters, HF f32 weights under autocast; ckpt: activation checkpointing, HF's \
+         recomputing whole layers (ours: full, or sel. for selective)\n"
     );
     for shape in &shapes {
         let steps = env_or("BENCH_STEPS", shape.default_steps());
@@ -407,6 +417,7 @@ fn main() {
         "RSS"
     );
     let mut cells = Vec::new();
+    let mut peers = Peers::default();
     for &shape in &shapes {
         let model = prepare(&root, &work, &hf_python, shape);
         for &bf16 in &dtypes {
@@ -414,27 +425,33 @@ fn main() {
                 let setting = Setting { shape, bf16, checkpointing, threads };
                 for case in ["fixed", "variable"] {
                     if cases.split(',').any(|c| c == case) {
-                        cells.push(run_case(&root, &work, &hf_python, &model, &setting, case));
+                        cells.push(run_case(
+                            &root, &work, &hf_python, &model, &setting, case, &mut peers,
+                        ));
                     }
                 }
             }
         }
     }
     // The memory target: our peak with checkpointing against HF's without.
-    for with in cells.iter().filter(|c| c.checkpointing) {
+    for with in cells.iter().filter(|c| c.checkpointing != Checkpointing::Off) {
         let without = cells.iter().find(|c| {
-            !c.checkpointing && c.shape == with.shape && c.bf16 == with.bf16 && c.case == with.case
+            c.checkpointing == Checkpointing::Off
+                && c.shape == with.shape
+                && c.bf16 == with.bf16
+                && c.case == with.case
         });
         // HF's smallest peak without checkpointing (padded or grouped).
         let theirs = without.map_or(f64::NAN, |c| c.peers.iter().map(rss).fold(f64::NAN, f64::min));
         if theirs.is_finite() {
             let ours = rss(&with.ours);
             println!(
-                "{} {} {}: our peak RSS with checkpointing {ours:.0} MiB, HF's smallest without \
-                 {theirs:.0} MiB ({:.2}×)",
+                "{} {} {}: our peak RSS with {} checkpointing {ours:.0} MiB, HF's smallest \
+                 without {theirs:.0} MiB ({:.2}×)",
                 with.shape.label(),
                 if with.bf16 { "bf16" } else { "fp32" },
                 with.case,
+                format!("{:?}", with.checkpointing).to_lowercase(),
                 ours / theirs
             );
         }
@@ -456,7 +473,7 @@ fn prepare(root: &Path, work: &Path, hf_python: &Path, shape: Shape) -> PathBuf 
         }
         finetune_local::gguf::import_gguf(&gguf, &model).unwrap();
     }
-    let setting = Setting { shape, bf16: false, checkpointing: false, threads: 1 };
+    let setting = Setting { shape, bf16: false, checkpointing: Checkpointing::Off, threads: 1 };
     // The peer writes the random models both sides load.
     assert!(
         peer_command(root, hf_python, &model, &setting).status().expect("python3").success(),
@@ -469,8 +486,20 @@ fn prepare(root: &Path, work: &Path, hf_python: &Path, shape: Shape) -> PathBuf 
 struct Setting {
     shape: Shape,
     bf16: bool,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
     threads: usize,
+}
+
+/// HF's figures (or why there are none) by setting, data and grouping:
+/// our checkpointing policies share HF's one checkpointed run.
+type Peers = std::collections::HashMap<String, Result<serde_json::Value, String>>;
+
+fn ckpt_label(c: Checkpointing) -> &'static str {
+    match c {
+        Checkpointing::Off => "no",
+        Checkpointing::Full => "full",
+        Checkpointing::Selective => "sel.",
+    }
 }
 
 fn peer_command(root: &Path, hf_python: &Path, model: &Path, s: &Setting) -> Command {
@@ -478,7 +507,7 @@ fn peer_command(root: &Path, hf_python: &Path, model: &Path, s: &Setting) -> Com
     c.arg(root.join("finetune-local/benches/train_peer.py"))
         .args(["--model", model.to_str().unwrap(), "--targets", s.shape.targets()])
         .args(["--shape", if s.shape == Shape::Qwen05b { "qwen2.5-0.5b" } else { "llama-small" }])
-        .args(s.checkpointing.then_some("--checkpointing"))
+        .args((s.checkpointing != Checkpointing::Off).then_some("--checkpointing"))
         .args(s.bf16.then_some("--bf16"))
         .env(
             "PYTHONPATH",
@@ -496,6 +525,7 @@ fn run_case(
     model: &Path,
     s: &Setting,
     case: &'static str,
+    peers: &mut Peers,
 ) -> Cell {
     let steps = env_or("BENCH_STEPS", s.shape.default_steps());
     let seq = env_or("BENCH_SEQ", 256);
@@ -506,12 +536,23 @@ fn run_case(
     let data = work.join(format!("{case}.json"));
     write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
     let threads = s.threads.to_string();
-    let peer = |extra: &[&str]| {
-        let mut cmd = peer_command(root, hf_python, model, s);
-        cmd.args(["--data", data.to_str().unwrap(), "--threads", &threads])
-            .args(["--batch", &BATCH.to_string(), "--epochs", &PASSES.to_string()])
-            .args(extra);
-        run_json(&mut cmd)
+    let mut peer = |extra: &[&str]| {
+        let key = format!(
+            "{} {} {} {case} {extra:?}",
+            s.shape.dir(),
+            s.bf16,
+            s.checkpointing != Checkpointing::Off
+        );
+        peers
+            .entry(key)
+            .or_insert_with(|| {
+                let mut cmd = peer_command(root, hf_python, model, s);
+                cmd.args(["--data", data.to_str().unwrap(), "--threads", &threads])
+                    .args(["--batch", &BATCH.to_string(), "--epochs", &PASSES.to_string()])
+                    .args(extra);
+                run_json(&mut cmd)
+            })
+            .clone()
     };
     let ours = run_json(
         Command::new(std::env::current_exe().unwrap())
@@ -521,7 +562,7 @@ fn run_case(
             .arg(case)
             .arg(&threads)
             .arg(s.shape.targets())
-            .arg(if s.checkpointing { "1" } else { "0" })
+            .arg(format!("{:?}", s.checkpointing).to_lowercase())
             .arg(if s.bf16 { "bf16" } else { "fp32" }),
     )
     .unwrap_or_else(|why| {
@@ -532,7 +573,7 @@ fn run_case(
         "{:<13} {:<5} {:<5}",
         s.shape.label(),
         if s.bf16 { "bf16" } else { "fp32" },
-        if s.checkpointing { "yes" } else { "no" }
+        ckpt_label(s.checkpointing)
     );
     let peers = if case == "fixed" {
         vec![row(&prefix, "fixed", &ours, peer(&[]))]

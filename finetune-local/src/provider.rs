@@ -32,7 +32,7 @@
 //! | `max_steps`, `eval_every`, `early_stopping_patience` | | none |
 //! | `checkpoint_every`, `keep_checkpoints` | | none, 2 |
 //! | `loss_chunk_tokens` | trained positions per LM-head/loss chunk | 512 |
-//! | `gradient_checkpointing` | recompute each decoder layer in backward (Llama family) | false |
+//! | `gradient_checkpointing` | `true`/`"full"`: keep each decoder layer's input and recompute the layer in backward; `"selective"`: keep the frozen projections' outputs too and recompute no projection (Llama family) | false |
 //! | `merge` | also write the merged model | false |
 
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ use crate::job::{LocalJob, Outputs, Runtime, run_job_on};
 use crate::job_folder::{JobFolder, Record, device_lock_path, try_lock};
 use crate::lora::LoraConfig;
 use crate::sft::Truncation;
-use crate::train::{Method, Schedule, TrainConfig, TrainEvent};
+use crate::train::{Checkpointing, Method, Schedule, TrainConfig, TrainEvent};
 
 /// The provider's name in jobs and models.
 pub const NAME: &str = "local_hf";
@@ -631,7 +631,22 @@ impl Settings {
                 Some(n) => Some(n),
                 None => TrainConfig::default().loss_chunk_tokens,
             },
-            gradient_checkpointing: boolean("gradient_checkpointing")?.unwrap_or(false),
+            gradient_checkpointing: match extras.get("gradient_checkpointing") {
+                None => Checkpointing::Off,
+                Some(serde_json::Value::Bool(on)) => {
+                    if *on {
+                        Checkpointing::Full
+                    } else {
+                        Checkpointing::Off
+                    }
+                }
+                Some(v) => v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    bad(
+                        "gradient_checkpointing",
+                        "must be true, false, \"off\", \"full\" or \"selective\"",
+                    )
+                })?,
+            },
             ..TrainConfig::default()
         };
         if let Some(s) = extras.get("schedule") {

@@ -63,6 +63,7 @@ impl Harness {
             .with_extra("lora_r", 4)
             .with_extra("max_length", 128)
             .with_extra("packing", true)
+            .with_extra("gradient_checkpointing", "selective")
     }
 }
 
@@ -139,6 +140,10 @@ async fn bad_settings_name_their_field() {
         (harness.spec().with_extra("lora_rank", 4), "extras.lora_rank"),
         (harness.spec().with_extra("method", "qlora"), "extras.method"),
         (harness.spec().with_extra("schedule", "step"), "extras.schedule"),
+        (
+            harness.spec().with_extra("gradient_checkpointing", "partial"),
+            "extras.gradient_checkpointing",
+        ),
         (
             harness.spec().with_hyperparameters(Hyperparameters {
                 learning_rate: Setting::Value(LearningRate::Multiplier(2.0)),

@@ -13,7 +13,8 @@ use finetune_local::sft::{
 };
 use finetune_local::tch::Tensor;
 use finetune_local::train::{
-    Method, MetricsLine, Schedule, StopReason, TrainConfig, TrainEvent, Trainer, read_metrics,
+    Checkpointing, Method, MetricsLine, Schedule, StopReason, TrainConfig, TrainEvent, Trainer,
+    read_metrics,
 };
 use finetune_local::{CausalLm, LoadOptions, Tokenizer};
 
@@ -198,22 +199,67 @@ fn a_chunked_lm_head_and_loss_give_the_unchunked_gradients() {
 #[test]
 fn activation_checkpointing_gives_the_same_gradients() {
     let _rng = rng();
-    assert_same_training(
-        "checkpointing",
-        |c| c,
-        |c| TrainConfig { gradient_checkpointing: true, ..c },
-    );
-    // With packed rows, micro-batches and a chunked loss too.
-    let packed = |c: TrainConfig| TrainConfig {
-        packing: true,
-        micro_batch_size: 1,
-        loss_chunk_tokens: Some(5),
-        ..c
+    for policy in [Checkpointing::Full, Checkpointing::Selective] {
+        let what = format!("{policy:?} checkpointing");
+        assert_same_training(&what, |c| c, |c| TrainConfig { gradient_checkpointing: policy, ..c });
+        // With packed rows, micro-batches and a chunked loss too.
+        let packed = |c: TrainConfig| TrainConfig {
+            packing: true,
+            micro_batch_size: 1,
+            loss_chunk_tokens: Some(5),
+            ..c
+        };
+        assert_same_training(&format!("packed {what}"), packed, |c| TrainConfig {
+            gradient_checkpointing: policy,
+            ..packed(c)
+        });
+    }
+}
+
+/// Dropout makes the two policies' recomputations draw their masks again:
+/// the selective one draws each half's masks apart from the other's and
+/// in a different order of operations, so a mask drawn out of turn gives
+/// other gradients than the full recomputation's.
+#[test]
+fn selective_checkpointing_draws_the_dropout_of_full_checkpointing() {
+    let _rng = rng();
+    let data = data(8, words);
+    let run = |policy| {
+        let method = Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.3,
+            target_modules: vec!["all-linear".into()],
+            use_rslora: false,
+        });
+        let config =
+            TrainConfig { method, max_steps: Some(2), gradient_checkpointing: policy, ..config() };
+        train(config, &data)
     };
-    assert_same_training("packed checkpointing", packed, |c| TrainConfig {
-        gradient_checkpointing: true,
-        ..packed(c)
-    });
+    let (full, full_events) = run(Checkpointing::Full);
+    let (selective, selective_events) = run(Checkpointing::Selective);
+    let steps = |events: &[TrainEvent]| -> Vec<(f64, f64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step(r) => Some((r.loss, r.grad_norm)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (a, b) = (steps(&full_events), steps(&selective_events));
+    assert_eq!(a.len(), 2);
+    for ((la, _), (lb, _)) in a.iter().zip(&b) {
+        assert!((la - lb).abs() < 1e-6, "loss {la} vs {lb}");
+    }
+    let (na, nb) = (a[0].1, b[0].1);
+    assert!((na - nb).abs() < 1e-6 * na.max(1.0), "gradient norm {na} vs {nb}");
+    assert!(max_diff(&adapters(&full), &adapters(&selective)) < 1e-3);
+    // The masks matter: a plain run, drawing them from one stream, gets
+    // another gradient.
+    let (_, plain_events) = run(Checkpointing::Off);
+    let plain = steps(&plain_events);
+    assert!((plain[0].1 - a[0].1).abs() > 1e-4 * a[0].1, "{plain:?} vs {a:?}");
 }
 
 #[test]
@@ -221,7 +267,7 @@ fn activation_checkpointing_says_where_it_is_not_implemented() {
     let mut gpt2 = CausalLm::load(&dir("gpt2"), &LoadOptions::default()).unwrap();
     let config = TrainConfig {
         method: Method::Full,
-        gradient_checkpointing: true,
+        gradient_checkpointing: Checkpointing::Full,
         max_steps: Some(1),
         ..config()
     };
@@ -504,9 +550,11 @@ fn the_memory_plan_follows_the_settings() {
         Trainer::new(&mut m, config).unwrap().memory_plan(&data)
     };
     let base = plan(config());
-    let full = plan(TrainConfig { method: Method::Full, ..config() });
+    let full_config = TrainConfig { method: Method::Full, ..config() };
+    let full = plan(full_config.clone());
     let half = plan(TrainConfig { micro_batch_size: 2, ..config() });
-    let checkpointed = plan(TrainConfig { gradient_checkpointing: true, ..config() });
+    let checkpointed =
+        plan(TrainConfig { gradient_checkpointing: Checkpointing::Full, ..config() });
     let unchunked = plan(TrainConfig { loss_chunk_tokens: None, ..config() });
     let chunked = plan(TrainConfig { loss_chunk_tokens: Some(8), ..config() });
     // Full fine-tuning trains every weight: gradients as large as them.
@@ -516,6 +564,18 @@ fn the_memory_plan_follows_the_settings() {
     // Half the micro-batch, half the activations.
     assert_eq!(half.activations * 2, base.activations);
     assert!(checkpointed.activations < base.activations);
+    // Selective checkpointing keeps more than full and less than none; full
+    // fine-tuning recomputes as under full checkpointing.
+    let selective = |c: TrainConfig| {
+        plan(TrainConfig { gradient_checkpointing: Checkpointing::Selective, ..c })
+    };
+    let kept = selective(config());
+    assert!(checkpointed.activations < kept.activations, "{checkpointed:?} {kept:?}");
+    assert!(kept.activations < base.activations, "{kept:?} {base:?}");
+    let full_checkpointed =
+        plan(TrainConfig { gradient_checkpointing: Checkpointing::Full, ..full_config });
+    let full_selective = selective(TrainConfig { method: Method::Full, ..config() });
+    assert_eq!(full_selective.activations, full_checkpointed.activations);
     assert!(chunked.logits < unchunked.logits);
     // LoRA dropout keeps a masked copy of each adapter's input.
     let dropped = plan(TrainConfig { method: lora(0.1), ..config() });

@@ -113,27 +113,27 @@ impl Linear {
         }
     }
 
+    /// Whether neither the weight nor the bias is trained.
+    pub(crate) fn frozen(&self) -> bool {
+        !self.weight.requires_grad() && !self.bias.as_ref().is_some_and(Tensor::requires_grad)
+    }
+
+    /// The adapter's factors for `x` (see [`Lora::factors`]; its dropout
+    /// mask is drawn now), or `None` without an adapter.
+    pub(crate) fn adapter_factors(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        self.lora.as_ref().map(|lora| lora.factors(x)).transpose()
+    }
+
     /// A scalar whose gradient is the one `⟨self.forward(x), g⟩` sends to
-    /// `x` and the adapter, without the frozen projection's output: its share
-    /// is `⟨x, g W⟩`, so backward gets `g W` (the GEMM it would run anyway)
-    /// and the forward GEMM is skipped. `None` when `W` or the bias is
-    /// trained (their gradients need the real product).
+    /// `x` and the adapter, without the frozen projection's output (see
+    /// [`projections_surrogate`]). `None` when `W` or the bias is trained
+    /// (their gradients need the real product).
     pub(crate) fn backward_surrogate(&self, x: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        if self.weight.requires_grad() || self.bias.as_ref().is_some_and(Tensor::requires_grad) {
+        if !self.frozen() {
             return Ok(None);
         }
-        let gw = tch::no_grad(|| {
-            if self.transposed {
-                g.f_matmul(&self.weight.f_tr()?)
-            } else {
-                g.f_matmul(&self.weight)
-            }
-        })?;
-        let mut s = x.f_mul(&gw)?.f_sum(Kind::Float)?;
-        if let Some(lora) = &self.lora {
-            s = s.f_add(&lora.forward(x)?.f_mul(g)?.f_sum(Kind::Float)?)?;
-        }
-        Ok(Some(s))
+        let factors = self.adapter_factors(x)?;
+        Ok(Some(projections_surrogate(x, &[(self, factors, g)])?))
     }
 
     /// Folds the adapter into the weight and drops it.
@@ -145,6 +145,52 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// A frozen projection, its adapter's factors for the input (see
+/// [`Linear::adapter_factors`]) and the gradient of its output.
+pub(crate) type SurrogatePart<'a> = (&'a Linear, Option<(Tensor, Tensor)>, &'a Tensor);
+
+/// A scalar whose gradient is the one `Σⱼ ⟨Pⱼ(x), gⱼ⟩` sends to `x` and
+/// the adapters, for frozen projections `Pⱼ` of one input `x` given with
+/// their adapters' factors for `x` (drawn as the forward pass drew them):
+/// `⟨x, Σⱼ gⱼ Wⱼ⟩ + Σⱼ ⟨downⱼ, gⱼ upⱼ⟩`. Backward gets `Σⱼ gⱼ Wⱼ` (the
+/// GEMMs it would run anyway, summed into one buffer) and the adapters'
+/// gradients, while no projection's output is computed: recomputation
+/// under activation checkpointing skips their forward GEMMs.
+pub(crate) fn projections_surrogate(x: &Tensor, parts: &[SurrogatePart<'_>]) -> Result<Tensor> {
+    let in_dim = x.size().last().copied().unwrap_or(1);
+    let mut gw: Option<Tensor> = None;
+    let mut adapters: Option<Tensor> = None;
+    for (proj, factors, g) in parts {
+        let g = g.f_reshape([-1, proj.out_dim])?;
+        let w = if proj.transposed { proj.weight.f_tr()? } else { proj.weight.shallow_clone() };
+        tch::no_grad(|| -> Result<()> {
+            match &mut gw {
+                Some(sum) => {
+                    let _ = sum.f_addmm_(&g, &w)?;
+                }
+                None => gw = Some(g.f_matmul(&w)?),
+            }
+            Ok(())
+        })?;
+        if let Some((down, up)) = factors {
+            let down = down.f_reshape([-1, up.size()[1]])?;
+            let s = down.f_mul(&g.f_matmul(up)?)?.f_sum(Kind::Float)?;
+            adapters = Some(match adapters {
+                Some(a) => a.f_add(&s)?,
+                None => s,
+            });
+        }
+    }
+    let mut s = match gw {
+        Some(gw) => x.f_reshape([-1, in_dim])?.f_mul(&gw)?.f_sum(Kind::Float)?,
+        None => Tensor::f_zeros([], (Kind::Float, x.device()))?,
+    };
+    if let Some(a) = adapters {
+        s = s.f_add(&a)?;
+    }
+    Ok(s)
 }
 
 /// Llama's RMSNorm: normalise in fp32, scale in the input dtype.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use super::layers::{self, Linear, Loader, Mask, RmsNorm};
-use super::{ForwardInput, KvCache};
+use super::{Checkpointing, ForwardInput, KvCache};
 use crate::config::{Architecture, ModelConfig, Rope, RopeScaling, field, saved_dtype};
 use crate::error::{LocalError, Result};
 
@@ -259,27 +259,52 @@ impl LlamaAttention {
         layer: usize,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let s = x.size();
+        let [q, k, v] = self.project(x)?;
+        self.o_proj.forward(&self.attend(&q, &k, &v, cos, sin, mask, layer, cache)?)
+    }
+
+    /// The q, k and v projections of `x` (`[batch, seq, heads × dim]`).
+    fn project(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        Ok([self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?])
+    }
+
+    /// Attention over projected q, k and v (q/k norms, rotary, the cache):
+    /// the input of `o_proj`, `[batch, seq, heads × dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let s = q.size();
         let (b, t) = (s[0], s[1]);
-        let heads = |proj: &Linear, n: i64, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let y = proj.forward(x)?.f_view([b, t, n, self.head_dim])?;
+        let heads = |y: &Tensor, n: i64, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let y = y.f_view([b, t, n, self.head_dim])?;
             let y = match norm {
                 Some(norm) => norm.forward(&y)?,
                 None => y,
             };
             Ok(y.f_transpose(1, 2)?)
         };
-        let q = layers::apply_rope(&heads(&self.q_proj, self.num_heads, &self.q_norm)?, cos, sin)?;
-        let k =
-            layers::apply_rope(&heads(&self.k_proj, self.num_kv_heads, &self.k_norm)?, cos, sin)?;
-        let v = heads(&self.v_proj, self.num_kv_heads, &None)?;
+        let q = layers::apply_rope(&heads(q, self.num_heads, &self.q_norm)?, cos, sin)?;
+        let k = layers::apply_rope(&heads(k, self.num_kv_heads, &self.k_norm)?, cos, sin)?;
+        let v = heads(v, self.num_kv_heads, &None)?;
         let (k, v) = match cache {
             Some(cache) => cache.update(layer, k, v)?,
             None => (k, v),
         };
         let out = layers::attend(&q, &k, &v, mask, None)?;
-        let out = out.f_transpose(1, 2)?.f_reshape([b, t, self.num_heads * self.head_dim])?;
-        self.o_proj.forward(&out)
+        Ok(out.f_transpose(1, 2)?.f_reshape([b, t, self.num_heads * self.head_dim])?)
+    }
+
+    fn projections(&self) -> [&Linear; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
     }
 }
 
@@ -304,24 +329,34 @@ impl LlamaMlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj.forward(&self.hidden(x)?)
+        let [gate, up] = self.project(x)?;
+        self.down_proj.forward(&self.hidden(&gate, &up)?)
     }
 
-    /// `act(gate(x)) * up(x)`, the input of `down`.
-    fn hidden(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = layers::activation(&self.act, &self.gate_proj.forward(x)?)?;
-        Ok(gate.f_mul(&self.up_proj.forward(x)?)?)
+    /// The gate and up projections of `x`.
+    fn project(&self, x: &Tensor) -> Result<[Tensor; 2]> {
+        Ok([self.gate_proj.forward(x)?, self.up_proj.forward(x)?])
+    }
+
+    /// `act(gate) * up`, the input of `down`.
+    fn hidden(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok(layers::activation(&self.act, gate)?.f_mul(up)?)
     }
 
     /// A scalar whose gradient is that of `⟨self.forward(x), g⟩`; with a
     /// frozen `down`, its forward GEMM is skipped (see
     /// [`Linear::backward_surrogate`]).
     fn backward_surrogate(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
-        let hidden = self.hidden(x)?;
+        let [gate, up] = self.project(x)?;
+        let hidden = self.hidden(&gate, &up)?;
         match self.down_proj.backward_surrogate(&hidden, g)? {
             Some(s) => Ok(s),
             None => Ok(self.down_proj.forward(&hidden)?.f_mul(g)?.f_sum(Kind::Float)?),
         }
+    }
+
+    fn projections(&self) -> [&Linear; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
     }
 }
 
@@ -489,9 +524,52 @@ impl LlamaForCausalLm {
         Ok(h.f_add(&attn)?)
     }
 
+    /// Whether every projection of every layer is frozen (LoRA), so
+    /// recomputation can skip their forward GEMMs.
+    fn projections_frozen(&self) -> bool {
+        self.layers.iter().all(|l| {
+            l.self_attn.projections().iter().all(|p| p.frozen())
+                && l.mlp.projections().iter().all(|p| p.frozen())
+        })
+    }
+
+    /// Decoder layer `i` on `h` without a graph, for activation
+    /// checkpointing: the layer's output and what backward keeps of it.
+    /// The attention half draws its dropout from `seeds.0`, the MLP half
+    /// from `seeds.1`, so recomputing either half alone draws the same
+    /// masks.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_keeping(
+        &self,
+        i: usize,
+        h: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        seeds: (i64, i64),
+        keep_projections: bool,
+    ) -> Result<(Tensor, Kept)> {
+        let layer = &self.layers[i];
+        tch::manual_seed(seeds.0);
+        let [q, k, v] = layer.self_attn.project(&layer.input_layernorm.forward(&h)?)?;
+        let attn = layer.self_attn.attend(&q, &k, &v, cos, sin, mask, i, None)?;
+        let mid = h.f_add(&layer.self_attn.o_proj.forward(&attn)?)?;
+        tch::manual_seed(seeds.1);
+        let [gate, up] = layer.mlp.project(&layer.post_attention_layernorm.forward(&mid)?)?;
+        let out = mid.f_add(&layer.mlp.down_proj.forward(&layer.mlp.hidden(&gate, &up)?)?)?;
+        let kept = if keep_projections {
+            Kept::Projections { input: h, q, k, v, mid, gate, up }
+        } else {
+            Kept::Input(h)
+        };
+        Ok((out, kept))
+    }
+
     /// A scalar whose gradient is that of `⟨layer i (h), grad⟩`: recomputes
     /// the layer with a graph, but not its last projection's output, which
-    /// backward does not use (see [`LlamaMlp::backward_surrogate`]).
+    /// backward does not use (see [`LlamaMlp::backward_surrogate`]). Each
+    /// half draws its dropout as [`Self::layer_keeping`] did.
+    #[allow(clippy::too_many_arguments)]
     fn layer_surrogate(
         &self,
         i: usize,
@@ -500,12 +578,74 @@ impl LlamaForCausalLm {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Mask,
+        seeds: (i64, i64),
     ) -> Result<Tensor> {
+        tch::manual_seed(seeds.0);
         let h = self.attention_block(i, h, cos, sin, mask, None)?;
         let layer = &self.layers[i];
+        tch::manual_seed(seeds.1);
         let mlp =
             layer.mlp.backward_surrogate(&layer.post_attention_layernorm.forward(&h)?, grad)?;
         Ok(h.f_mul(grad)?.f_sum(Kind::Float)?.f_add(&mlp)?)
+    }
+
+    /// Sends `grad`, the gradient of layer `i`'s output, back through the
+    /// layer from what [`Self::layer_keeping`] kept of its frozen
+    /// projections: each half recomputes its norm, adapters and what lies
+    /// between its projections (activation; q/k norms, rotary and
+    /// attention) on the kept outputs, runs backward to their gradients,
+    /// then sends those through the projections by
+    /// [`layers::projections_surrogate`], so no projection's forward GEMM
+    /// runs again. Returns the gradient of the layer's input.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward_kept(
+        &self,
+        i: usize,
+        kept: [Tensor; 7],
+        grad: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        seeds: (i64, i64),
+    ) -> Result<Tensor> {
+        let [input, q, k, v, mid, gate, up] = kept;
+        let layer = &self.layers[i];
+        let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+        let frozen = || LocalError::InvalidArgument("a kept projection is trained".into());
+        // The MLP half, on the residual stream after attention.
+        tch::manual_seed(seeds.1);
+        let mid = mid.set_requires_grad(true);
+        let x = layer.post_attention_layernorm.forward(&mid)?;
+        let factors = [mlp.gate_proj.adapter_factors(&x)?, mlp.up_proj.adapter_factors(&x)?];
+        let (gate, up) = (gate.set_requires_grad(true), up.set_requires_grad(true));
+        let s = mlp.down_proj.backward_surrogate(&mlp.hidden(&gate, &up)?, grad)?;
+        s.ok_or_else(frozen)?.f_backward()?;
+        let [fg, fu] = factors;
+        let (gg, gu) = (gate.grad(), up.grad());
+        layers::projections_surrogate(&x, &[(&mlp.gate_proj, fg, &gg), (&mlp.up_proj, fu, &gu)])?
+            .f_backward()?;
+        let grad = grad.f_add(&mid.grad())?;
+        // The attention half, on the layer's input.
+        tch::manual_seed(seeds.0);
+        let h = input.set_requires_grad(true);
+        let x = layer.input_layernorm.forward(&h)?;
+        let factors = [
+            attn.q_proj.adapter_factors(&x)?,
+            attn.k_proj.adapter_factors(&x)?,
+            attn.v_proj.adapter_factors(&x)?,
+        ];
+        let (q, k, v) =
+            (q.set_requires_grad(true), k.set_requires_grad(true), v.set_requires_grad(true));
+        let a = attn.attend(&q, &k, &v, cos, sin, mask, i, None)?;
+        attn.o_proj.backward_surrogate(&a, &grad)?.ok_or_else(frozen)?.f_backward()?;
+        let [fq, fk, fv] = factors;
+        let (gq, gk, gv) = (q.grad(), k.grad(), v.grad());
+        layers::projections_surrogate(
+            &x,
+            &[(&attn.q_proj, fq, &gq), (&attn.k_proj, fk, &gk), (&attn.v_proj, fv, &gv)],
+        )?
+        .f_backward()?;
+        Ok(grad.f_add(&h.grad())?)
     }
 
     /// Training with activation checkpointing: see
@@ -514,20 +654,28 @@ impl LlamaForCausalLm {
         &self,
         input: &ForwardInput<'_>,
         seed: i64,
+        checkpointing: Checkpointing,
         head: impl FnOnce(&Tensor) -> Result<T>,
     ) -> Result<T> {
         let (mask, cos, sin) = self.attention_inputs(input, 0)?;
         let ids = input.input_ids;
-        // Forward without a graph, keeping each layer's input only. Each
-        // layer draws its dropout from its own seed, so the recomputation
-        // below draws the same masks.
-        let mut inputs = Vec::with_capacity(self.layers.len());
+        let keep_projections =
+            checkpointing == Checkpointing::Selective && self.projections_frozen();
+        // Each half of each layer draws its dropout from its own seed, so
+        // the recomputation below draws the same masks.
+        let seeds = |i: usize| {
+            let i = 2 * i as i64;
+            (seed.wrapping_add(i), seed.wrapping_add(i + 1))
+        };
+        // Forward without a graph, keeping each layer's input (and its
+        // projections' outputs).
+        let mut kept = Vec::with_capacity(self.layers.len());
         let last = tch::no_grad(|| -> Result<Tensor> {
             let mut h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
             for i in 0..self.layers.len() {
-                tch::manual_seed(seed.wrapping_add(i as i64));
-                let next = self.layer(i, &h, &cos, &sin, &mask, None)?;
-                inputs.push(h);
+                let (next, k) =
+                    self.layer_keeping(i, h, &cos, &sin, &mask, seeds(i), keep_projections)?;
+                kept.push(k);
                 h = next;
             }
             Ok(h)
@@ -540,18 +688,30 @@ impl LlamaForCausalLm {
             // Nothing before the head is trained.
             return Ok(out);
         }
-        // Backwards, layer by layer: recompute with a graph, send the
-        // gradient of its output through it (as the gradient of the inner
-        // product of the two).
+        // Backwards, layer by layer.
         for i in (0..self.layers.len()).rev() {
-            let x = inputs.pop().unwrap_or_default().set_requires_grad(true);
-            tch::manual_seed(seed.wrapping_add(i as i64));
-            let y = self.layer_surrogate(i, &x, &grad, &cos, &sin, &mask)?;
-            if !y.requires_grad() {
-                return Ok(out);
-            }
-            y.f_backward()?;
-            grad = x.grad();
+            grad = match kept.pop() {
+                Some(Kept::Projections { input, q, k, v, mid, gate, up }) => self
+                    .layer_backward_kept(
+                        i,
+                        [input, q, k, v, mid, gate, up],
+                        &grad,
+                        &cos,
+                        &sin,
+                        &mask,
+                        seeds(i),
+                    )?,
+                Some(Kept::Input(input)) => {
+                    // Recompute with a graph and send the output's gradient
+                    // through it (as the gradient of the inner product of
+                    // the two).
+                    let x = input.set_requires_grad(true);
+                    self.layer_surrogate(i, &x, &grad, &cos, &sin, &mask, seeds(i))?
+                        .f_backward()?;
+                    x.grad()
+                }
+                None => return Ok(out),
+            };
             if !grad.defined() {
                 return Ok(out);
             }
@@ -562,4 +722,21 @@ impl LlamaForCausalLm {
         }
         Ok(out)
     }
+}
+
+/// What the checkpointed forward pass keeps of one decoder layer.
+enum Kept {
+    /// The layer's input.
+    Input(Tensor),
+    /// The layer's input, the outputs of its q, k, v, gate and up
+    /// projections, and the residual stream between attention and MLP.
+    Projections {
+        input: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mid: Tensor,
+        gate: Tensor,
+        up: Tensor,
+    },
 }

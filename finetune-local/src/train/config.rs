@@ -4,6 +4,7 @@
 use super::optim::{AdamWConfig, Schedule};
 use crate::error::{LocalError, Result};
 use crate::lora::LoraConfig;
+use crate::models::Checkpointing;
 
 /// What is trained.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,10 +70,10 @@ pub struct TrainConfig {
     /// through the model once: the same gradients, to float rounding).
     /// `None` computes all positions at once.
     pub loss_chunk_tokens: Option<usize>,
-    /// Activation checkpointing: keep each decoder layer's input only and
-    /// recompute the layer in the backward pass (the Llama family), trading
-    /// about a third more compute for most of the activation memory.
-    pub gradient_checkpointing: bool,
+    /// Activation checkpointing (the Llama family): keep part of each
+    /// decoder layer's activations and recompute the rest in the backward
+    /// pass, trading compute for memory (see [`Checkpointing`]).
+    pub gradient_checkpointing: Checkpointing,
 }
 
 impl Default for TrainConfig {
@@ -96,7 +97,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             keep_checkpoints: 2,
             loss_chunk_tokens: Some(512),
-            gradient_checkpointing: false,
+            gradient_checkpointing: Checkpointing::Off,
         }
     }
 }
@@ -145,7 +146,7 @@ impl TrainConfig {
         c.keep_checkpoints = 1;
         // Chunking changes how, not what, is computed.
         c.loss_chunk_tokens = None;
-        c.gradient_checkpointing = false;
+        c.gradient_checkpointing = Checkpointing::Off;
         format!("{c:?}")
     }
 }

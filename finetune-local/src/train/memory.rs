@@ -17,6 +17,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::ModelConfig;
+use crate::models::Checkpointing;
 
 /// Bytes per part, for one micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -68,7 +69,7 @@ pub(crate) struct PlanInputs<'a> {
     pub row_tokens: u64,
     /// Positions whose logits are computed at once.
     pub loss_chunk: Option<u64>,
-    pub checkpointing: bool,
+    pub checkpointing: Checkpointing,
     /// Packed micro-batches: one row of examples attended one by one.
     pub packed: bool,
     /// Over every adapter of the model: the input widths (the `in` of each
@@ -105,11 +106,16 @@ pub(crate) fn plan(i: &PlanInputs<'_>) -> MemoryPlan {
     // Backward through a layer holds gradients about as large as what the
     // layer kept.
     let activations = mask
-        + if i.checkpointing {
+        + match i.checkpointing {
+            Checkpointing::Off => (layers + 1) * layer,
             // Every layer's input, and one layer recomputed at a time.
-            layers * tokens * hidden * b + 2 * layer
-        } else {
-            (layers + 1) * layer
+            Checkpointing::Full => layers * tokens * hidden * b + 2 * layer,
+            // Every layer's input, the residual after attention and the
+            // outputs of q, k, v, gate and up; one layer at a time.
+            Checkpointing::Selective => {
+                let kv = (c.num_kv_heads * c.head_dim).max(0) as u64;
+                layers * tokens * (2 * hidden + q + 2 * kv + 2 * inter) * b + 2 * layer
+            }
         };
     let chunk = i.loss_chunk.map_or(tokens, |n| n.min(tokens));
     let weights = i.parameters * b;

@@ -34,6 +34,7 @@ use std::time::Instant;
 use finetune_core::LossCurve;
 use tch::{Kind, Tensor};
 
+pub use crate::models::Checkpointing;
 pub use config::{Method, TrainConfig};
 pub use memory::{MemoryPlan, ResidentMemory};
 use metrics::rewrite_metrics;
@@ -283,7 +284,12 @@ impl<'a> Trainer<'a> {
             rows,
             row_tokens,
             loss_chunk: self.config.loss_chunk_tokens.map(|n| n as u64),
-            checkpointing: self.config.gradient_checkpointing,
+            // Full fine-tuning trains the projections: nothing of theirs is
+            // kept, as under full checkpointing.
+            checkpointing: match (self.config.gradient_checkpointing, &self.config.method) {
+                (Checkpointing::Selective, Method::Full) => Checkpointing::Full,
+                (c, _) => c,
+            },
             packed: self.config.packing,
             adapter_inputs,
             adapter_ranks,
@@ -674,8 +680,10 @@ impl<'a> Trainer<'a> {
 
     /// One micro-batch's forward and backward; returns its summed loss.
     fn micro_step(&self, batch: &Batch, trained: f64, seed: i64) -> Result<f64> {
-        if self.config.gradient_checkpointing {
-            return self.model.checkpointed_backward(&forward_input(batch), seed, |hidden| {
+        let checkpointing = self.config.gradient_checkpointing;
+        if checkpointing != Checkpointing::Off {
+            let input = forward_input(batch);
+            return self.model.checkpointed_backward(&input, seed, checkpointing, |hidden| {
                 let (hidden, targets) = select_trained(hidden, batch)?;
                 self.backward_loss(&hidden, &targets, trained)
             });
