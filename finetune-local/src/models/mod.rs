@@ -40,9 +40,11 @@ pub enum Checkpointing {
     /// up projections and the residual stream between attention and MLP;
     /// backward recomputes norms, rotary, attention, activation and
     /// adapters but no projection. For SmolLM2-135M that is 9× what `Full`
-    /// keeps per token and a quarter of what no checkpointing keeps, for
-    /// a few percent more compute. Applies where every projection is frozen
-    /// (LoRA); full fine-tuning recomputes as `Full`.
+    /// keeps per token; in the training benchmark (fp32, batch 8, LoRA on
+    /// every projection) peak RSS was 2.8 GB against 2.2 (`Full`) and 5.3
+    /// (`Off`), and throughput 256 tok/s against 231 and 298. Applies where
+    /// every projection is frozen (LoRA); full fine-tuning recomputes as
+    /// `Full`.
     Selective,
 }
 
