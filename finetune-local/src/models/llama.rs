@@ -253,14 +253,12 @@ impl LlamaAttention {
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         layer: usize,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let [q, k, v] = self.project(x)?;
-        self.o_proj.forward(&self.attend(&q, &k, &v, cos, sin, mask, layer, cache)?)
+        self.o_proj.forward(&self.attend(&q, &k, &v, inputs, layer, cache)?)
     }
 
     /// The q, k and v projections of `x` (`[batch, seq, heads × dim]`).
@@ -270,15 +268,12 @@ impl LlamaAttention {
 
     /// Attention over projected q, k and v (q/k norms, rotary, the cache):
     /// the input of `o_proj`, `[batch, seq, heads × dim]`.
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         layer: usize,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
@@ -292,14 +287,19 @@ impl LlamaAttention {
             };
             Ok(y.f_transpose(1, 2)?)
         };
-        let q = layers::apply_rope(&heads(q, self.num_heads, &self.q_norm)?, cos, sin)?;
-        let k = layers::apply_rope(&heads(k, self.num_kv_heads, &self.k_norm)?, cos, sin)?;
+        let q =
+            layers::apply_rope(&heads(q, self.num_heads, &self.q_norm)?, &inputs.cos, &inputs.sin)?;
+        let k = layers::apply_rope(
+            &heads(k, self.num_kv_heads, &self.k_norm)?,
+            &inputs.cos,
+            &inputs.sin,
+        )?;
         let v = heads(v, self.num_kv_heads, &None)?;
         let (k, v) = match cache {
             Some(cache) => cache.update(layer, k, v)?,
             None => (k, v),
         };
-        let out = layers::attend(&q, &k, &v, mask, None)?;
+        let out = layers::attend(&q, &k, &v, &inputs.mask, None)?;
         Ok(out.f_transpose(1, 2)?.f_reshape([b, t, self.num_heads * self.head_dim])?)
     }
 
@@ -367,6 +367,14 @@ pub struct LlamaDecoderLayer {
     mlp: LlamaMlp,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
+}
+
+/// What every decoder layer's attention reads for one forward pass.
+struct AttentionInputs {
+    mask: Mask,
+    /// The rotary tables (see [`layers::rope_cos_sin`]).
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// `LlamaForCausalLM` (and its Mistral/Qwen2/Qwen3 variants).
@@ -460,10 +468,10 @@ impl LlamaForCausalLm {
     ) -> Result<Tensor> {
         let past = layers::past_len(&cache);
         let ids = input.input_ids;
-        let (mask, cos, sin) = self.attention_inputs(input, past)?;
+        let inputs = self.attention_inputs(input, past)?;
         let mut h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
         for i in 0..self.layers.len() {
-            h = self.layer(i, &h, &cos, &sin, &mask, cache.as_deref_mut())?;
+            h = self.layer(i, &h, &inputs, cache.as_deref_mut())?;
         }
         if let Some(cache) = cache {
             cache.advance(ids.size()[1]);
@@ -473,17 +481,13 @@ impl LlamaForCausalLm {
 
     /// The attention mask and rotary tables of `input` after `past` cached
     /// positions.
-    fn attention_inputs(
-        &self,
-        input: &ForwardInput<'_>,
-        past: i64,
-    ) -> Result<(Mask, Tensor, Tensor)> {
+    fn attention_inputs(&self, input: &ForwardInput<'_>, past: i64) -> Result<AttentionInputs> {
         let kind = self.embed_tokens.kind();
         let device = self.embed_tokens.device();
         let mask = layers::attention_mask(input, past, self.sliding_window, kind, device)?;
         let positions = layers::positions(input, past)?;
         let (cos, sin) = layers::rope_cos_sin(&self.inv_freq, &positions, kind)?;
-        Ok((mask, cos, sin))
+        Ok(AttentionInputs { mask, cos, sin })
     }
 
     /// Decoder layer `i` on the residual stream `h`.
@@ -491,12 +495,10 @@ impl LlamaForCausalLm {
         &self,
         i: usize,
         h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let h = self.attention_block(i, h, cos, sin, mask, cache)?;
+        let h = self.attention_block(i, h, inputs, cache)?;
         let layer = &self.layers[i];
         let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
         Ok(h.f_add(&mlp)?)
@@ -507,20 +509,11 @@ impl LlamaForCausalLm {
         &self,
         i: usize,
         h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let layer = &self.layers[i];
-        let attn = layer.self_attn.forward(
-            &layer.input_layernorm.forward(h)?,
-            cos,
-            sin,
-            mask,
-            i,
-            cache,
-        )?;
+        let attn = layer.self_attn.forward(&layer.input_layernorm.forward(h)?, inputs, i, cache)?;
         Ok(h.f_add(&attn)?)
     }
 
@@ -538,21 +531,18 @@ impl LlamaForCausalLm {
     /// The attention half draws its dropout from `seeds.0`, the MLP half
     /// from `seeds.1`, so recomputing either half alone draws the same
     /// masks.
-    #[allow(clippy::too_many_arguments)]
     fn layer_keeping(
         &self,
         i: usize,
         h: Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         seeds: (i64, i64),
         keep_projections: bool,
     ) -> Result<(Tensor, Kept)> {
         let layer = &self.layers[i];
         tch::manual_seed(seeds.0);
         let [q, k, v] = layer.self_attn.project(&layer.input_layernorm.forward(&h)?)?;
-        let attn = layer.self_attn.attend(&q, &k, &v, cos, sin, mask, i, None)?;
+        let attn = layer.self_attn.attend(&q, &k, &v, inputs, i, None)?;
         let mid = h.f_add(&layer.self_attn.o_proj.forward(&attn)?)?;
         tch::manual_seed(seeds.1);
         let [gate, up] = layer.mlp.project(&layer.post_attention_layernorm.forward(&mid)?)?;
@@ -569,19 +559,16 @@ impl LlamaForCausalLm {
     /// the layer with a graph, but not its last projection's output, which
     /// backward does not use (see [`LlamaMlp::backward_surrogate`]). Each
     /// half draws its dropout as [`Self::layer_keeping`] did.
-    #[allow(clippy::too_many_arguments)]
     fn layer_surrogate(
         &self,
         i: usize,
         h: &Tensor,
         grad: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         seeds: (i64, i64),
     ) -> Result<Tensor> {
         tch::manual_seed(seeds.0);
-        let h = self.attention_block(i, h, cos, sin, mask, None)?;
+        let h = self.attention_block(i, h, inputs, None)?;
         let layer = &self.layers[i];
         tch::manual_seed(seeds.1);
         let mlp =
@@ -597,15 +584,12 @@ impl LlamaForCausalLm {
     /// then sends those through the projections by
     /// [`layers::projections_surrogate`], so no projection's forward GEMM
     /// runs again. Returns the gradient of the layer's input.
-    #[allow(clippy::too_many_arguments)]
     fn layer_backward_kept(
         &self,
         i: usize,
         kept: [Tensor; 7],
         grad: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Mask,
+        inputs: &AttentionInputs,
         seeds: (i64, i64),
     ) -> Result<Tensor> {
         let [input, q, k, v, mid, gate, up] = kept;
@@ -636,7 +620,7 @@ impl LlamaForCausalLm {
         ];
         let (q, k, v) =
             (q.set_requires_grad(true), k.set_requires_grad(true), v.set_requires_grad(true));
-        let a = attn.attend(&q, &k, &v, cos, sin, mask, i, None)?;
+        let a = attn.attend(&q, &k, &v, inputs, i, None)?;
         attn.o_proj.backward_surrogate(&a, &grad)?.ok_or_else(frozen)?.f_backward()?;
         let [fq, fk, fv] = factors;
         let (gq, gk, gv) = (q.grad(), k.grad(), v.grad());
@@ -657,7 +641,7 @@ impl LlamaForCausalLm {
         checkpointing: Checkpointing,
         head: impl FnOnce(&Tensor) -> Result<T>,
     ) -> Result<T> {
-        let (mask, cos, sin) = self.attention_inputs(input, 0)?;
+        let inputs = self.attention_inputs(input, 0)?;
         let ids = input.input_ids;
         let keep_projections =
             checkpointing == Checkpointing::Selective && self.projections_frozen();
@@ -673,8 +657,7 @@ impl LlamaForCausalLm {
         let last = tch::no_grad(|| -> Result<Tensor> {
             let mut h = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
             for i in 0..self.layers.len() {
-                let (next, k) =
-                    self.layer_keeping(i, h, &cos, &sin, &mask, seeds(i), keep_projections)?;
+                let (next, k) = self.layer_keeping(i, h, &inputs, seeds(i), keep_projections)?;
                 kept.push(k);
                 h = next;
             }
@@ -696,9 +679,7 @@ impl LlamaForCausalLm {
                         i,
                         [input, q, k, v, mid, gate, up],
                         &grad,
-                        &cos,
-                        &sin,
-                        &mask,
+                        &inputs,
                         seeds(i),
                     )?,
                 Some(Kept::Input(input)) => {
@@ -706,8 +687,7 @@ impl LlamaForCausalLm {
                     // through it (as the gradient of the inner product of
                     // the two).
                     let x = input.set_requires_grad(true);
-                    self.layer_surrogate(i, &x, &grad, &cos, &sin, &mask, seeds(i))?
-                        .f_backward()?;
+                    self.layer_surrogate(i, &x, &grad, &inputs, seeds(i))?.f_backward()?;
                     x.grad()
                 }
                 None => return Ok(out),
