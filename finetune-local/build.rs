@@ -4,8 +4,11 @@
 //! scripts as `DEP_FINETUNE_LOCAL_LIBTORCH_LIB`, where
 //! `finetune_build::link_libtorch` reads it.
 //!
-//! With the `distributed` feature it also compiles
-//! `src/distributed/c10d.cpp` and `nccl.cpp` (the C side of `distributed::ffi`) against that libtorch's headers.
+//! It compiles `src/models/varlen.cpp` (variable-length flash attention,
+//! the C side of `models::varlen`) against that libtorch's headers and sets
+//! `cfg(finetune_varlen)` when it did. With the `distributed` feature it also
+//! compiles `src/distributed/c10d.cpp` and `nccl.cpp` (the C side of
+//! `distributed::ffi`).
 
 fn main() {
     let lib = finetune_build::libtorch_lib();
@@ -13,8 +16,26 @@ fn main() {
         println!("cargo::metadata=libtorch_lib={}", lib.display());
     }
     finetune_build::link_libtorch();
+    println!("cargo::rustc-check-cfg=cfg(finetune_varlen)");
+    if let Some(lib) = &lib {
+        compile_varlen(lib);
+    }
     #[cfg(feature = "distributed")]
     compile_c10d(lib.as_deref());
+}
+
+fn compile_varlen(lib: &std::path::Path) {
+    println!("cargo::rerun-if-changed=src/models/varlen.cpp");
+    println!("cargo::rerun-if-changed=src/distributed/shim.h");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("src/models/varlen.cpp")
+        .include(lib.join("../include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("finetune_varlen");
+    println!("cargo::rustc-cfg=finetune_varlen");
 }
 
 #[cfg(feature = "distributed")]

@@ -179,6 +179,44 @@ fn packed_rows_equal_separate_sequences() {
     }
 }
 
+/// On CUDA in bf16, packed rows go through libtorch's variable-length
+/// flash attention: the logits equal each example's alone to bf16's
+/// precision. Without a CUDA device there is nothing to run (the CPU path
+/// is `packed_rows_equal_separate_sequences`); `scripts/gpu-check` runs
+/// this binary on a GPU.
+#[test]
+fn packed_rows_on_cuda_use_variable_length_flash_attention() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: variable-length flash attention not exercised");
+        return;
+    }
+    let device = tch::Device::Cuda(0);
+    let dir = fixtures().join("models").join("llama");
+    let options = LoadOptions { device, dtype: Some(Kind::BFloat16) };
+    let model = CausalLm::load(&dir, &options).unwrap();
+    let on = |v: &[i64]| ids(v).to_device(device);
+    let (a, b): (Vec<i64>, Vec<i64>) = ((3..40).collect(), (50..71).collect());
+    let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
+    let positions: Vec<i64> = (0..a.len() as i64).chain(0..b.len() as i64).collect();
+    let seq: Vec<i64> =
+        std::iter::repeat_n(0, a.len()).chain(std::iter::repeat_n(1, b.len())).collect();
+    let (input_ids, pos, seq) = (on(&packed), on(&positions), on(&seq));
+    let input = ForwardInput {
+        input_ids: &input_ids,
+        position_ids: Some(&pos),
+        attention_mask: None,
+        sequence_ids: Some(&seq),
+    };
+    let got = tch::no_grad(|| model.forward(&input, None)).unwrap().to_kind(Kind::Float);
+    assert!(finetune_local::models::varlen::flash_varlen_used(), "the kernel did not run");
+    let alone =
+        |x: &[i64]| tch::no_grad(|| model.forward(&ForwardInput::new(&on(x)), None)).unwrap();
+    let separate = Tensor::cat(&[alone(&a), alone(&b)], 1).to_kind(Kind::Float);
+    let scale = separate.abs().max().double_value(&[]);
+    let diff = max_abs_diff(&got, &separate);
+    assert!(diff < 0.02 * scale, "packed vs separate max |Δ| = {diff:e} (max |logit| {scale})");
+}
+
 #[test]
 fn weights_keep_their_hf_names_and_checkpoint_dtypes_convert() {
     let dir = fixtures().join("models/qwen3");

@@ -320,8 +320,9 @@ pub(crate) enum Mask {
 const SEGMENT_OVERHEAD: i64 = 64 * 64;
 
 /// The runs of equal values in each row of `ids` (`[batch, seq]`), when
-/// attending run by run costs less than the whole rows under a mask.
-fn segments(ids: &Tensor) -> Result<Option<Vec<Vec<i64>>>> {
+/// attending run by run (each run costing `overhead` more than its tokens
+/// squared) costs less than the whole rows under a mask.
+fn segments(ids: &Tensor, overhead: i64) -> Result<Option<Vec<Vec<i64>>>> {
     let s = ids.size();
     let (batch, t) = (s[0], s[1]);
     let flat = Vec::<i64>::try_from(ids.f_to_device(Device::Cpu)?.f_reshape([-1])?)?;
@@ -335,7 +336,7 @@ fn segments(ids: &Tensor) -> Result<Option<Vec<Vec<i64>>>> {
                 _ => runs.push(1),
             }
         }
-        per_run += runs.iter().map(|n| n * n + SEGMENT_OVERHEAD).sum::<i64>();
+        per_run += runs.iter().map(|n| n * n + overhead).sum::<i64>();
         masked += t * t;
         rows.push(runs);
     }
@@ -361,9 +362,14 @@ pub(crate) fn attention_mask(
             return Ok(Mask::Full);
         }
     }
+    // One variable-length flash attention call takes every run at once.
+    #[cfg(finetune_varlen)]
+    let overhead = if super::varlen::usable(device, kind) { 0 } else { SEGMENT_OVERHEAD };
+    #[cfg(not(finetune_varlen))]
+    let overhead = SEGMENT_OVERHEAD;
     if let (Some(seq), None, 0) = (input.sequence_ids, input.attention_mask, past)
         && seq.size() == input.input_ids.size()
-        && let Some(rows) = segments(seq)?
+        && let Some(rows) = segments(seq, overhead)?
         // A window shorter than a run would cut it.
         && rows.iter().flatten().all(|&n| sliding_window.is_none_or(|w| n <= w))
     {
@@ -423,6 +429,15 @@ pub(crate) fn attend(
     mask: &Mask,
     scale: Option<f64>,
 ) -> Result<Tensor> {
+    // Packed rows on CUDA: one variable-length flash attention call (the
+    // key/value heads as they are) where the device runs it.
+    #[cfg(finetune_varlen)]
+    if let Mask::Segments(rows) = mask
+        && super::varlen::eligible(q)
+        && let Some(out) = super::varlen::attend(q, k, v, rows, scale)?
+    {
+        return Ok(out);
+    }
     let n_rep = q.size()[1] / k.size()[1].max(1);
     let gqa = n_rep > 1 && q.device() == Device::Cpu;
     let (k, v) = if n_rep > 1 && !gqa {
@@ -534,15 +549,20 @@ mod tests {
     #[test]
     fn runs_are_found_and_chosen_only_when_cheaper_than_the_masked_rows() {
         let ids = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0]).view([2, 6]);
-        // Rows of 6 tokens: per-run attention costs more than the mask.
-        assert_eq!(segments(&ids).unwrap(), None);
+        // Rows of 6 tokens: per-run attention costs more than the mask,
+        // unless one call takes every run (variable-length attention).
+        assert_eq!(segments(&ids, SEGMENT_OVERHEAD).unwrap(), None);
+        assert_eq!(segments(&ids, 0).unwrap(), Some(vec![vec![2, 3, 1], vec![6]]));
         // Rows of 400: three runs of 100, 250, 50 and one of 400.
         let long: Vec<i64> = [(0, 100), (1, 250), (2, 50), (0, 400)]
             .iter()
             .flat_map(|&(id, n)| std::iter::repeat_n(id, n))
             .collect();
         let ids = Tensor::from_slice(&long).view([2, 400]);
-        assert_eq!(segments(&ids).unwrap(), Some(vec![vec![100, 250, 50], vec![400]]));
+        assert_eq!(
+            segments(&ids, SEGMENT_OVERHEAD).unwrap(),
+            Some(vec![vec![100, 250, 50], vec![400]])
+        );
     }
 
     #[test]

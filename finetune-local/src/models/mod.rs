@@ -11,6 +11,8 @@ pub mod llama;
 pub mod mistral;
 pub mod qwen2;
 pub mod qwen3;
+#[cfg(finetune_varlen)]
+pub mod varlen;
 
 use std::path::Path;
 use std::sync::Arc;
