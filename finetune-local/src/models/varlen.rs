@@ -8,7 +8,7 @@
 //! Flash attention needs a CUDA device it supports (compute capability 8.0
 //! or newer), bf16 or f16, and a head width it has kernels for; where the
 //! first call fails, packed rows go back to the run-by-run path for the
-//! rest of the process (see [`super::layers::attend`]).
+//! rest of the process.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_void};
