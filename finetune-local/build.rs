@@ -5,8 +5,9 @@
 //! `finetune_build::link_libtorch` reads it.
 //!
 //! It compiles `src/models/varlen.cpp` (variable-length flash attention,
-//! the C side of `models::varlen`) against that libtorch's headers and sets
-//! `cfg(finetune_varlen)` when it did. With the `distributed` feature it also
+//! the C side of `models::varlen`) and `src/train/device_memory.cpp` (the
+//! CUDA allocator's figures, the C side of `train::DeviceMemory`) against
+//! that libtorch's headers and sets `cfg(finetune_shims)` when it did. With the `distributed` feature it also
 //! compiles `src/distributed/c10d.cpp` and `nccl.cpp` (the C side of
 //! `distributed::ffi`).
 
@@ -16,26 +17,28 @@ fn main() {
         println!("cargo::metadata=libtorch_lib={}", lib.display());
     }
     finetune_build::link_libtorch();
-    println!("cargo::rustc-check-cfg=cfg(finetune_varlen)");
+    println!("cargo::rustc-check-cfg=cfg(finetune_shims)");
     if let Some(lib) = &lib {
-        compile_varlen(lib);
+        compile_shims(lib);
     }
     #[cfg(feature = "distributed")]
     compile_c10d(lib.as_deref());
 }
 
-fn compile_varlen(lib: &std::path::Path) {
+fn compile_shims(lib: &std::path::Path) {
     println!("cargo::rerun-if-changed=src/models/varlen.cpp");
+    println!("cargo::rerun-if-changed=src/train/device_memory.cpp");
     println!("cargo::rerun-if-changed=src/distributed/shim.h");
     cc::Build::new()
         .cpp(true)
         .std("c++17")
         .file("src/models/varlen.cpp")
+        .file("src/train/device_memory.cpp")
         .include(lib.join("../include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
-        .compile("finetune_varlen");
-    println!("cargo::rustc-cfg=finetune_varlen");
+        .compile("finetune_shims");
+    println!("cargo::rustc-cfg=finetune_shims");
 }
 
 #[cfg(feature = "distributed")]

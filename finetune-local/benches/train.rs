@@ -50,6 +50,18 @@
 //! `fp32,bf16` × `off,full,selective` (each list can still be narrowed).
 //! Under the table: our peak RSS with checkpointing against HF's without
 //! it, per model, dtype and data.
+//!
+//! `BENCH_DEVICE=cuda` runs both sides on `cuda:0` (HF with SDPA attention
+//! under `torch.autocast` on CUDA); the memory columns are then each
+//! side's peak of libtorch's caching allocator (`max_memory_allocated`,
+//! ours through [`DeviceMemory`]). The MFU columns divide each side's
+//! model FLOPs a second (the same count for both: see
+//! [`lora_flops_per_token`]) by `BENCH_PEAK_TFLOPS` when set (a device's
+//! nominal dense peak, as `scripts/gpu-check` sets it for the GPU it
+//! finds), otherwise by the rate this machine measures for one large
+//! matmul in the row's dtype. `BENCH_ROOT` (the repository, default the
+//! one this was built in) and `BENCH_HF_PYTHON` (transformers and PEFT,
+//! default `.tools/hf-python`) let carried binaries run elsewhere.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -57,10 +69,11 @@ use std::process::Command;
 
 use finetune_local::lora::LoraConfig;
 use finetune_local::sft::{IGNORE, TokenizedExample};
+use finetune_local::tch::{Device, Kind, Tensor};
 use finetune_local::train::{
-    Checkpointing, Method, ResidentMemory, Schedule, TrainConfig, TrainEvent, Trainer,
+    Checkpointing, DeviceMemory, Method, ResidentMemory, Schedule, TrainConfig, TrainEvent, Trainer,
 };
-use finetune_local::{CausalLm, LoadOptions};
+use finetune_local::{CausalLm, LoadOptions, ModelConfig};
 
 const BATCH: usize = 8;
 /// Passes over the data on each side; the last is timed.
@@ -158,25 +171,52 @@ fn read_json(path: &Path) -> Vec<TokenizedExample> {
         .collect()
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 fn peak_rss_mib() -> f64 {
-    ResidentMemory::of_this_process().map_or(f64::NAN, |m| m.peak as f64 / (1024.0 * 1024.0))
+    ResidentMemory::of_this_process().map_or(f64::NAN, |m| m.peak as f64 / MIB)
+}
+
+/// The child process's arguments, after `--child`: model folder, data
+/// file, case, threads, LoRA targets, checkpointing, `bf16`/`fp32`,
+/// `cuda`/`cpu`.
+struct Child<'a> {
+    model: &'a Path,
+    data: &'a Path,
+    case: &'a str,
+    threads: usize,
+    targets: &'a str,
+    checkpointing: Checkpointing,
+    bf16: bool,
+    device: Device,
+}
+
+impl<'a> Child<'a> {
+    fn from_args(a: &'a [String]) -> Self {
+        Self {
+            model: Path::new(&a[0]),
+            data: Path::new(&a[1]),
+            case: &a[2],
+            threads: a[3].parse().unwrap(),
+            targets: &a[4],
+            checkpointing: match a[5].as_str() {
+                "0" => Checkpointing::Off,
+                "1" => Checkpointing::Full,
+                other => other.parse().unwrap(),
+            },
+            bf16: a[6] == "bf16",
+            device: if a[7] == "cuda" { Device::Cuda(0) } else { Device::Cpu },
+        }
+    }
 }
 
 /// The child process: trains and prints one JSON line.
-fn ours(
-    model: &Path,
-    data: &Path,
-    case: &str,
-    threads: usize,
-    targets: &str,
-    checkpointing: Checkpointing,
-    bf16: bool,
-) {
+fn ours(child: &Child<'_>) {
+    let Child { model, data, case, threads, targets, checkpointing, bf16, device } = *child;
     finetune_local::tch::set_num_threads(threads as i32);
     let examples = read_json(data);
-    let dtype = bf16.then_some(finetune_local::tch::Kind::BFloat16);
-    let mut model =
-        CausalLm::load(model, &LoadOptions { dtype, ..LoadOptions::default() }).unwrap();
+    let dtype = Some(if bf16 { Kind::BFloat16 } else { Kind::Float });
+    let mut model = CausalLm::load(model, &LoadOptions { dtype, device }).unwrap();
     let packing = case == "variable";
     let config = TrainConfig {
         method: Method::Lora(LoraConfig {
@@ -212,6 +252,11 @@ fn ours(
         .fit(&examples, &[])
         .unwrap();
     let train_peak = peak_rss_mib();
+    // The whole child's GPU peak, weights included, as HF's side reports it.
+    let gpu = match device {
+        Device::Cuda(i) => DeviceMemory::of_cuda(i).unwrap().peak_allocated as f64 / MIB,
+        _ => f64::NAN,
+    };
     let warmup = steps.len() - steps.len() / PASSES;
     let timed = &steps[warmup..];
     let tokens: u64 = timed.iter().map(|r| r.tokens).sum();
@@ -223,6 +268,7 @@ fn ours(
             "timed_tokens": tokens,
             "peak_rss_mib": load_peak.max(train_peak),
             "train_peak_rss_mib": train_peak,
+            "peak_gpu_mib": gpu,
             "first_loss": steps[0].loss,
             "last_loss": steps.last().unwrap().loss,
             "steps": steps.len(),
@@ -341,25 +387,11 @@ struct Cell {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
-        let threads = args[i + 4].parse().unwrap();
-        let checkpointing = match args[i + 6].as_str() {
-            "0" => Checkpointing::Off,
-            "1" => Checkpointing::Full,
-            other => other.parse().unwrap(),
-        };
-        let bf16 = args[i + 7] == "bf16";
-        ours(
-            Path::new(&args[i + 1]),
-            Path::new(&args[i + 2]),
-            &args[i + 3],
-            threads,
-            &args[i + 5],
-            checkpointing,
-            bf16,
-        );
+        ours(&Child::from_args(&args[i + 1..]));
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::env::var_os("BENCH_ROOT")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), PathBuf::from);
     let threads =
         env_or("BENCH_THREADS", std::thread::available_parallelism().map_or(1, usize::from));
     // BENCH_MATRIX=1: both real sizes, both dtypes, with and without
@@ -386,25 +418,58 @@ fn main() {
         "1" => Some(Checkpointing::Full),
         other => other.parse().ok(),
     });
-    let hf_python = root.join(".tools/hf-python");
+    let cuda = match std::env::var("BENCH_DEVICE").as_deref() {
+        Ok("cuda") => true,
+        Ok("cpu") | Err(_) => false,
+        Ok(other) => {
+            eprintln!("BENCH_DEVICE={other}: `cpu` or `cuda`");
+            std::process::exit(2);
+        }
+    };
+    if cuda && !finetune_local::tch::Cuda::is_available() {
+        eprintln!("BENCH_DEVICE=cuda: libtorch sees no CUDA device");
+        std::process::exit(2);
+    }
+    let hf_python = std::env::var_os("BENCH_HF_PYTHON")
+        .map_or_else(|| root.join(".tools/hf-python"), PathBuf::from);
     if !hf_python.is_dir() {
-        eprintln!("transformers and peft are not installed: run `scripts/setup --bench` first");
+        eprintln!(
+            "transformers and peft are not installed in {}: run `scripts/setup --bench` first",
+            hf_python.display()
+        );
         std::process::exit(2);
     }
     let work: PathBuf = root.join("target/bench-train");
     std::fs::create_dir_all(&work).unwrap();
     let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "fixed,variable".to_owned());
     println!(
-        "LoRA r=16, batch {BATCH}, {threads} threads, CPU; bf16: ours a bf16 base under f32 \
-         adapters, HF f32 weights under autocast; ckpt: activation checkpointing, HF's \
-         recomputing whole layers (ours: full, or sel. for selective)\n"
+        "LoRA r=16, batch {BATCH}, {}; bf16: ours a bf16 base under f32 adapters, HF f32 \
+         weights under autocast; ckpt: activation checkpointing, HF's recomputing whole layers \
+         (ours: full, or sel. for selective); memory: {}",
+        if cuda { "cuda:0".to_owned() } else { format!("{threads} threads, CPU") },
+        if cuda { "peak GPU memory allocated" } else { "peak RSS" }
     );
+    let device = if cuda { Device::Cuda(0) } else { Device::Cpu };
+    let peaks: Vec<(bool, f64, &str)> = dtypes
+        .iter()
+        .map(|&bf16| {
+            let (peak, source) = peak_flops(device, bf16, threads);
+            println!(
+                "MFU in {}: model FLOPs a second over {:.1} TFLOP/s, {source}",
+                if bf16 { "bf16" } else { "fp32" },
+                peak / 1e12
+            );
+            (bf16, peak, source)
+        })
+        .collect();
+    println!();
     for shape in &shapes {
         let steps = env_or("BENCH_STEPS", shape.default_steps());
         println!("{}, {PASSES} passes of {steps} steps, the last timed", shape.subject());
     }
+    let mem = if cuda { "GPU" } else { "RSS" };
     println!(
-        "\n{:<13} {:<5} {:<5} {:<17} {:>10} {:>9} {:>7} {:>10} {:>10} {:>7}",
+        "\n{:<13} {:<5} {:<5} {:<17} {:>10} {:>9} {:>7} {:>10} {:>10} {:>7} {:>8} {:>7}",
         "model",
         "dtype",
         "ckpt",
@@ -412,9 +477,11 @@ fn main() {
         "ours tok/s",
         "HF tok/s",
         "speed",
-        "ours RSS",
-        "HF RSS",
-        "RSS"
+        format!("ours {mem}"),
+        format!("HF {mem}"),
+        mem,
+        "ours MFU",
+        "HF MFU"
     );
     let mut cells = Vec::new();
     let mut peers = Peers::default();
@@ -422,7 +489,8 @@ fn main() {
         let model = prepare(&root, &work, &hf_python, shape);
         for &bf16 in &dtypes {
             for &checkpointing in &checkpointings {
-                let setting = Setting { shape, bf16, checkpointing, threads };
+                let peak = peaks.iter().find(|p| p.0 == bf16).map_or(f64::NAN, |p| p.1);
+                let setting = Setting { shape, bf16, checkpointing, threads, cuda, peak };
                 for case in ["fixed", "variable"] {
                     if cases.split(',').any(|c| c == case) {
                         cells.push(run_case(
@@ -442,11 +510,12 @@ fn main() {
                 && c.case == with.case
         });
         // HF's smallest peak without checkpointing (padded or grouped).
-        let theirs = without.map_or(f64::NAN, |c| c.peers.iter().map(rss).fold(f64::NAN, f64::min));
+        let theirs = without
+            .map_or(f64::NAN, |c| c.peers.iter().map(|p| memory(p, cuda)).fold(f64::NAN, f64::min));
         if theirs.is_finite() {
-            let ours = rss(&with.ours);
+            let ours = memory(&with.ours, cuda);
             println!(
-                "{} {} {}: our peak RSS with {} checkpointing {ours:.0} MiB, HF's smallest \
+                "{} {} {}: our peak {mem} with {} checkpointing {ours:.0} MiB, HF's smallest \
                  without {theirs:.0} MiB ({:.2}×)",
                 with.shape.label(),
                 if with.bf16 { "bf16" } else { "fp32" },
@@ -458,8 +527,75 @@ fn main() {
     }
 }
 
-fn rss(v: &serde_json::Value) -> f64 {
-    v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+/// A side's peak: resident memory on the CPU, the caching allocator's
+/// allocated bytes on CUDA.
+fn memory(v: &serde_json::Value, cuda: bool) -> f64 {
+    v[if cuda { "peak_gpu_mib" } else { "peak_rss_mib" }].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The FLOP/s MFU is measured against in `bf16` or fp32 on `device`, and
+/// where the figure comes from: `BENCH_PEAK_TFLOPS`, or the best of a few
+/// timed square matmuls (a rate this machine reaches, so an MFU near 1
+/// means matmul-bound, not a vendor's peak).
+fn peak_flops(device: Device, bf16: bool, threads: usize) -> (f64, &'static str) {
+    if let Some(t) = std::env::var("BENCH_PEAK_TFLOPS").ok().and_then(|v| v.parse::<f64>().ok()) {
+        return (t * 1e12, "BENCH_PEAK_TFLOPS");
+    }
+    finetune_local::tch::set_num_threads(threads as i32);
+    let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
+    let n: i64 = if device.is_cuda() { 8192 } else { 1024 };
+    let a = Tensor::f_randn([n, n], (kind, device)).unwrap();
+    let b = Tensor::f_randn([n, n], (kind, device)).unwrap();
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        let start = std::time::Instant::now();
+        let repeats = if device.is_cuda() { 20 } else { 2 };
+        let mut c = a.f_matmul(&b).unwrap();
+        for _ in 1..repeats {
+            c = a.f_matmul(&b).unwrap();
+        }
+        // Reading a value waits for the device.
+        let _ = f64::try_from(c.f_sum(Kind::Float).unwrap()).unwrap();
+        best = best.min(start.elapsed().as_secs_f64() / repeats as f64);
+    }
+    (2.0 * (n as f64).powi(3) / best, "the best rate of a timed matmul here")
+}
+
+/// Model FLOPs of LoRA training over `rows`, per token: the frozen linear
+/// layers' forward (2 a weight a token) and backward to their inputs (2
+/// more: frozen weights get no gradient); each adapter's forward and
+/// backward (6 a weight a token); attention's two matmuls over each
+/// token's causal context within its example (forward 4 × query width ×
+/// context a layer, backward twice that); the LM head (4 a weight) at the
+/// trained positions only. Recomputation under checkpointing and work on
+/// padding do not count, so both sides share one figure (PaLM's MFU).
+fn lora_flops_per_token(c: &ModelConfig, targets: &str, r: f64, rows: &[Row]) -> f64 {
+    let (h, inter) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = (c.num_heads * c.head_dim) as f64;
+    let kv = (c.num_kv_heads * c.head_dim) as f64;
+    let modules = [
+        ("q_proj", h, q),
+        ("k_proj", h, kv),
+        ("v_proj", h, kv),
+        ("o_proj", q, h),
+        ("gate_proj", h, inter),
+        ("up_proj", h, inter),
+        ("down_proj", inter, h),
+    ];
+    let layers = c.num_layers as f64;
+    let frozen: f64 = modules.iter().map(|(_, i, o)| i * o).sum();
+    let adapters: f64 = modules
+        .iter()
+        .filter(|(name, _, _)| targets.split(',').any(|t| t == *name))
+        .map(|(_, i, o)| r * (i + o))
+        .sum();
+    let tokens: f64 = rows.iter().map(|row| row.ids.len() as f64).sum();
+    // Σ over an example's tokens of the keys each attends: n(n + 1)/2.
+    let context: f64 =
+        rows.iter().map(|row| (row.ids.len() * (row.ids.len() + 1)) as f64 / 2.0).sum();
+    let trained: f64 = rows.iter().map(|row| (row.ids.len() - row.prompt_len) as f64).sum();
+    let per_layer = tokens * (4.0 * frozen + 6.0 * adapters) + 12.0 * q * context;
+    (layers * per_layer + trained * 4.0 * h * c.vocab_size as f64) / tokens
 }
 
 /// The model folder both sides load for `shape`, made on first use.
@@ -473,7 +609,14 @@ fn prepare(root: &Path, work: &Path, hf_python: &Path, shape: Shape) -> PathBuf 
         }
         finetune_local::gguf::import_gguf(&gguf, &model).unwrap();
     }
-    let setting = Setting { shape, bf16: false, checkpointing: Checkpointing::Off, threads: 1 };
+    let setting = Setting {
+        shape,
+        bf16: false,
+        checkpointing: Checkpointing::Off,
+        threads: 1,
+        cuda: false,
+        peak: f64::NAN,
+    };
     // The peer writes the random models both sides load.
     assert!(
         peer_command(root, hf_python, &model, &setting).status().expect("python3").success(),
@@ -488,6 +631,10 @@ struct Setting {
     bf16: bool,
     checkpointing: Checkpointing,
     threads: usize,
+    /// Both sides on `cuda:0`.
+    cuda: bool,
+    /// The FLOP/s MFU divides by.
+    peak: f64,
 }
 
 /// HF's figures (or why there are none) by setting, data and grouping:
@@ -509,6 +656,7 @@ fn peer_command(root: &Path, hf_python: &Path, model: &Path, s: &Setting) -> Com
         .args(["--shape", if s.shape == Shape::Qwen05b { "qwen2.5-0.5b" } else { "llama-small" }])
         .args((s.checkpointing != Checkpointing::Off).then_some("--checkpointing"))
         .args(s.bf16.then_some("--bf16"))
+        .args(s.cuda.then_some(["--device", "cuda"]).into_iter().flatten())
         .env(
             "PYTHONPATH",
             format!("{}:{}", hf_python.display(), root.join(".libtorch/site").display()),
@@ -534,11 +682,19 @@ fn run_case(
         serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
     let vocab = config["vocab_size"].as_i64().unwrap();
     let data = work.join(format!("{case}.json"));
-    write_json(&dataset(case, steps * BATCH, seq, vocab), &data);
+    let rows = dataset(case, steps * BATCH, seq, vocab);
+    write_json(&rows, &data);
+    let flops = lora_flops_per_token(
+        &ModelConfig::from_dir(model).unwrap(),
+        s.shape.targets(),
+        16.0,
+        &rows,
+    );
     let threads = s.threads.to_string();
     let mut peer = |extra: &[&str]| {
         let key = format!(
-            "{} {} {} {case} {extra:?}",
+            "{} {} {} {} {case} {extra:?}",
+            s.cuda,
             s.shape.dir(),
             s.bf16,
             s.checkpointing != Checkpointing::Off
@@ -563,7 +719,8 @@ fn run_case(
             .arg(&threads)
             .arg(s.shape.targets())
             .arg(format!("{:?}", s.checkpointing).to_lowercase())
-            .arg(if s.bf16 { "bf16" } else { "fp32" }),
+            .arg(if s.bf16 { "bf16" } else { "fp32" })
+            .arg(if s.cuda { "cuda" } else { "cpu" }),
     )
     .unwrap_or_else(|why| {
         eprintln!("our side: {why}");
@@ -575,14 +732,15 @@ fn run_case(
         if s.bf16 { "bf16" } else { "fp32" },
         ckpt_label(s.checkpointing)
     );
+    let line = Line { prefix: &prefix, cuda: s.cuda, mfu: flops / s.peak };
     let peers = if case == "fixed" {
-        vec![row(&prefix, "fixed", &ours, peer(&[]))]
+        vec![line.print("fixed", &ours, peer(&[]))]
     } else {
         // HF pads each batch to its longest example (TRL's default), or
         // groups examples of similar length (`group_by_length`).
         vec![
-            row(&prefix, "variable/padded", &ours, peer(&[])),
-            row(&prefix, "variable/grouped", &ours, peer(&["--group-by-length"])),
+            line.print("variable/padded", &ours, peer(&[])),
+            line.print("variable/grouped", &ours, peer(&["--group-by-length"])),
         ]
     };
     Cell {
@@ -595,61 +753,81 @@ fn run_case(
     }
 }
 
-/// Prints one row; returns HF's figures when it finished.
-fn row(
-    prefix: &str,
-    label: &str,
-    me: &serde_json::Value,
-    peer: Result<serde_json::Value, String>,
-) -> Option<serde_json::Value> {
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    let peer = match peer {
-        Ok(peer) => peer,
-        Err(why) => {
-            println!(
-                "{prefix} {:<17} {:>10.0} {:>9} {:>7} {:>6.0} MiB {:>10} {:>7}",
-                label,
-                f(me, "tokens_per_s"),
-                "—",
-                "—",
-                f(me, "peak_rss_mib"),
-                "—",
-                "—"
-            );
-            eprintln!(
-                "  [{prefix} {label}] HF: {why}; our memory plan {:.0} MiB, our training's peak \
-                 RSS {:.0} MiB",
-                f(me, "plan_mib"),
-                f(me, "train_peak_rss_mib")
-            );
-            return None;
-        }
-    };
-    // Tokens/s compares like with like only over the same rows.
-    assert_eq!(
-        me["timed_tokens"].as_u64(),
-        peer["timed_tokens"].as_u64(),
-        "[{prefix} {label}] the two sides timed different rows"
-    );
-    println!(
-        "{prefix} {:<17} {:>10.0} {:>9.0} {:>6.2}× {:>6.0} MiB {:>6.0} MiB {:>6.2}×",
-        label,
-        f(me, "tokens_per_s"),
-        f(&peer, "tokens_per_s"),
-        f(me, "tokens_per_s") / f(&peer, "tokens_per_s"),
-        f(me, "peak_rss_mib"),
-        f(&peer, "peak_rss_mib"),
-        f(me, "peak_rss_mib") / f(&peer, "peak_rss_mib"),
-    );
-    eprintln!(
-        "  [{prefix} {label}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan {:.0} \
-         MiB, our training's peak RSS {:.0} MiB",
-        f(me, "first_loss"),
-        f(me, "last_loss"),
-        f(&peer, "first_loss"),
-        f(&peer, "last_loss"),
-        f(me, "plan_mib"),
-        f(me, "train_peak_rss_mib")
-    );
-    Some(peer)
+/// What every row of one setting shares.
+struct Line<'a> {
+    prefix: &'a str,
+    /// Memory columns from the GPU's allocator instead of RSS.
+    cuda: bool,
+    /// Model FLOPs a token over the peak FLOP/s: tokens/s × this is MFU.
+    mfu: f64,
+}
+
+impl Line<'_> {
+    /// Prints one row; returns HF's figures when it finished.
+    fn print(
+        &self,
+        label: &str,
+        me: &serde_json::Value,
+        peer: Result<serde_json::Value, String>,
+    ) -> Option<serde_json::Value> {
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let prefix = self.prefix;
+        let ours_mem = memory(me, self.cuda);
+        let ours_mfu = f(me, "tokens_per_s") * self.mfu;
+        let peer = match peer {
+            Ok(peer) => peer,
+            Err(why) => {
+                println!(
+                    "{prefix} {:<17} {:>10.0} {:>9} {:>7} {:>6.0} MiB {:>10} {:>7} {:>7.1}% {:>7}",
+                    label,
+                    f(me, "tokens_per_s"),
+                    "—",
+                    "—",
+                    ours_mem,
+                    "—",
+                    "—",
+                    100.0 * ours_mfu,
+                    "—"
+                );
+                eprintln!(
+                    "  [{prefix} {label}] HF: {why}; our memory plan {:.0} MiB, our training's \
+                     peak RSS {:.0} MiB",
+                    f(me, "plan_mib"),
+                    f(me, "train_peak_rss_mib")
+                );
+                return None;
+            }
+        };
+        // Tokens/s compares like with like only over the same rows.
+        assert_eq!(
+            me["timed_tokens"].as_u64(),
+            peer["timed_tokens"].as_u64(),
+            "[{prefix} {label}] the two sides timed different rows"
+        );
+        let peer_mem = memory(&peer, self.cuda);
+        println!(
+            "{prefix} {:<17} {:>10.0} {:>9.0} {:>6.2}× {:>6.0} MiB {:>6.0} MiB {:>6.2}× {:>7.1}% \
+             {:>6.1}%",
+            label,
+            f(me, "tokens_per_s"),
+            f(&peer, "tokens_per_s"),
+            f(me, "tokens_per_s") / f(&peer, "tokens_per_s"),
+            ours_mem,
+            peer_mem,
+            ours_mem / peer_mem,
+            100.0 * ours_mfu,
+            100.0 * f(&peer, "tokens_per_s") * self.mfu,
+        );
+        eprintln!(
+            "  [{prefix} {label}] loss ours {:.3} → {:.3}, HF {:.3} → {:.3}; our memory plan \
+             {:.0} MiB, our training's peak RSS {:.0} MiB",
+            f(me, "first_loss"),
+            f(me, "last_loss"),
+            f(&peer, "first_loss"),
+            f(&peer, "last_loss"),
+            f(me, "plan_mib"),
+            f(me, "train_peak_rss_mib")
+        );
+        Some(peer)
+    }
 }

@@ -7,7 +7,8 @@ TRL's SFTTrainer does by default: each batch right-padded to its longest
 example (pad = EOS), labels -100 on prompt and padding, loss = the mean over
 completion tokens, AdamW. A plain PyTorch loop, with none of Trainer's
 overhead. Prints one JSON line: trained tokens/s over the timed steps and
-peak RSS.
+peak RSS (and, with --device cuda, the peak of PyTorch's CUDA allocator:
+max_memory_allocated; attention through SDPA, autocast on CUDA).
 
 Pinned with the rest of the HF peers: transformers 5.24.0, peft 0.21.2,
 torch 2.11.0 (scripts/setup --hf).
@@ -112,6 +113,7 @@ def main() -> None:
         action="store_true",
         help="fp32 weights, forward under torch.autocast bf16 (TrainingArguments(bf16=True))",
     )
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument(
         "--group-by-length",
         action="store_true",
@@ -124,7 +126,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     examples = json.loads(args.data.read_text())
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.float32, attn_implementation="sdpa"
+    ).to(device)
     lora = LoraConfig(
         r=args.r,
         lora_alpha=2 * args.r,
@@ -147,22 +152,26 @@ def main() -> None:
         rows = length_grouped(examples, args.batch, epoch) if args.group_by_length else examples
         timed = epoch == args.epochs - 1
         for ids, labels, mask, real in batches(rows, args.batch, pad):
+            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            # Reading the loss waits for the device (the step included).
             losses.append(out.loss.item())
             if timed:
                 seconds += time.perf_counter() - start
                 tokens += real
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     print(json.dumps({
         "tokens_per_s": tokens / seconds,
         "timed_tokens": tokens,
         "peak_rss_mib": rss_mib,
+        "peak_gpu_mib": gpu_mib,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "steps": len(losses),

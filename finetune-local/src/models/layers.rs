@@ -363,9 +363,9 @@ pub(crate) fn attention_mask(
         }
     }
     // One variable-length flash attention call takes every run at once.
-    #[cfg(finetune_varlen)]
+    #[cfg(finetune_shims)]
     let overhead = if super::varlen::usable(device, kind) { 0 } else { SEGMENT_OVERHEAD };
-    #[cfg(not(finetune_varlen))]
+    #[cfg(not(finetune_shims))]
     let overhead = SEGMENT_OVERHEAD;
     if let (Some(seq), None, 0) = (input.sequence_ids, input.attention_mask, past)
         && seq.size() == input.input_ids.size()
@@ -431,7 +431,7 @@ pub(crate) fn attend(
 ) -> Result<Tensor> {
     // Packed rows on CUDA: one variable-length flash attention call (the
     // key/value heads as they are) where the device runs it.
-    #[cfg(finetune_varlen)]
+    #[cfg(finetune_shims)]
     if let Mask::Segments(rows) = mask
         && super::varlen::eligible(q)
         && let Some(out) = super::varlen::attend(q, k, v, rows, scale)?

@@ -548,7 +548,7 @@ impl LlamaForCausalLm {
         let [gate, up] = layer.mlp.project(&layer.post_attention_layernorm.forward(&mid)?)?;
         let out = mid.f_add(&layer.mlp.down_proj.forward(&layer.mlp.hidden(&gate, &up)?)?)?;
         let kept = if keep_projections {
-            Kept::Projections { input: h, q, k, v, mid, gate, up }
+            Kept::Projections(KeptProjections { input: h, q, k, v, mid, gate, up })
         } else {
             Kept::Input(h)
         };
@@ -587,12 +587,12 @@ impl LlamaForCausalLm {
     fn layer_backward_kept(
         &self,
         i: usize,
-        kept: [Tensor; 7],
+        kept: KeptProjections,
         grad: &Tensor,
         inputs: &AttentionInputs,
         seeds: (i64, i64),
     ) -> Result<Tensor> {
-        let [input, q, k, v, mid, gate, up] = kept;
+        let KeptProjections { input, q, k, v, mid, gate, up } = kept;
         let layer = &self.layers[i];
         let (attn, mlp) = (&layer.self_attn, &layer.mlp);
         let frozen = || LocalError::InvalidArgument("a kept projection is trained".into());
@@ -674,14 +674,9 @@ impl LlamaForCausalLm {
         // Backwards, layer by layer.
         for i in (0..self.layers.len()).rev() {
             grad = match kept.pop() {
-                Some(Kept::Projections { input, q, k, v, mid, gate, up }) => self
-                    .layer_backward_kept(
-                        i,
-                        [input, q, k, v, mid, gate, up],
-                        &grad,
-                        &inputs,
-                        seeds(i),
-                    )?,
+                Some(Kept::Projections(kept)) => {
+                    self.layer_backward_kept(i, kept, &grad, &inputs, seeds(i))?
+                }
                 Some(Kept::Input(input)) => {
                     // Recompute with a graph and send the output's gradient
                     // through it (as the gradient of the inner product of
@@ -708,15 +703,19 @@ impl LlamaForCausalLm {
 enum Kept {
     /// The layer's input.
     Input(Tensor),
-    /// The layer's input, the outputs of its q, k, v, gate and up
-    /// projections, and the residual stream between attention and MLP.
-    Projections {
-        input: Tensor,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        mid: Tensor,
-        gate: Tensor,
-        up: Tensor,
-    },
+    /// The layer's input and its projections' outputs.
+    Projections(KeptProjections),
+}
+
+/// What selective checkpointing keeps of one decoder layer: its input, the
+/// outputs of its q, k, v, gate and up projections, and the residual
+/// stream between attention and MLP.
+struct KeptProjections {
+    input: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mid: Tensor,
+    gate: Tensor,
+    up: Tensor,
 }

@@ -11,7 +11,7 @@ pub mod llama;
 pub mod mistral;
 pub mod qwen2;
 pub mod qwen3;
-#[cfg(finetune_varlen)]
+#[cfg(finetune_shims)]
 pub mod varlen;
 
 use std::path::Path;

@@ -20,6 +20,7 @@
 
 mod checkpoint;
 mod config;
+mod device_memory;
 mod memory;
 mod metrics;
 pub mod optim;
@@ -36,6 +37,7 @@ use tch::{Kind, Tensor};
 
 pub use crate::models::Checkpointing;
 pub use config::{Method, TrainConfig};
+pub use device_memory::DeviceMemory;
 pub use memory::{MemoryPlan, ResidentMemory};
 use metrics::rewrite_metrics;
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, read_metrics, save_loss_graph};
