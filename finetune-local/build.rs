@@ -7,9 +7,9 @@
 //! It compiles `src/models/varlen.cpp` (variable-length flash attention,
 //! the C side of `models::varlen`) and `src/train/device_memory.cpp` (the
 //! CUDA allocator's figures, the C side of `train::DeviceMemory`) against
-//! that libtorch's headers and sets `cfg(finetune_shims)` when it did. With the `distributed` feature it also
-//! compiles `src/distributed/c10d.cpp` and `nccl.cpp` (the C side of
-//! `distributed::ffi`).
+//! that libtorch's headers and sets `cfg(finetune_shims)` when it did.
+//! With the `distributed` feature it also compiles `src/distributed/c10d.cpp`
+//! and `nccl.cpp` (the C side of `distributed::ffi`).
 
 fn main() {
     let lib = finetune_build::libtorch_lib();
