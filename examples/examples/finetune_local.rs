@@ -19,7 +19,7 @@ use finetune_local::job::{parse_device, parse_dtype};
 use finetune_local::lora::LoraConfig;
 use finetune_local::sft::{PromptFormat, Truncation};
 use finetune_local::train::{
-    AdamWConfig, Checkpointing, Method, Schedule, TrainConfig, TrainEvent,
+    AdamWConfig, Checkpointing, DeviceMemory, Method, Schedule, TrainConfig, TrainEvent,
 };
 use finetune_local::{LocalJob, Outputs, Runtime};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -330,10 +330,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         TrainEvent::Checkpoint { path, .. } => {
             tracing::info!("checkpoint {}", path.display());
         }
-        TrainEvent::Planned(plan) => {
-            let line = format!("memory plan: {plan}");
-            if terminal { bar.println(line) } else { tracing::info!("{line}") }
-        }
+        // The trainer logs its plan; a terminal also shows it above the bar.
+        TrainEvent::Planned(plan) if terminal => bar.println(format!("memory plan: {plan}")),
         TrainEvent::MicroBatchHalved { step, micro_batch_size } => {
             let line = format!(
                 "step {step} ran out of memory: running it again with micro-batch {micro_batch_size}"
@@ -346,6 +344,19 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     bar.finish_and_clear();
     if cancel.load(Ordering::Relaxed) {
         eprintln!("cancelled");
+    }
+    // On CUDA, what the run held at its peak, to set against the plan.
+    let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
+    for i in 0..usize::try_from(finetune_local::tch::Cuda::device_count()).unwrap_or(0) {
+        if let Ok(m) = DeviceMemory::of_cuda(i)
+            && m.peak_allocated > 0
+        {
+            eprintln!(
+                "cuda:{i} peak memory: {:.0} MiB allocated, {:.0} MiB reserved",
+                mib(m.peak_allocated),
+                mib(m.peak_reserved)
+            );
+        }
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -450,16 +450,16 @@ fn main() {
         if cuda { "peak GPU memory allocated" } else { "peak RSS" }
     );
     let device = if cuda { Device::Cuda(0) } else { Device::Cpu };
-    let peaks: Vec<(bool, f64, &str)> = dtypes
+    let peaks: Vec<(bool, f64)> = dtypes
         .iter()
         .map(|&bf16| {
             let (peak, source) = peak_flops(device, bf16, threads);
             println!(
-                "MFU in {}: model FLOPs a second over {:.1} TFLOP/s, {source}",
+                "MFU in {}: model FLOPs a second over {:.0} GFLOP/s, {source}",
                 if bf16 { "bf16" } else { "fp32" },
-                peak / 1e12
+                peak / 1e9
             );
-            (bf16, peak, source)
+            (bf16, peak)
         })
         .collect();
     println!();
