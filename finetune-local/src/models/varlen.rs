@@ -108,15 +108,8 @@ pub(crate) fn attend(
         )
     };
     if out.is_null() {
-        let why = if error.is_null() {
-            "unknown error".to_owned()
-        } else {
-            // SAFETY: a NUL-terminated string malloc'd by the C side, freed
-            // once, here.
-            let text = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            unsafe { ft_varlen_string_free(error) };
-            text
-        };
+        // SAFETY: null, or set by the C side and not freed yet.
+        let why = unsafe { shim_error(error) };
         STATE.store(FAILED, Ordering::Relaxed);
         tracing::warn!(%why, "variable-length flash attention failed; packed rows are attended example by example");
         return Ok(None);
@@ -125,6 +118,23 @@ pub(crate) fn attend(
     // SAFETY: a new `at::Tensor*` from the C side, owned from here on.
     let out = unsafe { Tensor::from_ptr(out.cast()) };
     Ok(Some(out.f_view([b, t, heads, d])?.f_transpose(1, 2)?))
+}
+
+/// The message a C shim (this one's, or `train/device_memory.cpp`) left in
+/// its `error` out-parameter, freed.
+///
+/// # Safety
+/// `error` is null or a NUL-terminated string the shim malloc'd, not freed
+/// yet; it must not be used afterwards.
+pub(crate) unsafe fn shim_error(error: *mut c_char) -> String {
+    if error.is_null() {
+        return "unknown error".to_owned();
+    }
+    // SAFETY: per the contract, a live NUL-terminated string, freed once,
+    // here.
+    let text = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { ft_varlen_string_free(error) };
+    text
 }
 
 fn too_long(n: i64) -> LocalError {

@@ -4,10 +4,11 @@
 // is linked: the CUDA allocator registers itself with c10 when
 // libtorch_cuda is loaded, so a CPU-only libtorch answers with an error.
 //
-// Invariants the Rust side keeps (finetune-local/src/train/memory.rs):
+// Invariants the Rust side keeps (finetune-local/src/train/device_memory.rs):
 // `out` points to four int64; on failure the function returns -1 and sets
 // `*error` to a string allocated here, which the caller frees with
-// ft_varlen_string_free. No C++ exception crosses this boundary.
+// ft_varlen_string_free (models::varlen::shim_error). No C++ exception
+// crosses this boundary.
 #include <cstdint>
 
 #include <c10/core/CachingDeviceAllocator.h>

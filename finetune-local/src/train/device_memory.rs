@@ -40,10 +40,9 @@ impl DeviceMemory {
 
 #[cfg(finetune_shims)]
 fn read(index: usize, reset: bool) -> Result<DeviceMemory> {
-    use std::ffi::{CStr, c_char};
+    use std::ffi::c_char;
 
     unsafe extern "C" {
-        fn ft_varlen_string_free(s: *mut c_char);
         fn ft_cuda_memory(
             index: i64,
             reset_peak: i32,
@@ -59,15 +58,8 @@ fn read(index: usize, reset: bool) -> Result<DeviceMemory> {
     // `error` only when it returns -1.
     let rc = unsafe { ft_cuda_memory(index, i32::from(reset), out.as_mut_ptr(), &raw mut error) };
     if rc != 0 {
-        let why = if error.is_null() {
-            "unknown error".to_owned()
-        } else {
-            // SAFETY: a NUL-terminated string malloc'd by the C side, freed
-            // once, here.
-            let text = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            unsafe { ft_varlen_string_free(error) };
-            text
-        };
+        // SAFETY: set by the C side on failure, not freed yet.
+        let why = unsafe { crate::models::varlen::shim_error(error) };
         return Err(tch::TchError::Torch(format!("CUDA memory of device {index}: {why}")).into());
     }
     let bytes = |v: i64| u64::try_from(v).unwrap_or(0);
