@@ -678,18 +678,11 @@ fn run_case(
     let steps = env_or("BENCH_STEPS", s.shape.default_steps());
     let seq = env_or("BENCH_SEQ", 256);
     // The token ids are drawn from the vocabulary the model declares.
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
-    let vocab = config["vocab_size"].as_i64().unwrap();
+    let config = ModelConfig::from_dir(model).unwrap();
     let data = work.join(format!("{case}.json"));
-    let rows = dataset(case, steps * BATCH, seq, vocab);
+    let rows = dataset(case, steps * BATCH, seq, config.vocab_size);
     write_json(&rows, &data);
-    let flops = lora_flops_per_token(
-        &ModelConfig::from_dir(model).unwrap(),
-        s.shape.targets(),
-        16.0,
-        &rows,
-    );
+    let flops = lora_flops_per_token(&config, s.shape.targets(), 16.0, &rows);
     let threads = s.threads.to_string();
     let mut peer = |extra: &[&str]| {
         let key = format!(
