@@ -5,8 +5,9 @@
 //! `finetune_build::link_libtorch` reads it.
 //!
 //! It compiles `src/models/varlen.cpp` (variable-length flash attention,
-//! the C side of `models::varlen`) and `src/train/device_memory.cpp` (the
-//! CUDA allocator's figures, the C side of `train::DeviceMemory`) against
+//! the C side of `models::varlen`), `src/train/device_memory.cpp` (the
+//! CUDA allocator's figures, the C side of `train::DeviceMemory`) and
+//! `src/lora_dropout.cpp` (LoRA's dropout on the CPU, see `lora`) against
 //! that libtorch's headers and sets `cfg(finetune_shims)` when it did.
 //! With the `distributed` feature it also compiles `src/distributed/c10d.cpp`
 //! and `nccl.cpp` (the C side of `distributed::ffi`).
@@ -28,13 +29,18 @@ fn main() {
 fn compile_shims(lib: &std::path::Path) {
     println!("cargo::rerun-if-changed=src/models/varlen.cpp");
     println!("cargo::rerun-if-changed=src/train/device_memory.cpp");
+    println!("cargo::rerun-if-changed=src/lora_dropout.cpp");
     println!("cargo::rerun-if-changed=src/distributed/shim.h");
     cc::Build::new()
         .cpp(true)
         .std("c++17")
         .file("src/models/varlen.cpp")
         .file("src/train/device_memory.cpp")
+        .file("src/lora_dropout.cpp")
         .include(lib.join("../include"))
+        .include(lib.join("../include/torch/csrc/api/include"))
+        // The dropout loops are the hot part: optimised in every profile.
+        .opt_level(3)
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
         .compile("finetune_shims");
