@@ -72,20 +72,15 @@ void split(const at::Tensor& in, const at::Tensor& drop, at::Tensor& out, F cont
                   .build();
   iter.for_each(
       [&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
-        for (int64_t j = 0; j < size1; ++j) {
-          auto* o = reinterpret_cast<T*>(data[0] + j * strides[3]);
-          const auto* i = reinterpret_cast<const T*>(data[1] + j * strides[4]);
-          const auto* m = reinterpret_cast<const uint8_t*>(data[2] + j * strides[5]);
-          if (strides[0] == sizeof(T) && strides[1] == sizeof(T) && strides[2] == 1) {
-            contiguous(i, m, o, size0);
-          } else {
-            for (int64_t k = 0; k < size0; ++k) {
-              const auto* x = reinterpret_cast<const T*>(data[1] + j * strides[4] + k * strides[1]);
-              *reinterpret_cast<T*>(data[0] + j * strides[3] + k * strides[0]) =
-                  m[k * strides[2]] != 0 ? T{0} : *x;
-            }
-          }
-        }
+        // One flat dimension of contiguous tensors: unit strides, one row.
+        TORCH_CHECK(
+            size1 == 1 && strides[0] == sizeof(T) && strides[1] == sizeof(T) && strides[2] == 1,
+            "dropout shim: unexpected strides");
+        contiguous(
+            reinterpret_cast<const T*>(data[1]),
+            reinterpret_cast<const uint8_t*>(data[2]),
+            reinterpret_cast<T*>(data[0]),
+            size0);
       },
       kGrain);
 }
