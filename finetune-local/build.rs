@@ -6,9 +6,11 @@
 //!
 //! It compiles `src/models/varlen.cpp` (variable-length flash attention,
 //! the C side of `models::varlen`), `src/train/device_memory.cpp` (the
-//! CUDA allocator's figures, the C side of `train::DeviceMemory`) and
-//! `src/lora_dropout.cpp` (LoRA's dropout on the CPU, see `lora`) against
-//! that libtorch's headers and sets `cfg(finetune_shims)` when it did.
+//! CUDA allocator's figures, the C side of `train::DeviceMemory`),
+//! `src/train/host_cache.cpp` (the CPU tensors' memory cache, the C side of
+//! `train::HostCache`) and `src/lora_dropout.cpp` (LoRA's dropout on the
+//! CPU, see `lora`) against that libtorch's headers and sets
+//! `cfg(finetune_shims)` when it did.
 //! With the `distributed` feature it also compiles `src/distributed/c10d.cpp`
 //! and `nccl.cpp` (the C side of `distributed::ffi`).
 
@@ -30,6 +32,7 @@ fn compile_shims(lib: &std::path::Path) {
     println!("cargo::rerun-if-changed=src/models/varlen.cpp");
     println!("cargo::rerun-if-changed=src/train/device_memory.cpp");
     println!("cargo::rerun-if-changed=src/lora_dropout.cpp");
+    println!("cargo::rerun-if-changed=src/train/host_cache.cpp");
     println!("cargo::rerun-if-changed=src/distributed/shim.h");
     cc::Build::new()
         .cpp(true)
@@ -37,6 +40,7 @@ fn compile_shims(lib: &std::path::Path) {
         .file("src/models/varlen.cpp")
         .file("src/train/device_memory.cpp")
         .file("src/lora_dropout.cpp")
+        .file("src/train/host_cache.cpp")
         .include(lib.join("../include"))
         .include(lib.join("../include/torch/csrc/api/include"))
         // The dropout loops are the hot part: optimised in every profile.

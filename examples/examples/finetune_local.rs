@@ -48,6 +48,7 @@ const USAGE: &str =
                            projections' outputs too and recompute none of them (LoRA; faster, more
                            memory than full)
   --loss-chunk-tokens N    positions per LM head + loss chunk (512; 0: all at once)
+  --no-host-cache          on the CPU, hand freed tensors' memory straight back to malloc
   --output DIR             the job folder (finetune-output)
   --resume                 continue from the newest checkpoint in the job folder
   --merge                  also write the merged model after LoRA
@@ -105,7 +106,16 @@ fn main() {
     let args = Args::parse(
         USAGE,
         &with_value,
-        &["packing", "gradient-checkpointing", "resume", "merge", "rslora", "chat", "base"],
+        &[
+            "packing",
+            "gradient-checkpointing",
+            "no-host-cache",
+            "resume",
+            "merge",
+            "rslora",
+            "chat",
+            "base",
+        ],
     );
     if let Some(id) = args.value("run-job") {
         std::process::exit(run_recorded(&args, id));
@@ -241,6 +251,7 @@ fn config(args: &Args) -> TrainConfig {
         early_stopping_patience: args.parsed(USAGE, "early-stopping-patience"),
         checkpoint_every: args.parsed(USAGE, "checkpoint-every"),
         keep_checkpoints: args.parsed(USAGE, "keep-checkpoints").unwrap_or(d.keep_checkpoints),
+        cache_host_memory: !args.switch("no-host-cache"),
     }
 }
 

@@ -74,6 +74,11 @@ pub struct TrainConfig {
     /// decoder layer's activations and recompute the rest in the backward
     /// pass, trading compute for memory (see [`Checkpointing`]).
     pub gradient_checkpointing: Checkpointing,
+    /// On the CPU, keep the memory of the step's freed tensors for the
+    /// next ones of a like size instead of handing it back to malloc (see
+    /// [`HostCache`](super::HostCache)): a few percent faster at 135M
+    /// parameters, for somewhat more peak memory. On by default.
+    pub cache_host_memory: bool,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +103,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             loss_chunk_tokens: Some(512),
             gradient_checkpointing: Checkpointing::Off,
+            cache_host_memory: true,
         }
     }
 }
@@ -144,9 +150,11 @@ impl TrainConfig {
         c.early_stopping_patience = None;
         c.checkpoint_every = None;
         c.keep_checkpoints = 1;
-        // Chunking changes how, not what, is computed.
+        // Chunking, checkpointing and the memory cache change how, not
+        // what, is computed.
         c.loss_chunk_tokens = None;
         c.gradient_checkpointing = Checkpointing::Off;
+        c.cache_host_memory = true;
         format!("{c:?}")
     }
 }

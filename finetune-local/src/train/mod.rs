@@ -21,6 +21,7 @@
 mod checkpoint;
 mod config;
 mod device_memory;
+mod host_cache;
 mod memory;
 mod metrics;
 pub mod optim;
@@ -38,6 +39,7 @@ use tch::{Kind, Tensor};
 pub use crate::models::Checkpointing;
 pub use config::{Method, TrainConfig};
 pub use device_memory::DeviceMemory;
+pub use host_cache::{HostCache, HostCacheStats};
 pub use memory::{MemoryPlan, ResidentMemory};
 use metrics::rewrite_metrics;
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, read_metrics, save_loss_graph};
@@ -432,6 +434,9 @@ impl<'a> Trainer<'a> {
 
         let pad = 0;
         let device = self.model.device();
+        let host_cache = (device == tch::Device::Cpu && self.config.cache_host_memory)
+            .then(HostCache::install)
+            .flatten();
         let clock = Instant::now();
         let elapsed_before = state.elapsed_seconds;
         let mut order: Option<(usize, Vec<usize>)> = None;
@@ -519,6 +524,9 @@ impl<'a> Trainer<'a> {
                 * self.config.schedule.factor(s, self.config.warmup_steps, total);
             optimizer.step(lr)?;
             optimizer.zero_grad();
+            if let Some(cache) = &host_cache {
+                cache.tick();
+            }
             state.step += 1;
             let loss = loss_sum / trained as f64;
             if !loss.is_finite() {
