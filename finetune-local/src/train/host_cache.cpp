@@ -73,6 +73,10 @@ class HostCache final : public c10::Allocator {
       }
       previous_ = current;
       c10::SetCPUAllocator(this, 0);
+      // c10 keeps an allocator registered with a higher priority.
+      if (c10::GetCPUAllocator() != this) {
+        return false;
+      }
     }
     users_ += 1;
     return true;
