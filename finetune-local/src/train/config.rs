@@ -76,8 +76,10 @@ pub struct TrainConfig {
     pub gradient_checkpointing: Checkpointing,
     /// On the CPU, keep the memory of the step's freed tensors for the
     /// next ones of a like size instead of handing it back to malloc (see
-    /// [`HostCache`](super::HostCache)): a few percent faster at 135M
-    /// parameters, for somewhat more peak memory. On by default.
+    /// [`HostCache`](super::HostCache)). A LoRA step on SmolLM2-135M on a
+    /// 2-core CPU ran 5–10% faster in fp32 and 17% in bf16; peak RSS fell
+    /// on fixed-length rows (a third less) and rose by a tenth on packed
+    /// ones. On by default.
     pub cache_host_memory: bool,
 }
 
