@@ -367,6 +367,8 @@ pub(crate) fn attention_mask(
     let overhead = if super::varlen::usable(device, kind) { 0 } else { SEGMENT_OVERHEAD };
     #[cfg(not(finetune_shims))]
     let overhead = SEGMENT_OVERHEAD;
+    let overhead =
+        std::env::var("FT_SEG_OVERHEAD").ok().and_then(|v| v.parse().ok()).unwrap_or(overhead);
     if let (Some(seq), None, 0) = (input.sequence_ids, input.attention_mask, past)
         && seq.size() == input.input_ids.size()
         && let Some(rows) = segments(seq, overhead)?
@@ -403,9 +405,12 @@ pub(crate) fn attention_mask(
         let same = seq.f_unsqueeze(2)?.f_eq_tensor(&seq.f_unsqueeze(1)?)?; // [b, t, t]
         allowed = allowed.f_logical_and(&same)?;
     }
+    // The kind's lowest finite value (`torch.finfo(kind).min`, as
+    // transformers masks): a value past it does not convert to the kind.
     let min = match kind {
         Kind::Half => -65504.0,
-        Kind::BFloat16 => -3.389_531_4e38,
+        // -(2 - 2^-7) * 2^127.
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
         _ => f64::from(f32::MIN),
     };
     let bias = Tensor::f_zeros(allowed.size(), (kind, device))?
@@ -603,6 +608,34 @@ mod tests {
             panic!("short rows take the masked path");
         };
         bias
+    }
+
+    #[test]
+    fn a_padding_mask_takes_each_kinds_lowest_finite_value() {
+        // Two rows of three tokens, the first with its first key padded.
+        let ids = Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu));
+        let padding = Tensor::from_slice(&[0i64, 1, 1, 1, 1, 1]).view([2, 3]);
+        let input = ForwardInput { attention_mask: Some(&padding), ..ForwardInput::new(&ids) };
+        for (kind, lowest) in [
+            (Kind::Float, f64::from(f32::MIN)),
+            (Kind::BFloat16, -3.389_531_389_251_535_5e38),
+            (Kind::Half, -65504.0),
+        ] {
+            let Mask::Bias(bias) = attention_mask(&input, 0, None, kind, Device::Cpu).unwrap()
+            else {
+                panic!("padding takes the masked path");
+            };
+            assert_eq!((bias.size(), bias.kind()), (vec![2, 1, 3, 3], kind));
+            let bias = bias.to_kind(Kind::Double);
+            // Causal, and the first row's first key hidden from every query.
+            let expected = |row: i64, q: i64, k: i64| k > q || (row == 0 && k == 0);
+            for (row, q, k) in
+                (0..2).flat_map(|r| (0..3).flat_map(move |q| (0..3).map(move |k| (r, q, k))))
+            {
+                let value = bias.double_value(&[row, 0, q, k]);
+                assert_eq!(value, if expected(row, q, k) { lowest } else { 0.0 }, "{kind:?}");
+            }
+        }
     }
 
     #[test]
