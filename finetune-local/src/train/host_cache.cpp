@@ -179,13 +179,14 @@ class HostCache final : public c10::Allocator {
   }
 
   // Frees the kept blocks last released before `epoch` (all of them with
-  // UINT64_MAX). Called with the mutex held.
+  // UINT64_MAX: epochs count up from 1 and never reach it). Called with the
+  // mutex held.
   void free_idle(uint64_t epoch) {
     for (auto it = idle_.begin(); it != idle_.end();) {
       // Oldest first: blocks are pushed in the order they are released.
       auto& blocks = it->second;
       size_t freed = 0;
-      while (freed < blocks.size() && (blocks[freed].epoch < epoch || epoch == UINT64_MAX)) {
+      while (freed < blocks.size() && blocks[freed].epoch < epoch) {
         c10::free_cpu(blocks[freed].ptr);
         freed += 1;
       }
