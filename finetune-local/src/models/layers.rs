@@ -367,8 +367,6 @@ pub(crate) fn attention_mask(
     let overhead = if super::varlen::usable(device, kind) { 0 } else { SEGMENT_OVERHEAD };
     #[cfg(not(finetune_shims))]
     let overhead = SEGMENT_OVERHEAD;
-    let overhead =
-        std::env::var("FT_SEG_OVERHEAD").ok().and_then(|v| v.parse().ok()).unwrap_or(overhead);
     if let (Some(seq), None, 0) = (input.sequence_ids, input.attention_mask, past)
         && seq.size() == input.input_ids.size()
         && let Some(rows) = segments(seq, overhead)?
